@@ -1,0 +1,296 @@
+// Cache<K, V>: a thread-safe, sharded, size-bounded cache whose entries age through three
+// windows: fresh, stale-while-revalidate, and stale-if-error.
+//
+// An entry stored at time t with Ttl{fresh, swr, sie} is
+//   Fresh   until fresh_until = t + fresh,
+//   Stale   until stale_until = fresh_until + swr (servable while a refresh runs),
+//   kept for errors until stale_if_error_until = max(stale_until, fresh_until + sie),
+// and gone after that. lookup() says which window `now` falls in.
+//
+// Each entry has a charge (its size in bytes, as the caller counts it); the cache keeps the sum of
+// charges within its capacity, split evenly over its shards, evicting by the EvictionPolicy (LRU
+// by default). Values are copied out on lookup, so V should be cheap to copy: store large values
+// behind a std::shared_ptr<const T>.
+//
+// Thread safety: every member may be called concurrently. Each shard has its own mutex, held
+// only for the map and policy update; no user code runs under it except V's copy constructor.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "unherd/clock.h"
+#include "unherd/detail/striped_counter.h"
+#include "unherd/eviction.h"
+
+namespace unherd {
+
+// How long a value stays usable after it is fetched. Negative durations count as zero.
+struct Ttl {
+  Duration fresh{};
+  Duration stale_while_revalidate{};
+  Duration stale_if_error{};
+};
+
+struct Deadlines {
+  TimePoint fresh_until{};
+  TimePoint stale_until{};
+  TimePoint stale_if_error_until{};
+
+  static Deadlines from(TimePoint now, const Ttl& ttl) noexcept {
+    auto nonneg = [](Duration d) { return std::max(d, Duration::zero()); };
+    Deadlines d;
+    d.fresh_until = now + nonneg(ttl.fresh);
+    d.stale_until = d.fresh_until + nonneg(ttl.stale_while_revalidate);
+    d.stale_if_error_until = std::max(d.stale_until, d.fresh_until + nonneg(ttl.stale_if_error));
+    return d;
+  }
+};
+
+enum class Freshness { kFresh, kStale, kMiss };
+
+template <class V>
+struct Lookup {
+  Freshness freshness = Freshness::kMiss;
+  // Present when Fresh or Stale, and on a Miss whose entry is still inside its stale-if-error
+  // window (usable only when a fetch fails).
+  std::optional<V> value;
+  Deadlines deadlines;
+  TimePoint stored_at{};
+  // Earliest time a background refresh may start (later than stored_at after failed refreshes).
+  TimePoint refresh_after{};
+  std::uint32_t refresh_failures = 0;
+};
+
+struct CacheOptions {
+  // Sum of charges the cache may hold. 0: the cache stores nothing (every insert is refused).
+  std::size_t capacity = 64u << 20;
+  // At most this many shards; fewer when capacity is small (each shard gets at least 1 MiB).
+  std::size_t shards = 16;
+  std::function<std::unique_ptr<EvictionPolicy>()> make_policy = make_lru_policy;
+};
+
+struct CacheStats {
+  std::uint64_t hits = 0;        // lookups that found a Fresh entry
+  std::uint64_t stale_hits = 0;  // lookups that found a Stale entry
+  std::uint64_t misses = 0;      // lookups that found neither
+  std::uint64_t inserts = 0;
+  std::uint64_t evictions = 0;  // entries removed to make room
+  std::uint64_t rejected =
+      0;  // inserts refused: charge over a shard's capacity, or dead on arrival
+  std::size_t entries = 0;
+  std::size_t charge = 0;
+};
+
+template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
+class Cache {
+ public:
+  explicit Cache(CacheOptions options = {})
+      : shards_(shard_count(options)), shard_capacity_(options.capacity / shards_.size()) {
+    for (auto& shard : shards_)
+      shard.policy = options.make_policy();
+  }
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  Lookup<V> lookup(const K& key, TimePoint now) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    Lookup<V> result;
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end()) {
+      misses_.add();
+      return result;
+    }
+    Entry& e = it->second;
+    if (now >= e.deadlines.stale_if_error_until) {
+      erase_locked(shard, it);
+      misses_.add();
+      return result;
+    }
+    if (now < e.deadlines.fresh_until) {
+      result.freshness = Freshness::kFresh;
+      hits_.add();
+    } else if (now < e.deadlines.stale_until) {
+      result.freshness = Freshness::kStale;
+      stale_hits_.add();
+    } else {
+      misses_.add();
+    }
+    if (result.freshness != Freshness::kMiss) shard.policy->accessed(&e);
+    result.value.emplace(e.value);
+    result.deadlines = e.deadlines;
+    result.stored_at = e.stored_at;
+    result.refresh_after = e.refresh_after;
+    result.refresh_failures = e.refresh_failures;
+    return result;
+  }
+
+  // Stores value under key, replacing any entry there. Returns false (and stores nothing) if the
+  // charge exceeds a shard's capacity or the entry is already past all its windows at `now`.
+  bool insert(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
+              TimePoint now) {
+    if (shard_capacity_ == 0 || charge > shard_capacity_ || deadlines.stale_if_error_until <= now) {
+      rejected_.add();
+      erase(key);  // an unstorable new value must not leave the old one behind
+      return false;
+    }
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    std::lock_guard lock(shard.mu);
+    if (auto it = shard.map.find(Prehashed{&key, h}); it != shard.map.end()) {
+      erase_locked(shard, it);
+    }
+    while (shard.charge + charge > shard_capacity_) {
+      PolicyHook* victim = shard.policy->victim();
+      if (victim == nullptr) break;
+      Entry* e = static_cast<Entry*>(victim);
+      erase_locked(shard, shard.map.find(Prehashed{e->key, Hash{}(*e->key)}));
+      evictions_.add();
+    }
+    auto [it, inserted] = shard.map.try_emplace(key, std::move(value), charge, deadlines, now);
+    Entry& e = it->second;
+    e.key = &it->first;
+    shard.charge += charge;
+    shard.policy->inserted(&e);
+    inserts_.add();
+    return true;
+  }
+
+  bool erase(const K& key) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end()) return false;
+    erase_locked(shard, it);
+    return true;
+  }
+
+  // Erases every entry whose key satisfies pred. Returns how many. pred runs under shard locks.
+  template <class Pred>
+  std::size_t erase_if(Pred pred) {
+    std::size_t n = 0;
+    for (auto& shard : shards_) {
+      std::lock_guard lock(shard.mu);
+      for (auto it = shard.map.begin(); it != shard.map.end();) {
+        auto next = std::next(it);
+        if (pred(it->first)) {
+          erase_locked(shard, it);
+          ++n;
+        }
+        it = next;
+      }
+    }
+    return n;
+  }
+
+  // Postpones the next background refresh of key's entry (after a refresh failed).
+  void defer_refresh(const K& key, TimePoint until, std::uint32_t failures) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end()) return;
+    it->second.refresh_after = until;
+    it->second.refresh_failures = failures;
+  }
+
+  void clear() {
+    erase_if([](const K&) { return true; });
+  }
+
+  CacheStats stats() const {
+    CacheStats s;
+    s.hits = hits_.load();
+    s.stale_hits = stale_hits_.load();
+    s.misses = misses_.load();
+    s.inserts = inserts_.load();
+    s.evictions = evictions_.load();
+    s.rejected = rejected_.load();
+    for (auto& shard : shards_) {
+      std::lock_guard lock(shard.mu);
+      s.entries += shard.map.size();
+      s.charge += shard.charge;
+    }
+    return s;
+  }
+
+  // Zeroes the counters; entries and charge are state, not counters, and stay.
+  void reset_stats() noexcept {
+    for (auto* c : {&hits_, &stale_hits_, &misses_, &inserts_, &evictions_, &rejected_}) {
+      c->reset();
+    }
+  }
+
+  std::size_t capacity() const noexcept { return shard_capacity_ * shards_.size(); }
+
+ private:
+  struct Entry : PolicyHook {
+    Entry(V v, std::size_t c, const Deadlines& d, TimePoint now)
+        : value(std::move(v)), charge(c), deadlines(d), stored_at(now), refresh_after(now) {}
+    V value;
+    const K* key = nullptr;  // the map node's key, for erasing an eviction victim
+    std::size_t charge;
+    Deadlines deadlines;
+    TimePoint stored_at;
+    TimePoint refresh_after;
+    std::uint32_t refresh_failures = 0;
+  };
+
+  // A key with its hash computed once, for lookups that already hashed it to pick the shard.
+  struct Prehashed {
+    const K* key;
+    std::size_t hash;
+  };
+  struct MapHash {
+    using is_transparent = void;
+    std::size_t operator()(const K& k) const { return Hash{}(k); }
+    std::size_t operator()(const Prehashed& p) const { return p.hash; }
+  };
+  struct MapEq {
+    using is_transparent = void;
+    bool operator()(const K& a, const K& b) const { return KeyEq{}(a, b); }
+    bool operator()(const Prehashed& a, const K& b) const { return KeyEq{}(*a.key, b); }
+    bool operator()(const K& a, const Prehashed& b) const { return KeyEq{}(a, *b.key); }
+  };
+  using Map = std::unordered_map<K, Entry, MapHash, MapEq>;
+
+  struct alignas(64) Shard {
+    mutable std::mutex mu;  // protects map, policy, charge
+    Map map;
+    std::unique_ptr<EvictionPolicy> policy;
+    std::size_t charge = 0;
+  };
+
+  // Small caches get fewer shards, so that each shard can still hold a sizeable entry.
+  static std::size_t shard_count(const CacheOptions& o) {
+    constexpr std::size_t kMinShardCapacity = 1u << 20;
+    return std::clamp<std::size_t>(o.capacity / kMinShardCapacity, 1,
+                                   std::max<std::size_t>(o.shards, 1));
+  }
+
+  Shard& shard_for(std::size_t hash) noexcept {
+    // High bits pick the shard, so the map (which uses the low bits) stays well spread.
+    return shards_[(hash >> 32 ^ hash >> 7) % shards_.size()];
+  }
+
+  void erase_locked(Shard& shard, typename Map::iterator it) {
+    shard.policy->erased(&it->second);
+    shard.charge -= it->second.charge;
+    shard.map.erase(it);
+  }
+
+  std::vector<Shard> shards_;
+  std::size_t shard_capacity_;
+  detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_;
+};
+
+}  // namespace unherd

@@ -1,0 +1,467 @@
+// Coordinator<K, V>: get_or_fetch with everything around it. Per key, in this order:
+//
+//   cache --Fresh--> the cached value, no fetch
+//         --Stale--> the cached value at once; ONE background refresh starts (coalesced with
+//                    any other fetch of the key; after a failed refresh the next one waits a
+//                    growing, jittered backoff, so refreshing never stops but never hammers)
+//         --Miss---> single-flight: the first caller fetches, concurrent callers join it
+//                      -> circuit breaker (refuses at once while open)
+//                      -> retry policy (backoff, deadline, budget)
+//                      -> the fetcher
+//                    the value fills the cache before any waiter wakes.
+//   A fetch that fails (or a waiter that gives up) while the key has a value inside its
+//   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
+//   to every waiter. Errors may be cached for a short, jittered negative TTL.
+//
+// Fetchers take an optional `const FetchContext<V>&` (the value being refreshed, for
+// revalidation; the attempt number and its deadline) and return V or Fetched<V> (to set the TTL
+// or the charge per value, or to keep a value out of the cache). Blocking calls take fetchers
+// returning those; coroutine calls take fetchers returning asio::awaitable of those.
+//
+// TTL rules: negative durations count as zero; a value whose Ttl is all zero is handed to every
+// waiter but not stored. Answer::source says why the caller got what it got.
+//
+// Thread safety: all members may be called concurrently. Blocking callers' background
+// refreshes run on one worker thread the Coordinator owns; coroutine callers' run on the
+// caller's executor. REQUIRES: no call is in progress when the Coordinator is destroyed.
+#pragma once
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <random>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+#include "unherd/cache.h"
+#include "unherd/circuit_breaker.h"
+#include "unherd/detail/background_worker.h"
+#include "unherd/retry.h"
+#include "unherd/single_flight.h"
+
+namespace unherd {
+
+enum class Source {
+  kHit,           // fresh from the cache
+  kStale,         // stale from the cache, inside stale-while-revalidate; a refresh is running
+  kStaleIfError,  // stale from the cache because the fetch failed
+  kFetched,       // this caller's fetch
+  kCoalesced,     // another caller's fetch, joined while in flight
+};
+
+std::string_view to_string(Source s) noexcept;  // "HIT", "STALE", "STALE", "MISS", "COALESCED"
+
+template <class V>
+struct FetchContext {
+  const V* previous = nullptr;  // the cached value being refreshed or replaced, if any
+  int attempt = 1;
+  std::optional<TimePoint> attempt_deadline;
+  bool background = false;  // a stale-while-revalidate refresh: nobody is waiting
+};
+
+template <class V>
+struct Fetched {
+  V value;
+  std::optional<Ttl> ttl;             // replaces CallPolicy::ttl for this value
+  std::optional<std::size_t> charge;  // replaces the Coordinator's charge function
+  bool store = true;                  // false: hand to the waiters, keep out of the cache
+};
+
+template <class V>
+struct Answer {
+  V value;
+  Source source = Source::kFetched;
+  TimePoint stored_at{};  // when the value was fetched: Age = now - stored_at
+};
+
+struct CallPolicy {
+  Ttl ttl;
+  FlightOptions flight;
+  const RetryPolicy* retry = nullptr;  // nullptr: a single attempt
+  CircuitBreaker* breaker = nullptr;   // nullptr: no breaker
+  // Cache a failed fetch's error this long (±20% jitter): callers get it without a fetch.
+  Duration negative_ttl{};
+};
+
+struct CoordinatorOptions {
+  CacheOptions cache;
+  std::size_t flight_shards = 16;
+  std::size_t negative_capacity = 1u << 20;  // charge budget of the negative cache
+};
+
+struct CoordinatorStats {
+  std::uint64_t hits = 0;
+  std::uint64_t stale_served = 0;
+  std::uint64_t stale_if_error_served = 0;
+  std::uint64_t negative_hits = 0;
+  std::uint64_t refreshes = 0;  // background refreshes started
+  std::uint64_t refresh_failures = 0;
+  std::uint64_t errors = 0;  // calls that ended in an exception
+  std::uint64_t retries = 0;
+  SingleFlightStats flight;
+  CacheStats cache;
+};
+
+namespace detail {
+template <class T>
+std::size_t default_charge(const T& t) {
+  if constexpr (requires {
+                  t.size();
+                  typename T::value_type;
+                }) {
+    return sizeof(T) + t.size() * sizeof(typename T::value_type);
+  } else {
+    return sizeof(T);
+  }
+}
+template <class T>
+struct is_awaitable : std::false_type {};
+template <class T, class E>
+struct is_awaitable<asio::awaitable<T, E>> : std::true_type {};
+}  // namespace detail
+
+template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
+class Coordinator {
+ public:
+  using Charge = std::function<std::size_t(const K&, const V&)>;
+
+  explicit Coordinator(CoordinatorOptions options = {}, Clock& clock = system_clock(),
+                       Charge charge = {})
+      : clock_(clock),
+        charge_(charge ? std::move(charge) : Charge([](const K& k, const V& v) {
+          return detail::default_charge(k) + detail::default_charge(v);
+        })),
+        cache_(options.cache),
+        negative_(CacheOptions{options.negative_capacity, 4}),
+        flight_(clock, options.flight_shards) {}
+
+  // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
+  // Errc: wait_timeout, too_many_waiters, circuit_open).
+  template <class F>
+  Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy) {
+    const TimePoint now = clock_.now();
+    Lookup<V> found = cache_.lookup(key, now);
+    if (auto answer = from_cache(found)) {
+      if (found.freshness == Freshness::kStale && now >= found.refresh_after &&
+          flight_.start(key,
+                        refresh_job(key, fetcher, policy, *found.value, found.refresh_failures),
+                        [this](auto job) { worker_.post(std::move(job)); })) {
+        refreshes_.add();
+      }
+      return *std::move(answer);
+    }
+    std::exception_ptr error = negative_hit(key, now);
+    if (!error) {
+      const V* previous = found.value ? &*found.value : nullptr;
+      try {
+        auto r = flight_.join(
+            key, [&] { return fetch_and_store(key, fetcher, policy, previous, false); },
+            policy.flight);
+        return settled(std::move(r));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    return fallback(std::move(found), error);
+  }
+
+  // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
+  template <class F>
+  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy) {
+    const TimePoint now = clock_.now();
+    Lookup<V> found = cache_.lookup(key, now);
+    if (auto answer = from_cache(found)) {
+      if (found.freshness == Freshness::kStale && now >= found.refresh_after) {
+        auto job = [this, key, fetcher, policy, previous = *found.value,
+                    failures = found.refresh_failures]() -> asio::awaitable<V> {
+          return refresh_async(key, fetcher, policy, previous, failures);
+        };
+        auto executor = co_await asio::this_coro::executor;
+        if (flight_.async_start(key, std::move(job), executor)) {
+          refreshes_.add();
+        }
+      }
+      co_return *std::move(answer);
+    }
+    std::exception_ptr error = negative_hit(key, now);
+    if (!error) {
+      std::optional<V> previous = found.value;
+      // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
+      // expressions.
+      auto fetch = [this, key, fetcher, policy, previous]() -> asio::awaitable<V> {
+        return fetch_and_store_async(key, fetcher, policy, previous, false);
+      };
+      try {
+        FlightResult<V> r = co_await flight_.async_join(key, std::move(fetch), policy.flight);
+        co_return settled(std::move(r));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    co_return fallback(std::move(found), error);
+  }
+
+  // Removes key from the cache (and its cached error). Returns whether a value was there.
+  bool purge(const K& key) {
+    negative_.erase(key);
+    return cache_.erase(key);
+  }
+  template <class Pred>
+  std::size_t purge_if(Pred pred) {
+    negative_.erase_if(pred);
+    return cache_.erase_if(pred);
+  }
+
+  // Stores a value directly (a warm-up, or a response learned elsewhere).
+  bool put(const K& key, V value, const Ttl& ttl) {
+    const TimePoint now = clock_.now();
+    const std::size_t charge = charge_(key, value);
+    return cache_.insert(key, std::move(value), charge, Deadlines::from(now, ttl), now);
+  }
+
+  CoordinatorStats stats() const {
+    CoordinatorStats s;
+    s.hits = hits_.load();
+    s.stale_served = stale_.load();
+    s.stale_if_error_served = stale_if_error_.load();
+    s.negative_hits = negative_hits_.load();
+    s.refreshes = refreshes_.load();
+    s.refresh_failures = refresh_failures_.load();
+    s.errors = errors_.load();
+    s.retries = retries_.load();
+    s.flight = flight_.stats();
+    s.cache = cache_.stats();
+    return s;
+  }
+
+  void reset_stats() {
+    for (auto* c : {&hits_, &stale_, &stale_if_error_, &negative_hits_, &refreshes_,
+                    &refresh_failures_, &errors_, &retries_}) {
+      c->reset();
+    }
+    flight_.reset_stats();
+    cache_.reset_stats();
+  }
+
+  Cache<K, V, Hash, KeyEq>& cache() noexcept { return cache_; }
+  SingleFlight<K, V, Hash, KeyEq>& flights() noexcept { return flight_; }
+  Clock& clock() const noexcept { return clock_; }
+
+ private:
+  using Ctx = FetchContext<V>;
+
+  std::optional<Answer<V>> from_cache(Lookup<V>& found) {
+    if (found.freshness == Freshness::kFresh) {
+      hits_.add();
+      return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at};
+    }
+    if (found.freshness == Freshness::kStale) {
+      stale_.add();
+      return Answer<V>{*found.value, Source::kStale, found.stored_at};
+    }
+    return std::nullopt;
+  }
+
+  std::exception_ptr negative_hit(const K& key, TimePoint now) {
+    if (!negative_used_.load(std::memory_order_relaxed)) return nullptr;
+    Lookup<std::exception_ptr> n = negative_.lookup(key, now);
+    if (n.freshness != Freshness::kFresh) return nullptr;
+    negative_hits_.add();
+    return *n.value;
+  }
+
+  Answer<V> settled(FlightResult<V> r) {
+    return Answer<V>{std::move(r.value), r.coalesced ? Source::kCoalesced : Source::kFetched,
+                     clock_.now()};
+  }
+
+  // A fetch failed for this caller: the stale-if-error value if the key has one, else rethrow.
+  Answer<V> fallback(Lookup<V> found, const std::exception_ptr& error) {
+    if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
+      stale_if_error_.add();
+      return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at};
+    }
+    errors_.add();
+    std::rethrow_exception(error);
+  }
+
+  template <class F>
+  static auto invoke(F& fetcher, const Ctx& ctx) {
+    if constexpr (std::is_invocable_v<F&, const Ctx&>) {
+      return fetcher(ctx);
+    } else {
+      return fetcher();
+    }
+  }
+  static Fetched<V> normalize(Fetched<V> f) { return f; }
+  static Fetched<V> normalize(V v) { return Fetched<V>{std::move(v)}; }
+
+  std::optional<CircuitBreaker::Permit> acquire(const CallPolicy& policy) {
+    if (policy.breaker == nullptr) return CircuitBreaker::Permit{};
+    auto permit = policy.breaker->try_acquire();
+    if (!permit) throw_error(Errc::circuit_open);
+    return permit;
+  }
+
+  void report(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
+              const std::exception_ptr& error) {
+    if (policy.breaker == nullptr) return;
+    if (!error) {
+      policy.breaker->on_success(permit);
+    } else if (holds_error(error, Errc::cancelled)) {
+      policy.breaker->release(permit);
+    } else {
+      policy.breaker->on_failure(permit);
+    }
+  }
+
+  // After a failed attempt: the delay before the next, or nullopt to give up.
+  std::optional<Duration> retry_delay(const CallPolicy& policy, const std::exception_ptr& error,
+                                      int attempt, TimePoint started) {
+    if (policy.retry == nullptr) return std::nullopt;
+    auto delay = policy.retry->next_delay(error, attempt, started, clock_.now());
+    if (delay) retries_.add();
+    return delay;
+  }
+
+  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy) {
+    const TimePoint now = clock_.now();
+    if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
+    if (fetched.store) {
+      const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
+      cache_.insert(key, fetched.value, charge,
+                    Deadlines::from(now, fetched.ttl.value_or(policy.ttl)), now);
+    }
+    return std::move(fetched.value);
+  }
+
+  // The fetch a flight runs: breaker, retries, fetcher, then the cache. Errors propagate.
+  template <class F>
+  V fetch_and_store(const K& key, F& fetcher, const CallPolicy& policy, const V* previous,
+                    bool background) {
+    const TimePoint started = clock_.now();
+    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
+    for (int attempt = 1;; ++attempt) {
+      Ctx ctx{previous, attempt, std::nullopt, background};
+      if (policy.retry)
+        ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+      std::exception_ptr error;
+      try {
+        auto permit = acquire(policy);
+        try {
+          Fetched<V> fetched = normalize(invoke(fetcher, ctx));
+          report(policy, *permit, nullptr);
+          return store(key, std::move(fetched), policy);
+        } catch (...) {
+          report(policy, *permit, std::current_exception());
+          throw;
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+      auto delay = retry_delay(policy, error, attempt, started);
+      if (!delay) {
+        remember_error(key, policy, error);
+        std::rethrow_exception(error);
+      }
+      clock_.sleep_until(clock_.now() + *delay);
+    }
+  }
+
+  template <class F>
+  asio::awaitable<V> fetch_and_store_async(K key, F fetcher, CallPolicy policy,
+                                           std::optional<V> previous, bool background) {
+    using namespace asio::experimental::awaitable_operators;
+    const TimePoint started = clock_.now();
+    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
+    for (int attempt = 1;; ++attempt) {
+      Ctx ctx{previous ? &*previous : nullptr, attempt, std::nullopt, background};
+      if (policy.retry)
+        ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+      std::exception_ptr error;
+      try {
+        auto permit = acquire(policy);
+        try {
+          std::optional<Fetched<V>> fetched;
+          if (ctx.attempt_deadline) {
+            auto raced =
+                co_await (invoke(fetcher, ctx) || async_sleep_until(clock_, *ctx.attempt_deadline));
+            if (raced.index() == 1) throw_error(Errc::attempt_timeout);
+            fetched.emplace(normalize(std::move(std::get<0>(raced))));
+          } else {
+            fetched.emplace(normalize(co_await invoke(fetcher, ctx)));
+          }
+          report(policy, *permit, nullptr);
+          co_return store(key, std::move(*fetched), policy);
+        } catch (...) {
+          report(policy, *permit, std::current_exception());
+          throw;
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+      auto delay = retry_delay(policy, error, attempt, started);
+      if (!delay) {
+        remember_error(key, policy, error);
+        std::rethrow_exception(error);
+      }
+      co_await async_sleep_until(clock_, clock_.now() + *delay);
+    }
+  }
+
+  void remember_error(const K& key, const CallPolicy& policy, const std::exception_ptr& error) {
+    if (policy.negative_ttl <= Duration::zero() || holds_error(error, Errc::circuit_open)) return;
+    thread_local std::minstd_rand rng{std::random_device{}()};
+    const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+    const auto ttl = std::chrono::duration_cast<Duration>(policy.negative_ttl * jitter);
+    const TimePoint now = clock_.now();
+    negative_used_.store(true, std::memory_order_relaxed);
+    negative_.insert(key, error, 64 + detail::default_charge(key), Deadlines::from(now, Ttl{ttl}),
+                     now);
+  }
+
+  // After a failed refresh, the next may start only after a growing, jittered pause.
+  void defer_refresh(const K& key, const CallPolicy& policy, std::uint32_t failures) {
+    refresh_failures_.add();
+    static const RetryPolicy kDefault{};
+    const RetryPolicy& backoff = policy.retry ? *policy.retry : kDefault;
+    const int n = static_cast<int>(std::min<std::uint32_t>(failures + 1, 30));
+    const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
+    cache_.defer_refresh(key, clock_.now() + pause, failures + 1);
+  }
+
+  template <class F>
+  auto refresh_job(const K& key, F& fetcher, const CallPolicy& policy, V previous,
+                   std::uint32_t failures) {
+    return [this, key, fetcher, policy, previous = std::move(previous), failures]() mutable {
+      try {
+        return fetch_and_store(key, fetcher, policy, &previous, true);
+      } catch (...) {
+        defer_refresh(key, policy, failures);
+        throw;
+      }
+    };
+  }
+
+  template <class F>
+  asio::awaitable<V> refresh_async(K key, F fetcher, CallPolicy policy, V previous,
+                                   std::uint32_t failures) {
+    try {
+      co_return co_await fetch_and_store_async(key, fetcher, policy, previous, true);
+    } catch (...) {
+      defer_refresh(key, policy, failures);
+      throw;
+    }
+  }
+
+  Clock& clock_;
+  Charge charge_;
+  Cache<K, V, Hash, KeyEq> cache_;
+  Cache<K, std::exception_ptr, Hash, KeyEq> negative_;
+  std::atomic<bool> negative_used_{false};
+  SingleFlight<K, V, Hash, KeyEq> flight_;
+  detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
+      refresh_failures_, errors_, retries_;
+  detail::BackgroundWorker worker_;  // last: joined first, while the rest still exists
+};
+
+}  // namespace unherd

@@ -1,0 +1,415 @@
+// SingleFlight<K, V>: concurrent requests for one key share one fetch.
+//
+// The first caller for a key starts the fetch; callers that arrive while it is in flight join it
+// and receive the same value or the same exception (the very exception object, whatever its
+// type). The in-flight entry is removed the moment the fetch settles, so a later call starts a
+// new fetch; SingleFlight itself caches nothing (Coordinator adds the cache).
+//
+// Each waiter is woken when the fetch settles, on its own thread or executor, with no polling.
+// A waiter may give up: after FlightOptions::max_wait it receives Errc::wait_timeout, and an
+// asio-cancelled waiter receives Errc::cancelled. Giving up never cancels the fetch: it runs on
+// for the other waiters, and no second fetch for the key can start while it does. Each key's
+// waiting list is bounded by max_waiters; past it, the Overflow policy fails the caller fast
+// (Errc::too_many_waiters) or lets it bypass with a fetch of its own (the one case where two
+// fetches for a key may run at once: the caller asked for it).
+//
+// Two ways to call it:
+//   - blocking, from plain threads: get_or_fetch(key, fetcher) with fetcher: () -> V. The caller
+//     that starts the fetch runs it on its own thread, so max_wait applies only to joiners.
+//   - from C++20 coroutines on asio executors: co_await async_get_or_fetch(key, fetcher) with
+//     fetcher: () -> asio::awaitable<V>. The fetch is spawned on the first caller's executor and
+//     every caller, the first included, waits under max_wait and may be cancelled.
+// Blocking and coroutine callers of one key join the same flight.
+//
+// V is copied once per waiter: make it cheap to copy (std::shared_ptr<const T> for large values).
+//
+// Thread safety: all members may be called concurrently. REQUIRES: nothing is in flight when the
+// SingleFlight is destroyed.
+#pragma once
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "unherd/async.h"
+#include "unherd/clock.h"
+#include "unherd/detail/striped_counter.h"
+#include "unherd/error.h"
+
+namespace unherd {
+
+enum class Overflow {
+  kFailFast,  // the caller gets Errc::too_many_waiters
+  kBypass,    // the caller runs a fetch of its own, outside the flight
+};
+
+struct FlightOptions {
+  // How long one caller waits for the in-flight fetch before Errc::wait_timeout. Zero or
+  // negative: a caller never waits; it gets wait_timeout at once (a fetch it starts still runs
+  // and, under a Coordinator, still fills the cache).
+  Duration max_wait = std::chrono::seconds(5);
+  // Callers that may wait on one key at once.
+  std::size_t max_waiters = 100'000;
+  Overflow overflow = Overflow::kFailFast;
+};
+
+struct SingleFlightStats {
+  std::uint64_t total_requests = 0;
+  std::uint64_t coalesced_requests = 0;  // callers that joined a fetch already in flight
+  std::uint64_t fetches = 0;             // fetches started (calls to the upstream)
+  std::uint64_t api_calls_saved = 0;     // == coalesced_requests
+  std::uint64_t timeouts = 0;            // waiters that gave up after max_wait
+  std::uint64_t cancelled = 0;           // waiters cancelled by their callers
+  std::uint64_t overflows = 0;           // callers turned away or bypassed: waiting list full
+  std::size_t in_flight = 0;             // keys with a fetch in flight now
+};
+
+// A value and whether this caller shared another caller's fetch (Go's `shared`).
+template <class V>
+struct FlightResult {
+  V value;
+  bool coalesced = false;
+};
+
+template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
+class SingleFlight {
+ public:
+  explicit SingleFlight(Clock& clock = system_clock(), std::size_t shards = 16)
+      : clock_(clock), shards_(std::max<std::size_t>(shards, 1)) {}
+  SingleFlight(const SingleFlight&) = delete;
+  SingleFlight& operator=(const SingleFlight&) = delete;
+
+  // Blocking. Returns the fetched value or rethrows the fetch's exception; throws
+  // std::system_error with Errc::wait_timeout or Errc::too_many_waiters.
+  template <class F>
+  V get_or_fetch(const K& key, F&& fetcher, const FlightOptions& options = {}) {
+    return join(key, std::forward<F>(fetcher), options).value;
+  }
+
+  template <class F>
+  FlightResult<V> join(const K& key, F&& fetcher, const FlightOptions& options = {}) {
+    auto waiter = std::make_shared<BlockingWaiter>();
+    Enrolment e = enrol(key, waiter, options, /*leader_waits=*/false);
+    switch (e.role) {
+      case Role::kLeader:
+        run_and_settle(e.flight, fetcher);
+        return unpack(e.flight->outcome, false);
+      case Role::kJoined:
+        return unpack(waiter->wait(), true);
+      case Role::kBypass:
+        return {fetcher(), false};
+      case Role::kRefused:
+        break;
+    }
+    std::rethrow_exception(e.refusal);
+  }
+
+  // Coroutine. fetcher: () -> asio::awaitable<V>, copied into the spawned fetch.
+  template <class F>
+  asio::awaitable<V> async_get_or_fetch(K key, F fetcher, FlightOptions options = {}) {
+    FlightResult<V> r = co_await async_join(std::move(key), std::move(fetcher), options);
+    co_return std::move(r.value);
+  }
+
+  template <class F>
+  asio::awaitable<FlightResult<V>> async_join(K key, F fetcher, FlightOptions options = {}) {
+    auto executor = co_await asio::this_coro::executor;
+    Enrolment e;
+    OutcomePtr outcome =
+        co_await asio::async_initiate<const asio::use_awaitable_t<>, void(OutcomePtr)>(
+            [&](auto handler) {
+              auto waiter = std::make_shared<AsioWaiter<decltype(handler)>>(std::move(handler));
+              e = enrol(key, waiter, options, /*leader_waits=*/true);
+              if (e.leads) {
+                asio::co_spawn(executor, run_and_settle_async(e.flight, std::move(fetcher)),
+                               asio::detached);
+              }
+              if (e.role == Role::kRefused || e.role == Role::kBypass) {
+                waiter->deliver(nullptr);
+              } else {
+                watch_cancellation(waiter, e.flight);
+              }
+            },
+            asio::use_awaitable);
+    if (e.role == Role::kBypass) co_return FlightResult<V>{co_await fetcher(), false};
+    if (e.role == Role::kRefused) std::rethrow_exception(e.refusal);
+    co_return unpack(outcome, e.role == Role::kJoined);
+  }
+
+  // Starts a fetch for key unless one is already in flight, with no caller waiting for it (a
+  // background refresh). `run` receives a nullary job that runs the fetch and settles the flight;
+  // it decides where that happens (a thread pool, asio::post). Returns whether a fetch started.
+  template <class F, class Runner>
+  bool start(const K& key, F fetcher, Runner&& run) {
+    std::shared_ptr<Flight> flight = begin_if_idle(key);
+    if (!flight) return false;
+    run([this, flight, fetcher = std::move(fetcher)]() mutable {
+      run_and_settle(flight, fetcher);
+    });
+    return true;
+  }
+
+  // As start(), for a coroutine fetcher spawned on `executor`.
+  template <class F, class Executor>
+  bool async_start(const K& key, F fetcher, const Executor& executor) {
+    std::shared_ptr<Flight> flight = begin_if_idle(key);
+    if (!flight) return false;
+    asio::co_spawn(executor, run_and_settle_async(flight, std::move(fetcher)), asio::detached);
+    return true;
+  }
+
+  std::size_t in_flight() const {
+    std::size_t n = 0;
+    for (auto& shard : shards_) {
+      std::lock_guard lock(shard.mu);
+      n += shard.flights.size();
+    }
+    return n;
+  }
+
+  SingleFlightStats stats() const {
+    SingleFlightStats s;
+    s.total_requests = total_.load();
+    s.coalesced_requests = s.api_calls_saved = coalesced_.load();
+    s.fetches = fetches_.load();
+    s.timeouts = timeouts_.load();
+    s.cancelled = cancelled_.load();
+    s.overflows = overflows_.load();
+    s.in_flight = in_flight();
+    return s;
+  }
+
+  void reset_stats() noexcept {
+    for (auto* c : {&total_, &coalesced_, &fetches_, &timeouts_, &cancelled_, &overflows_}) {
+      c->reset();
+    }
+  }
+
+ private:
+  struct Outcome {
+    std::optional<V> value;
+    std::exception_ptr error;
+  };
+  using OutcomePtr = std::shared_ptr<const Outcome>;
+
+  // One caller waiting for a flight. Whoever flips `done` first (the settling fetch, the
+  // max_wait timer, a cancellation) delivers its outcome; the others do nothing.
+  struct Waiter {
+    virtual ~Waiter() = default;
+    virtual void deliver(OutcomePtr outcome) = 0;
+    bool claim() noexcept { return !done.exchange(true, std::memory_order_acq_rel); }
+
+    std::atomic<bool> done{false};
+    // Guarded by the shard's mutex:
+    TimerId timer = 0;
+    bool linked = false;
+    typename std::list<std::shared_ptr<Waiter>>::iterator position;
+  };
+
+  struct BlockingWaiter final : Waiter {
+    void deliver(OutcomePtr o) override {
+      outcome = std::move(o);
+      ready.store(true, std::memory_order_release);
+      ready.notify_one();
+    }
+    OutcomePtr wait() {
+      ready.wait(false, std::memory_order_acquire);
+      return outcome;
+    }
+    std::atomic<bool> ready{false};
+    OutcomePtr outcome;
+  };
+
+  template <class Handler>
+  struct AsioWaiter final : Waiter {
+    explicit AsioWaiter(Handler h)
+        : pending(std::make_shared<detail::PendingHandler<Handler, OutcomePtr>>(std::move(h))) {}
+    void deliver(OutcomePtr o) override { pending->complete(std::move(o)); }
+    std::shared_ptr<detail::PendingHandler<Handler, OutcomePtr>> pending;
+  };
+
+  struct Flight {
+    explicit Flight(const K& k) : key(k) {}
+    const K key;
+    std::list<std::shared_ptr<Waiter>> waiters;  // guarded by the shard's mutex
+    OutcomePtr outcome;                          // set once, before waiters are woken
+  };
+
+  struct alignas(64) Shard {
+    mutable std::mutex mu;  // protects flights and every Waiter's timer/linked/position
+    std::unordered_map<K, std::shared_ptr<Flight>, Hash, KeyEq> flights;
+  };
+
+  enum class Role { kLeader, kJoined, kBypass, kRefused };
+  struct Enrolment {
+    Role role = Role::kRefused;
+    bool leads = false;  // this caller started the flight and must run its fetch
+    std::shared_ptr<Flight> flight;
+    std::exception_ptr refusal;
+  };
+
+  Shard& shard_for(const K& key) { return shards_[Hash{}(key) % shards_.size()]; }
+
+  // Decides, atomically with respect to settle(), whether the caller leads a new flight, joins
+  // the one in flight, bypasses it or is refused; links the waiter and arms its max_wait timer.
+  Enrolment enrol(const K& key, const std::shared_ptr<Waiter>& waiter, const FlightOptions& options,
+                  bool leader_waits) {
+    total_.add();
+    const bool waits = options.max_wait > Duration::zero();
+    Shard& shard = shard_for(key);
+    Enrolment e;
+    std::lock_guard lock(shard.mu);
+    auto [it, created] = shard.flights.try_emplace(key);
+    if (created) {
+      it->second = std::make_shared<Flight>(key);
+      fetches_.add();
+      e.role = Role::kLeader;
+      e.leads = true;
+    } else if (it->second->waiters.size() >= options.max_waiters) {
+      overflows_.add();
+      if (options.overflow == Overflow::kBypass) {
+        fetches_.add();
+        e.role = Role::kBypass;
+      } else {
+        e.refusal =
+            std::make_exception_ptr(std::system_error(make_error_code(Errc::too_many_waiters)));
+      }
+      return e;
+    } else {
+      coalesced_.add();
+      e.role = Role::kJoined;
+    }
+    e.flight = it->second;
+    if (e.role == Role::kLeader && !leader_waits) return e;
+    if (!waits) {
+      timeouts_.add();
+      e.role = Role::kRefused;
+      e.refusal = timeout_error();
+      return e;
+    }
+    waiter->linked = true;
+    waiter->position = e.flight->waiters.insert(e.flight->waiters.end(), waiter);
+    if (options.max_wait < std::chrono::hours(24 * 365)) {
+      waiter->timer = clock_.schedule(
+          clock_.now() + options.max_wait,
+          [this, w = std::weak_ptr<Waiter>(waiter), f = std::weak_ptr<Flight>(e.flight)] {
+            give_up(w, f, timeout_error(), timeouts_);
+          });
+    }
+    return e;
+  }
+
+  std::shared_ptr<Flight> begin_if_idle(const K& key) {
+    Shard& shard = shard_for(key);
+    std::lock_guard lock(shard.mu);
+    auto [it, created] = shard.flights.try_emplace(key);
+    if (!created) return nullptr;
+    it->second = std::make_shared<Flight>(key);
+    fetches_.add();
+    return it->second;
+  }
+
+  // A waiter leaves its flight early (max_wait or cancellation); the flight goes on.
+  void give_up(const std::weak_ptr<Waiter>& weak_waiter, const std::weak_ptr<Flight>& weak_flight,
+               std::exception_ptr why, detail::StripedCounter& counter) {
+    auto waiter = weak_waiter.lock();
+    if (!waiter) return;
+    TimerId timer = 0;
+    if (auto flight = weak_flight.lock()) {
+      std::lock_guard lock(shard_for(flight->key).mu);
+      if (waiter->linked) {
+        flight->waiters.erase(waiter->position);
+        waiter->linked = false;
+      }
+      timer = std::exchange(waiter->timer, 0);
+    }
+    if (!waiter->claim()) return;
+    if (timer != 0) clock_.cancel(timer);
+    counter.add();
+    auto outcome = std::make_shared<Outcome>();
+    outcome->error = std::move(why);
+    waiter->deliver(std::move(outcome));
+  }
+
+  template <class Handler>
+  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter,
+                          const std::shared_ptr<Flight>& flight) {
+    auto slot = waiter->pending->cancellation_slot();
+    if (!slot.is_connected()) return;
+    slot.assign([this, w = std::weak_ptr<Waiter>(waiter),
+                 f = std::weak_ptr<Flight>(flight)](asio::cancellation_type) {
+      give_up(w, f, std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled))),
+              cancelled_);
+    });
+  }
+
+  // Removes the flight, then wakes every waiter still linked to it.
+  void settle(const std::shared_ptr<Flight>& flight, OutcomePtr outcome) {
+    std::list<std::shared_ptr<Waiter>> waiters;
+    std::vector<TimerId> timers;
+    {
+      Shard& shard = shard_for(flight->key);
+      std::lock_guard lock(shard.mu);
+      flight->outcome = outcome;
+      shard.flights.erase(flight->key);
+      waiters.swap(flight->waiters);
+      timers.reserve(waiters.size());
+      for (auto& w : waiters) {
+        w->linked = false;
+        timers.push_back(std::exchange(w->timer, 0));
+      }
+    }
+    auto timer = timers.begin();
+    for (auto& w : waiters) {
+      const TimerId id = *timer++;
+      if (!w->claim()) continue;
+      if (id != 0) clock_.cancel(id);
+      w->deliver(outcome);
+    }
+  }
+
+  template <class F>
+  void run_and_settle(const std::shared_ptr<Flight>& flight, F& fetcher) {
+    auto outcome = std::make_shared<Outcome>();
+    try {
+      outcome->value.emplace(fetcher());
+    } catch (...) {
+      outcome->error = std::current_exception();
+    }
+    settle(flight, std::move(outcome));
+  }
+
+  template <class F>
+  asio::awaitable<void> run_and_settle_async(std::shared_ptr<Flight> flight, F fetcher) {
+    auto outcome = std::make_shared<Outcome>();
+    try {
+      outcome->value.emplace(co_await fetcher());
+    } catch (...) {
+      outcome->error = std::current_exception();
+    }
+    settle(flight, std::move(outcome));
+  }
+
+  static FlightResult<V> unpack(const OutcomePtr& outcome, bool coalesced) {
+    if (outcome->error) std::rethrow_exception(outcome->error);
+    return {*outcome->value, coalesced};
+  }
+
+  static std::exception_ptr timeout_error() {
+    return std::make_exception_ptr(std::system_error(make_error_code(Errc::wait_timeout)));
+  }
+
+  Clock& clock_;
+  std::vector<Shard> shards_;
+  detail::StripedCounter total_, coalesced_, fetches_, timeouts_, cancelled_, overflows_;
+};
+
+}  // namespace unherd

@@ -1,0 +1,421 @@
+#include "unherd/coordinator.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+
+namespace unherd {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::eventually;
+using testing::Gate;
+using Coord = Coordinator<std::string, std::string>;
+
+const CallPolicy kTenSeconds{.ttl = Ttl{10s}};
+
+TEST(Coordinator, HitInsideTtlThenNewFetchAfterIt) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  int calls = 0;
+  auto fetch = [&] { return "data" + std::to_string(++calls); };
+  auto first = coord.get("k", fetch, kTenSeconds);
+  EXPECT_EQ(first.value, "data1");
+  EXPECT_EQ(first.source, Source::kFetched);
+  EXPECT_EQ(coord.flights().in_flight(), 0u);
+
+  clock.advance(9s);
+  auto second = coord.get("k", fetch, kTenSeconds);
+  EXPECT_EQ(second.value, "data1");
+  EXPECT_EQ(second.source, Source::kHit);
+  EXPECT_EQ(clock.now() - second.stored_at, 9s);  // the Age a gateway reports
+  EXPECT_EQ(calls, 1);
+
+  clock.advance(1s);
+  auto third = coord.get("k", fetch, kTenSeconds);
+  EXPECT_EQ(third.value, "data2");
+  EXPECT_EQ(third.source, Source::kFetched);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Coordinator, ZeroTtlValueReachesTheCallerButIsNotStored) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  int calls = 0;
+  auto fetch = [&] { return std::to_string(++calls); };
+  EXPECT_EQ(coord.get("k", fetch, CallPolicy{.ttl = Ttl{0s}}).value, "1");
+  EXPECT_EQ(coord.get("k", fetch, CallPolicy{.ttl = Ttl{-1s}}).value, "2");
+  EXPECT_EQ(coord.stats().cache.entries, 0u);
+}
+
+TEST(Coordinator, CapacityZeroStillCoalescesButNeverCaches) {
+  ManualClock clock;
+  Coord coord(CoordinatorOptions{.cache = {.capacity = 0}}, clock);
+  int calls = 0;
+  auto fetch = [&] { return std::to_string(++calls); };
+  EXPECT_EQ(coord.get("k", fetch, kTenSeconds).value, "1");
+  EXPECT_EQ(coord.get("k", fetch, kTenSeconds).value, "2");
+}
+
+TEST(Coordinator, WaiterPastMaxWaitTimesOutThenTheFilledCacheServesTheNextCaller) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  Gate gate;
+  auto slow = [&] {
+    gate.wait();
+    return std::string("eventually");
+  };
+  CallPolicy policy{.ttl = Ttl{60s}, .flight = {.max_wait = 5s}};
+  auto leader = std::async(std::launch::async, [&] { return coord.get("k", slow, policy); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 1; }));
+  auto waiter = std::async(std::launch::async, [&] { return coord.get("k", slow, policy); });
+  ASSERT_TRUE(eventually([&] { return clock.pending_timers() == 1; }));
+  clock.advance(5s);
+  try {
+    waiter.get();
+    ADD_FAILURE() << "expected wait_timeout";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), Errc::wait_timeout);
+  }
+  gate.open();
+  EXPECT_EQ(leader.get().value, "eventually");
+  auto next = coord.get(
+      "k", [] { return std::string("unused"); }, policy);
+  EXPECT_EQ(next.source, Source::kHit);
+  EXPECT_EQ(next.value, "eventually");
+}
+
+TEST(Coordinator, StaleServedAtOnceWithExactlyOneRefreshForFiftyCallers) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 60s}};
+  coord.get(
+      "k", [] { return std::string("old"); }, policy);
+  clock.advance(15s);  // stale, inside the SWR window
+
+  Gate gate;
+  std::atomic<int> refreshes{0};
+  std::atomic<bool> saw_previous{false};
+  auto refresh = [&](const FetchContext<std::string>& ctx) {
+    refreshes++;
+    saw_previous = ctx.previous != nullptr && *ctx.previous == "old" && ctx.background;
+    gate.wait();
+    return std::string("new");
+  };
+  std::vector<std::future<Answer<std::string>>> answers;
+  for (int i = 0; i < 50; ++i) {
+    answers.push_back(
+        std::async(std::launch::async, [&] { return coord.get("k", refresh, policy); }));
+  }
+  // Every caller is answered while the refresh is still held at the gate.
+  for (auto& a : answers) {
+    auto answer = a.get();
+    EXPECT_EQ(answer.value, "old");
+    EXPECT_EQ(answer.source, Source::kStale);
+  }
+  gate.open();
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 0 && refreshes == 1; }));
+  EXPECT_EQ(refreshes.load(), 1);
+  EXPECT_TRUE(saw_previous.load());
+  EXPECT_EQ(coord.stats().refreshes, 1u);
+  ASSERT_TRUE(eventually([&] { return coord.get("k", refresh, policy).source == Source::kHit; }));
+  EXPECT_EQ(coord.get("k", refresh, policy).value, "new");
+}
+
+TEST(Coordinator, StaleIfErrorServesTheOldValueWhenTheFetchFails) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}};
+  coord.get(
+      "k", [] { return std::string("old"); }, policy);
+  clock.advance(100s);  // past freshness and SWR, inside stale-if-error
+  auto failing = []() -> std::string { throw std::runtime_error("upstream down"); };
+  auto answer = coord.get("k", failing, policy);
+  EXPECT_EQ(answer.value, "old");
+  EXPECT_EQ(answer.source, Source::kStaleIfError);
+  EXPECT_EQ(coord.stats().stale_if_error_served, 1u);
+
+  clock.advance(300s);  // past stale-if-error: the error comes through
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+}
+
+TEST(Coordinator, FailedRefreshIsRetriedWithBackoffOnALaterStaleHit) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  RetryPolicy single(RetryOptions{.max_attempts = 1, .base = 1s, .cap = 8s});
+  const CallPolicy policy{.ttl = Ttl{10s, 1h}, .retry = &single};
+  coord.get(
+      "k", [] { return std::string("old"); }, policy);
+  clock.advance(11s);
+
+  std::atomic<int> attempts{0};
+  std::atomic<bool> up{false};
+  auto refresh = [&]() -> std::string {
+    attempts++;
+    if (!up) throw std::runtime_error("still down");
+    return "new";
+  };
+  auto settle = [&] { return eventually([&] { return coord.flights().in_flight() == 0; }); };
+  EXPECT_EQ(coord.get("k", refresh, policy).value, "old");
+  ASSERT_TRUE(settle());
+  EXPECT_EQ(attempts.load(), 1);
+  // Right after the failure, stale hits do not start another refresh: backoff.
+  EXPECT_EQ(coord.get("k", refresh, policy).source, Source::kStale);
+  ASSERT_TRUE(settle());
+  EXPECT_EQ(attempts.load(), 1);
+  // Past the backoff (at most 1s after one failure), the next stale hit refreshes again.
+  clock.advance(1s);
+  up = true;
+  coord.get("k", refresh, policy);
+  ASSERT_TRUE(settle());
+  EXPECT_EQ(attempts.load(), 2);
+  EXPECT_EQ(coord.get("k", refresh, policy).value, "new");
+  EXPECT_EQ(coord.stats().refresh_failures, 1u);
+}
+
+TEST(Coordinator, OpenBreakerRefusesWithoutFetchingAndStaleIfErrorCoversIt) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  CircuitBreaker breaker(BreakerOptions{.window = 2, .min_calls = 2, .open_for = 30s}, clock);
+  const CallPolicy policy{.ttl = Ttl{1s, 0s, 1h}, .breaker = &breaker};
+  int calls = 0;
+  auto failing = [&]() -> std::string {
+    ++calls;
+    throw std::runtime_error("500");
+  };
+  EXPECT_THROW(coord.get("a", failing, policy), std::runtime_error);
+  EXPECT_THROW(coord.get("b", failing, policy), std::runtime_error);
+  ASSERT_EQ(breaker.state(), BreakerState::kOpen);
+  try {
+    coord.get("c", failing, policy);
+    ADD_FAILURE();
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), Errc::circuit_open);
+  }
+  EXPECT_EQ(calls, 2);  // no call while open
+
+  // A key with a stale-if-error value is still served while the breaker is open.
+  coord.put("d", "kept", Ttl{1s, 0s, 1h});
+  clock.advance(2s);
+  auto answer = coord.get("d", failing, policy);
+  EXPECT_EQ(answer.value, "kept");
+  EXPECT_EQ(answer.source, Source::kStaleIfError);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Coordinator, RetriesRecoverATransientFailure) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  RetryPolicy retry(RetryOptions{.max_attempts = 3, .base = 0s, .cap = 0s});
+  int calls = 0;
+  auto flaky = [&]() -> std::string {
+    if (++calls < 3) throw std::runtime_error("reset");
+    return "ok";
+  };
+  EXPECT_EQ(coord.get("k", flaky, CallPolicy{.ttl = Ttl{10s}, .retry = &retry}).value, "ok");
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(coord.stats().retries, 2u);
+}
+
+TEST(Coordinator, NegativeCachingAnswersRepeatedFailuresWithoutFetching) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s}, .negative_ttl = 10s};
+  int calls = 0;
+  auto failing = [&]() -> std::string {
+    ++calls;
+    throw std::runtime_error("404-ish");
+  };
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(coord.stats().negative_hits, 1u);
+  clock.advance(12s);  // past the TTL even with +20% jitter
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Coordinator, FetchedValueSetsItsOwnTtlOrStaysOutOfTheCache) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  auto short_lived = [] { return Fetched<std::string>{"v", Ttl{1s}}; };
+  coord.get("a", short_lived, CallPolicy{.ttl = Ttl{1h}});
+  clock.advance(2s);
+  EXPECT_EQ(coord.cache().lookup("a", clock.now()).freshness, Freshness::kMiss);
+
+  auto private_answer = [] {
+    return Fetched<std::string>{"mine", std::nullopt, std::nullopt, false};
+  };
+  EXPECT_EQ(coord.get("b", private_answer, CallPolicy{.ttl = Ttl{1h}}).value, "mine");
+  EXPECT_FALSE(coord.cache().lookup("b", clock.now()).value.has_value());
+}
+
+TEST(Coordinator, PurgeRemovesAKeyOrAPrefix) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  coord.put("/a/1", "x", Ttl{1h});
+  coord.put("/a/2", "x", Ttl{1h});
+  coord.put("/b/1", "x", Ttl{1h});
+  EXPECT_TRUE(coord.purge("/b/1"));
+  EXPECT_EQ(coord.purge_if([](const std::string& k) { return k.starts_with("/a/"); }), 2u);
+  EXPECT_EQ(coord.stats().cache.entries, 0u);
+}
+
+TEST(Coordinator, ThreadSafetyCountsAddUpExactly) {
+  Coord coord({}, system_clock());
+  std::atomic<std::uint64_t> fetched{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10'000; ++i) {
+        const std::string key = "key" + std::to_string((i * 13 + t) % 100);
+        auto a = coord.get(
+            key,
+            [&] {
+              fetched++;
+              return key;
+            },
+            CallPolicy{.ttl = Ttl{1h}});
+        if (a.value != key) ADD_FAILURE();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  auto s = coord.stats();
+  EXPECT_EQ(s.hits + s.flight.fetches + s.flight.coalesced_requests, 80'000u);
+  EXPECT_EQ(s.flight.fetches, fetched.load());
+  EXPECT_GE(fetched.load(), 100u);
+  EXPECT_EQ(s.cache.entries, 100u);
+  EXPECT_EQ(coord.flights().in_flight(), 0u);
+}
+
+// --- coroutines -----------------------------------------------------------------------------
+
+TEST(CoordinatorAsync, HundredConcurrentCallersOneFetchThenHits) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  asio::io_context io;
+  asio::steady_timer hold(io);
+  hold.expires_at(asio::steady_timer::time_point::max());
+  int calls = 0;
+  auto fetch = [&]() -> asio::awaitable<std::string> {
+    ++calls;
+    boost::system::error_code ec;
+    co_await hold.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_return std::string("v");
+  };
+  std::map<Source, int> sources;
+  for (int i = 0; i < 100; ++i) {
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          auto a = co_await coord.async_get("k", fetch, kTenSeconds);
+          if (a.value == "v") sources[a.source]++;
+        },
+        asio::detached);
+  }
+  io.poll();
+  hold.cancel();
+  io.run();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(sources[Source::kFetched], 1);
+  EXPECT_EQ(sources[Source::kCoalesced], 99);
+  io.restart();
+  Source later{};
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        later = (co_await coord.async_get("k", fetch, kTenSeconds)).source;
+      },
+      asio::detached);
+  io.run();
+  EXPECT_EQ(later, Source::kHit);
+}
+
+TEST(CoordinatorAsync, AttemptTimeoutCancelsTheHungAttemptAndRetries) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  asio::io_context io;
+  RetryPolicy retry(RetryOptions{
+      .max_attempts = 2, .base = 0s, .cap = 0s, .deadline = 0s, .attempt_timeout = 2s});
+  asio::steady_timer hang(io);
+  hang.expires_at(asio::steady_timer::time_point::max());
+  int attempts = 0;
+  bool first_cancelled = false;
+  auto fetch = [&](const FetchContext<std::string>& ctx) -> asio::awaitable<std::string> {
+    ++attempts;
+    if (ctx.attempt == 1) {
+      boost::system::error_code ec;
+      co_await hang.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      first_cancelled = ec == asio::error::operation_aborted;
+      co_return std::string("too late");
+    }
+    co_return std::string("second");
+  };
+  std::string got;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        got = (co_await coord.async_get(
+                   "k", fetch,
+                   CallPolicy{.ttl = Ttl{10s}, .flight = {.max_wait = 1h}, .retry = &retry}))
+                  .value;
+      },
+      asio::detached);
+  io.poll();
+  EXPECT_EQ(attempts, 1);
+  clock.advance(2s);
+  io.run();
+  EXPECT_TRUE(first_cancelled);
+  EXPECT_EQ(attempts, 2);
+  EXPECT_EQ(got, "second");
+}
+
+TEST(CoordinatorAsync, StaleHitReturnsAtOnceAndRefreshRunsInTheBackground) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  asio::io_context io;
+  const CallPolicy policy{.ttl = Ttl{10s, 60s}};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(11s);
+  asio::steady_timer hold(io);
+  hold.expires_at(asio::steady_timer::time_point::max());
+  int refreshes = 0;
+  auto fetch = [&]() -> asio::awaitable<std::string> {
+    ++refreshes;
+    boost::system::error_code ec;
+    co_await hold.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_return std::string("new");
+  };
+  std::vector<Answer<std::string>> answers;
+  for (int i = 0; i < 50; ++i) {
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          answers.push_back(co_await coord.async_get("k", fetch, policy));
+        },
+        asio::detached);
+  }
+  io.poll();
+  ASSERT_EQ(answers.size(), 50u);  // all answered while the refresh is held
+  for (auto& a : answers)
+    EXPECT_EQ(a.source, Source::kStale);
+  EXPECT_EQ(refreshes, 1);
+  hold.cancel();
+  io.run();
+  EXPECT_EQ(coord.cache().lookup("k", clock.now()).value, "new");
+}
+
+}  // namespace
+}  // namespace unherd

@@ -1,0 +1,48 @@
+// Helpers shared by the core tests: a gate that holds fetches until a test releases them, and a
+// bounded wait for a condition that other threads make true.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace unherd::testing {
+
+// Fetchers block on wait() until the test calls open().
+class Gate {
+ public:
+  void wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return open_; });
+  }
+  void open() {
+    {
+      std::lock_guard lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// Waits (yielding, bounded by a generous real-time limit so a broken test fails rather than
+// hangs) until pred() holds. This waits for other threads to reach a point, not for time to pass.
+inline bool eventually(const std::function<bool()>& pred) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > limit) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+}  // namespace unherd::testing
