@@ -14,9 +14,14 @@
 //
 // Thread safety: every member may be called concurrently. Each shard has its own mutex, held
 // only for the map and policy update; no user code runs under it except V's copy constructor.
+// Hits are mostly answered from a small per-thread memo of recent hits, checked against the
+// shard's version, so readers on different cores do not contend; a memo holds a copy of V until
+// its slot is reused, which can keep an evicted value alive a little longer.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -74,6 +79,9 @@ struct CacheOptions {
   // At most this many shards; fewer when capacity is small (each shard gets at least 1 MiB).
   std::size_t shards = 16;
   std::function<std::unique_ptr<EvictionPolicy>()> make_policy = make_lru_policy;
+  // Answer repeated hits from a per-thread memo (see Cache). Off: every lookup locks its shard,
+  // and no copy of a value outlives its entry.
+  bool thread_memo = true;
 };
 
 struct CacheStats {
@@ -92,7 +100,9 @@ template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_
 class Cache {
  public:
   explicit Cache(CacheOptions options = {})
-      : shards_(shard_count(options)), shard_capacity_(options.capacity / shards_.size()) {
+      : memo_(options.thread_memo),
+        shards_(shard_count(options)),
+        shard_capacity_(options.capacity / shards_.size()) {
     for (auto& shard : shards_)
       shard.policy = options.make_policy();
   }
@@ -102,6 +112,12 @@ class Cache {
   Lookup<V> lookup(const K& key, TimePoint now) {
     const std::size_t h = Hash{}(key);
     Shard& shard = shard_for(h);
+    Memo& memo = memo_for(h);
+    if (memo_ && memo.owner == id_ && memo.hash == h &&
+        memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
+        (++memo.uses % kMemoUsesBeforeTouch) != 0 && now < memo.entry.deadlines.stale_until) {
+      return classify(memo.entry, now);
+    }
     Lookup<V> result;
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
@@ -115,21 +131,17 @@ class Cache {
       misses_.add();
       return result;
     }
-    if (now < e.deadlines.fresh_until) {
-      result.freshness = Freshness::kFresh;
-      hits_.add();
-    } else if (now < e.deadlines.stale_until) {
-      result.freshness = Freshness::kStale;
-      stale_hits_.add();
-    } else {
-      misses_.add();
-    }
-    if (result.freshness != Freshness::kMiss) shard.policy->accessed(&e);
+    result.freshness = freshness_at(e.deadlines, now);
+    count(result.freshness);
     result.value.emplace(e.value);
     result.deadlines = e.deadlines;
     result.stored_at = e.stored_at;
     result.refresh_after = e.refresh_after;
     result.refresh_failures = e.refresh_failures;
+    if (result.freshness != Freshness::kMiss) {
+      shard.policy->accessed(&e);
+      if (memo_) remember(memo, h, key, result, shard.version.load(std::memory_order_relaxed));
+    }
     return result;
   }
 
@@ -137,7 +149,8 @@ class Cache {
   // charge exceeds a shard's capacity or the entry is already past all its windows at `now`.
   bool insert(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
               TimePoint now) {
-    if (shard_capacity_ == 0 || charge > shard_capacity_ || deadlines.stale_if_error_until <= now) {
+    if (shard_capacity_ == 0 || charge > shard_capacity_ || charge > UINT32_MAX ||
+        deadlines.stale_if_error_until <= now) {
       rejected_.add();
       erase(key);  // an unstorable new value must not leave the old one behind
       return false;
@@ -158,6 +171,7 @@ class Cache {
     auto [it, inserted] = shard.map.try_emplace(key, std::move(value), charge, deadlines, now);
     Entry& e = it->second;
     e.key = &it->first;
+    shard.version.fetch_add(1, std::memory_order_release);
     shard.charge += charge;
     shard.policy->inserted(&e);
     inserts_.add();
@@ -199,6 +213,7 @@ class Cache {
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end()) return;
+    shard.version.fetch_add(1, std::memory_order_release);
     it->second.refresh_after = until;
     it->second.refresh_failures = failures;
   }
@@ -235,14 +250,18 @@ class Cache {
  private:
   struct Entry : PolicyHook {
     Entry(V v, std::size_t c, const Deadlines& d, TimePoint now)
-        : value(std::move(v)), charge(c), deadlines(d), stored_at(now), refresh_after(now) {}
+        : value(std::move(v)),
+          charge(static_cast<std::uint32_t>(c)),
+          deadlines(d),
+          stored_at(now),
+          refresh_after(now) {}
     V value;
     const K* key = nullptr;  // the map node's key, for erasing an eviction victim
-    std::size_t charge;
+    std::uint32_t charge;    // insert() refuses charges over a shard, and over 4 GiB
+    std::uint32_t refresh_failures = 0;
     Deadlines deadlines;
     TimePoint stored_at;
     TimePoint refresh_after;
-    std::uint32_t refresh_failures = 0;
   };
 
   // A key with its hash computed once, for lookups that already hashed it to pick the shard.
@@ -264,11 +283,81 @@ class Cache {
   using Map = std::unordered_map<K, Entry, MapHash, MapEq>;
 
   struct alignas(64) Shard {
-    mutable std::mutex mu;  // protects map, policy, charge
+    mutable std::mutex mu;  // protects map, policy, charge; held when version changes
     Map map;
     std::unique_ptr<EvictionPolicy> policy;
     std::size_t charge = 0;
+    // Bumped on every change to the shard. On its own cache line: hits only read it, so it
+    // stays shared between cores while the mutex's line moves.
+    alignas(64) std::atomic<std::uint64_t> version{0};
   };
+
+  // Each thread memoises its recent hits, one per slot of a small direct-mapped table. A memo
+  // is used only while its shard's version is unchanged, so it always equals what the shard
+  // holds; a hit on it takes no lock and writes nothing shared. Every kMemoUsesBeforeTouch-th
+  // use goes through the shard instead, to keep the eviction policy's view of recency.
+  struct MemoEntry {
+    V value;
+    Deadlines deadlines;
+    TimePoint stored_at{};
+    TimePoint refresh_after{};
+    std::uint32_t refresh_failures = 0;
+  };
+  struct Memo {
+    std::uint64_t owner = 0;  // the Cache's id_: memos of other caches never match
+    std::size_t hash = 0;
+    std::uint64_t version = 0;
+    std::uint32_t uses = 0;
+    K key{};
+    MemoEntry entry{};
+  };
+  static constexpr std::size_t kMemoSlots = 256;
+  static constexpr std::uint32_t kMemoUsesBeforeTouch = 32;
+
+  static Memo& memo_for(std::size_t hash) {
+    thread_local std::array<Memo, kMemoSlots> memos;
+    return memos[(hash ^ hash >> 17) % kMemoSlots];
+  }
+
+  void remember(Memo& memo, std::size_t h, const K& key, const Lookup<V>& found,
+                std::uint64_t version) {
+    // Second chance: an occupant that was used since it came in stays once, so keys passing
+    // through do not keep evicting a hot one (and the copy below is not paid on every miss).
+    if (memo.owner == id_ && memo.hash != h && memo.uses > 0) {
+      memo.uses = 0;
+      return;
+    }
+    memo.owner = id_;
+    memo.hash = h;
+    memo.version = version;
+    memo.uses = 0;
+    memo.key = key;
+    memo.entry = MemoEntry{*found.value, found.deadlines, found.stored_at, found.refresh_after,
+                           found.refresh_failures};
+  }
+
+  static Freshness freshness_at(const Deadlines& d, TimePoint now) {
+    if (now < d.fresh_until) return Freshness::kFresh;
+    if (now < d.stale_until) return Freshness::kStale;
+    return Freshness::kMiss;
+  }
+
+  // A lookup answered from a memo. REQUIRES: now < stale_until.
+  Lookup<V> classify(const MemoEntry& e, TimePoint now) {
+    Lookup<V> result;
+    result.freshness = freshness_at(e.deadlines, now);
+    count(result.freshness);
+    result.value.emplace(e.value);
+    result.deadlines = e.deadlines;
+    result.stored_at = e.stored_at;
+    result.refresh_after = e.refresh_after;
+    result.refresh_failures = e.refresh_failures;
+    return result;
+  }
+
+  void count(Freshness f) {
+    (f == Freshness::kFresh ? hits_ : f == Freshness::kStale ? stale_hits_ : misses_).add();
+  }
 
   // Small caches get fewer shards, so that each shard can still hold a sizeable entry.
   static std::size_t shard_count(const CacheOptions& o) {
@@ -283,11 +372,19 @@ class Cache {
   }
 
   void erase_locked(Shard& shard, typename Map::iterator it) {
+    shard.version.fetch_add(1, std::memory_order_release);
     shard.policy->erased(&it->second);
     shard.charge -= it->second.charge;
     shard.map.erase(it);
   }
 
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> ids{1};
+    return ids.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  const std::uint64_t id_ = next_id();
+  const bool memo_;
   std::vector<Shard> shards_;
   std::size_t shard_capacity_;
   detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_;

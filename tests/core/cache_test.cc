@@ -163,5 +163,44 @@ TEST(Cache, DeferRefreshIsReportedByLookup) {
   EXPECT_EQ(l.refresh_failures, 2u);
 }
 
+// Repeated hits are answered from a per-thread memo; it must never outlive a change.
+TEST(Cache, RepeatedHitsSeeEveryReplacementErasureAndDeferral) {
+  ManualClock clock;
+  StringCache cache;
+  const TimePoint t0 = clock.now();
+  const auto d = Deadlines::from(t0, Ttl{10s, 60s});
+  cache.insert("k", "v1", 1, d, t0);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_EQ(cache.lookup("k", t0).value, "v1");
+  cache.insert("k", "v2", 1, d, t0);
+  EXPECT_EQ(cache.lookup("k", t0).value, "v2");
+  cache.defer_refresh("k", t0 + 30s, 1);
+  EXPECT_EQ(cache.lookup("k", t0).refresh_after, t0 + 30s);
+  EXPECT_EQ(cache.lookup("k", t0 + 11s).freshness, Freshness::kStale);  // time still counts
+  cache.erase("k");
+  EXPECT_FALSE(cache.lookup("k", t0).value.has_value());
+  EXPECT_EQ(cache.stats().hits, 7u);
+}
+
+TEST(Cache, MemoOfOneCacheNeverAnswersForAnother) {
+  ManualClock clock;
+  StringCache a, b;
+  const TimePoint now = clock.now();
+  a.insert("k", "from-a", 1, Deadlines::from(now, Ttl{10s}), now);
+  EXPECT_EQ(a.lookup("k", now).value, "from-a");
+  EXPECT_FALSE(b.lookup("k", now).value.has_value());
+}
+
+TEST(Cache, EvictionIsSeenThroughTheMemo) {
+  ManualClock clock;
+  StringCache cache(CacheOptions{.capacity = 100});
+  const TimePoint now = clock.now();
+  const auto d = Deadlines::from(now, Ttl{1h});
+  cache.insert("a", "A", 60, d, now);
+  EXPECT_EQ(cache.lookup("a", now).value, "A");
+  cache.insert("b", "B", 60, d, now);  // evicts a
+  EXPECT_FALSE(cache.lookup("a", now).value.has_value());
+}
+
 }  // namespace
 }  // namespace unherd

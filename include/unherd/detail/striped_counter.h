@@ -8,13 +8,14 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <functional>
-#include <thread>
 
 namespace unherd::detail {
 
+// Threads take stripes in turn as they first count, so the first kStripes threads never share.
+// (Hashing the thread id would not do: ids are aligned addresses, alike in their low bits.)
 inline std::size_t thread_stripe() noexcept {
-  thread_local const std::size_t stripe = std::hash<std::thread::id>{}(std::this_thread::get_id());
+  static std::atomic<std::size_t> next{0};
+  thread_local const std::size_t stripe = next.fetch_add(1, std::memory_order_relaxed);
   return stripe;
 }
 

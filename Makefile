@@ -1,0 +1,41 @@
+# The front door. Every target installs what it needs first (scripts/install-deps is a no-op
+# when everything is present) and builds with at most two jobs.
+.PHONY: all deps build test test-asan test-tsan bench demo example format clean
+
+JOBS ?= 2
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+build: deps
+	@cmake --preset release >/dev/null
+	@cmake --build --preset release -j $(JOBS)
+
+test: build
+	@ctest --preset release -j $(JOBS)
+
+test-asan: deps
+	@cmake --preset asan >/dev/null
+	@cmake --build --preset asan -j $(JOBS)
+	@ctest --preset asan -j $(JOBS)
+
+test-tsan: deps
+	@cmake --preset tsan >/dev/null
+	@cmake --build --preset tsan -j $(JOBS)
+	@ctest --preset tsan -j $(JOBS)
+
+bench: build
+	@scripts/install-deps bench
+	@bench/run
+
+# Until the gateway lands, the demo is the library example: 100 callers, one upstream call.
+demo: build
+	@build/unherd_example
+
+format:
+	@clang-format -i $$(git ls-files '*.h' '*.cc')
+
+clean:
+	@rm -rf build build-debug build-asan build-tsan
