@@ -1,0 +1,397 @@
+#include "gateway/config.h"
+
+#include <toml++/toml.h>
+
+#include <boost/url/parse.hpp>
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace unherd::gateway {
+
+std::string UpstreamUrl::to_string() const {
+  return scheme + "://" + host + ":" + std::to_string(port) + base_path;
+}
+
+std::optional<Millis> parse_duration(std::string_view text) {
+  double value = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || p == text.data() || value < 0) return std::nullopt;
+  const std::string_view unit(p, static_cast<std::size_t>(end - p));
+  double ms;
+  if (unit == "ms") {
+    ms = value;
+  } else if (unit == "s") {
+    ms = value * 1e3;
+  } else if (unit == "m") {
+    ms = value * 60e3;
+  } else if (unit == "h") {
+    ms = value * 3600e3;
+  } else {
+    return std::nullopt;
+  }
+  if (ms > 1e12) return std::nullopt;
+  return Millis(static_cast<Millis::rep>(ms + 0.5));
+}
+
+std::optional<std::size_t> parse_size(std::string_view text) {
+  double value = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || p == text.data() || value < 0) return std::nullopt;
+  const std::string_view unit(p, static_cast<std::size_t>(end - p));
+  double scale;
+  if (unit.empty() || unit == "B") {
+    scale = 1;
+  } else if (unit == "KiB") {
+    scale = 1024.0;
+  } else if (unit == "MiB") {
+    scale = 1024.0 * 1024;
+  } else if (unit == "GiB") {
+    scale = 1024.0 * 1024 * 1024;
+  } else {
+    return std::nullopt;
+  }
+  const double bytes = value * scale;
+  if (bytes > 1e15) return std::nullopt;
+  return static_cast<std::size_t>(bytes);
+}
+
+namespace {
+
+std::string format_millis(Millis ms) {
+  const auto n = ms.count();
+  if (n != 0 && n % 3'600'000 == 0) return std::to_string(n / 3'600'000) + "h";
+  if (n != 0 && n % 60'000 == 0) return std::to_string(n / 60'000) + "m";
+  if (n != 0 && n % 1000 == 0) return std::to_string(n / 1000) + "s";
+  return std::to_string(n) + "ms";
+}
+
+std::string format_size(std::size_t bytes) {
+  if (bytes != 0 && bytes % (1u << 30) == 0) return std::to_string(bytes >> 30) + "GiB";
+  if (bytes != 0 && bytes % (1u << 20) == 0) return std::to_string(bytes >> 20) + "MiB";
+  if (bytes != 0 && bytes % 1024 == 0) return std::to_string(bytes >> 10) + "KiB";
+  return std::to_string(bytes);
+}
+
+// Reads one TOML table, remembering which keys it consumed so that finish() can reject the
+// rest. Every error names the source, the line and the dotted key.
+class TableReader {
+ public:
+  TableReader(const toml::table& table, std::string path, const std::string& source)
+      : table_(table), path_(std::move(path)), source_(source) {}
+
+  const toml::node* node(std::string_view key) {
+    known_.insert(std::string(key));
+    return table_.get(key);
+  }
+
+  void string(std::string_view key, std::string& out) {
+    if (auto* n = node(key)) {
+      auto v = n->value<std::string>();
+      if (!v) fail(*n, key, "expected a string");
+      out = *v;
+    }
+  }
+
+  void duration(std::string_view key, Millis& out) {
+    if (auto* n = node(key)) {
+      auto v = n->value<std::string>();
+      auto d = v ? parse_duration(*v) : std::nullopt;
+      if (!d) fail(*n, key, "expected a duration such as \"250ms\", \"10s\", \"5m\" or \"1h\"");
+      out = *d;
+    }
+  }
+
+  void size(std::string_view key, std::size_t& out) {
+    if (auto* n = node(key)) {
+      std::optional<std::size_t> s;
+      if (auto str = n->value<std::string>()) {
+        s = parse_size(*str);
+      } else if (auto i = n->value<std::int64_t>(); i && *i >= 0) {
+        s = static_cast<std::size_t>(*i);
+      }
+      if (!s) fail(*n, key, "expected a size such as \"64KiB\", \"256MiB\" or \"4GiB\"");
+      out = *s;
+    }
+  }
+
+  template <class T>
+  void integer(std::string_view key, T& out, std::int64_t lo, std::int64_t hi) {
+    if (auto* n = node(key)) {
+      auto v = n->value_exact<std::int64_t>();
+      if (!v || *v < lo || *v > hi) {
+        fail(*n, key,
+             "expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi));
+      }
+      out = static_cast<T>(*v);
+    }
+  }
+
+  void number(std::string_view key, double& out, double lo, double hi) {
+    if (auto* n = node(key)) {
+      auto v = n->value<double>();
+      if (!v || *v < lo || *v > hi) {
+        std::ostringstream what;
+        what << "expected a number from " << lo << " to " << hi;
+        fail(*n, key, what.str());
+      }
+      out = *v;
+    }
+  }
+
+  const toml::table* table(std::string_view key) {
+    auto* n = node(key);
+    if (n == nullptr) return nullptr;
+    if (!n->is_table()) fail(*n, key, "expected a table");
+    return n->as_table();
+  }
+
+  void endpoint(std::string_view key, Endpoint& out) {
+    if (auto* n = node(key)) {
+      auto v = n->value<std::string>();
+      const auto colon = v ? v->rfind(':') : std::string::npos;
+      std::uint16_t port = 0;
+      bool ok = colon != std::string::npos && colon > 0;
+      if (ok) {
+        const char* b = v->data() + colon + 1;
+        const char* e = v->data() + v->size();
+        auto [p, ec] = std::from_chars(b, e, port);
+        ok = ec == std::errc() && p == e && b != e;
+      }
+      if (!ok) fail(*n, key, "expected \"HOST:PORT\", such as \"127.0.0.1:8080\"");
+      out = Endpoint{v->substr(0, colon), port};
+    }
+  }
+
+  [[noreturn]] void fail(const toml::node& n, std::string_view key, const std::string& what) {
+    throw ConfigError(source_ + ":" + std::to_string(n.source().begin.line) + ": " + dotted(key) +
+                      ": " + what);
+  }
+  [[noreturn]] void fail_here(std::string_view key, const std::string& what) {
+    fail(table_, key, what);
+  }
+
+  // Rejects the keys nobody asked for.
+  void finish() {
+    for (auto&& [k, v] : table_) {
+      if (!known_.contains(std::string(k.str()))) fail(v, k.str(), "unknown key");
+    }
+  }
+
+  std::string dotted(std::string_view key) const {
+    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+  }
+
+ private:
+  const toml::table& table_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> known_;
+};
+
+UpstreamUrl parse_upstream(TableReader& r, const toml::table& t, std::string_view key) {
+  std::string text;
+  r.string(key, text);
+  auto* n = t.get(key);
+  auto url = boost::urls::parse_uri(text);
+  if (!url || (url->scheme() != "http") || url->host().empty()) {
+    r.fail(*n, key, "expected an http URL such as \"http://127.0.0.1:9000\"");
+  }
+  if (url->has_query() || url->has_fragment()) {
+    r.fail(*n, key, "an upstream URL takes no query or fragment");
+  }
+  UpstreamUrl u;
+  u.scheme = url->scheme();
+  u.host = url->host();
+  u.port = 80;
+  if (url->has_port()) {
+    if (url->port_number() == 0) r.fail(*n, key, "port must be 1 to 65535");
+    u.port = url->port_number();
+  }
+  u.base_path = std::string(url->encoded_path());
+  while (!u.base_path.empty() && u.base_path.back() == '/')
+    u.base_path.pop_back();
+  return u;
+}
+
+std::vector<KeyPart> parse_key(TableReader& r) {
+  auto* n = r.node("key");
+  std::vector<KeyPart> parts;
+  if (n == nullptr) return parts;
+  auto* arr = n->as_array();
+  if (arr == nullptr || arr->empty()) r.fail(*n, "key", "expected a non-empty array of strings");
+  for (auto& item : *arr) {
+    auto s = item.value<std::string>();
+    if (!s)
+      r.fail(item, "key", "expected strings such as \"path\", \"query:id\", \"header:Accept\"");
+    if (*s == "path") {
+      parts.push_back({KeyPart::Kind::kPath, ""});
+    } else if (s->starts_with("query:") && s->size() > 6) {
+      parts.push_back({KeyPart::Kind::kQuery, s->substr(6)});
+    } else if (s->starts_with("header:") && s->size() > 7) {
+      std::string name = s->substr(7);
+      for (auto& c : name)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      parts.push_back({KeyPart::Kind::kHeader, name});
+    } else {
+      r.fail(item, "key", "unknown key part \"" + *s + "\" (use path, query:NAME or header:NAME)");
+    }
+  }
+  return parts;
+}
+
+RouteConfig parse_route(const toml::table& t, std::size_t index, const std::string& source) {
+  TableReader r(t, "routes[" + std::to_string(index) + "]", source);
+  RouteConfig route;
+  r.string("name", route.name);
+  if (route.name.empty()) r.fail_here("name", "every route needs a name");
+  r.string("prefix", route.prefix);
+  if (!route.prefix.starts_with("/")) r.fail_here("prefix", "expected a path starting with /");
+  if (t.get("upstream") == nullptr) r.fail_here("upstream", "every route needs an upstream");
+  route.upstream = parse_upstream(r, t, "upstream");
+  route.key = parse_key(r);
+  r.duration("fresh_ttl", route.fresh_ttl);
+  r.duration("stale_ttl", route.stale_ttl);
+  r.duration("stale_if_error", route.stale_if_error);
+  r.duration("max_wait", route.max_wait);
+  r.duration("timeout", route.timeout);
+  if (route.timeout.count() == 0) r.fail_here("timeout", "must be more than zero");
+  if (auto* retry = r.table("retry")) {
+    TableReader rr(*retry, r.dotted("retry"), source);
+    rr.integer("attempts", route.retry.attempts, 1, 20);
+    rr.duration("base", route.retry.base);
+    rr.duration("cap", route.retry.cap);
+    rr.number("budget", route.retry.budget, 0.0, 10.0);
+    rr.finish();
+  }
+  if (auto* breaker = r.table("breaker")) {
+    TableReader br(*breaker, r.dotted("breaker"), source);
+    br.number("failure_rate", route.breaker.failure_rate, 0.01, 1.0);
+    br.integer("window", route.breaker.window, 1, 100'000);
+    br.integer("min_calls", route.breaker.min_calls, 1, 100'000);
+    br.duration("open_for", route.breaker.open_for);
+    br.integer("half_open_calls", route.breaker.half_open_calls, 1, 1000);
+    br.finish();
+    if (route.breaker.min_calls > route.breaker.window) {
+      br.fail_here("min_calls", "must not exceed window");
+    }
+  }
+  r.finish();
+  return route;
+}
+
+}  // namespace
+
+Config parse_config(std::string_view text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(source + ":" + std::to_string(e.source().begin.line) + ": " +
+                      std::string(e.description()));
+  }
+  Config config;
+  TableReader top(root, "", source);
+  if (auto* server = top.table("server")) {
+    TableReader r(*server, "server", source);
+    r.endpoint("listen", config.server.listen);
+    r.endpoint("admin_listen", config.server.admin_listen);
+    r.integer("threads", config.server.threads, 0, 256);
+    r.string("admin_token", config.server.admin_token);
+    r.size("max_header_bytes", config.server.max_header_bytes);
+    r.size("max_body_bytes", config.server.max_body_bytes);
+    r.duration("shutdown_grace", config.server.shutdown_grace);
+    r.integer("upstream_connections", config.server.upstream_connections, 1, 100'000);
+    r.string("access_log", config.server.access_log);
+    r.finish();
+  }
+  if (auto* cache = top.table("cache")) {
+    TableReader r(*cache, "cache", source);
+    r.size("memory", config.cache.memory);
+    r.finish();
+  }
+  if (auto* n = top.node("routes")) {
+    auto* arr = n->as_array();
+    if (arr == nullptr || !arr->is_array_of_tables()) {
+      top.fail(*n, "routes", "expected [[routes]] tables");
+    }
+    std::set<std::string> names;
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+      RouteConfig route = parse_route(*arr->get(i)->as_table(), i, source);
+      if (!names.insert(route.name).second) {
+        top.fail(*arr->get(i), "routes[" + std::to_string(i) + "].name",
+                 "duplicate route name \"" + route.name + "\"");
+      }
+      config.routes.push_back(std::move(route));
+    }
+  }
+  top.finish();
+  if (config.server.threads == 0) {
+    config.server.threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  if (config.server.admin_token.empty()) {
+    if (const char* env = std::getenv("UNHERD_ADMIN_TOKEN")) config.server.admin_token = env;
+  }
+  return config;
+}
+
+Config load_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot read the file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), path);
+}
+
+std::string to_toml(const Config& c) {
+  std::ostringstream out;
+  out << "[server]\n"
+      << "listen = \"" << c.server.listen.to_string() << "\"\n"
+      << "admin_listen = \"" << c.server.admin_listen.to_string() << "\"\n"
+      << "threads = " << c.server.threads << "\n"
+      << "admin_token = \"" << (c.server.admin_token.empty() ? "" : "(set)") << "\"\n"
+      << "max_header_bytes = \"" << format_size(c.server.max_header_bytes) << "\"\n"
+      << "max_body_bytes = \"" << format_size(c.server.max_body_bytes) << "\"\n"
+      << "shutdown_grace = \"" << format_millis(c.server.shutdown_grace) << "\"\n"
+      << "upstream_connections = " << c.server.upstream_connections << "\n"
+      << "access_log = \"" << c.server.access_log << "\"\n\n"
+      << "[cache]\n"
+      << "memory = \"" << format_size(c.cache.memory) << "\"\n";
+  for (const auto& r : c.routes) {
+    out << "\n[[routes]]\n"
+        << "name = \"" << r.name << "\"\n"
+        << "prefix = \"" << r.prefix << "\"\n"
+        << "upstream = \"" << r.upstream.to_string() << "\"\n";
+    if (!r.key.empty()) {
+      out << "key = [";
+      for (std::size_t i = 0; i < r.key.size(); ++i) {
+        const auto& k = r.key[i];
+        out << (i ? ", " : "") << "\""
+            << (k.kind == KeyPart::Kind::kPath    ? "path"
+                : k.kind == KeyPart::Kind::kQuery ? "query:" + k.name
+                                                  : "header:" + k.name)
+            << "\"";
+      }
+      out << "]\n";
+    }
+    out << "fresh_ttl = \"" << format_millis(r.fresh_ttl) << "\"\n"
+        << "stale_ttl = \"" << format_millis(r.stale_ttl) << "\"\n"
+        << "stale_if_error = \"" << format_millis(r.stale_if_error) << "\"\n"
+        << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
+        << "timeout = \"" << format_millis(r.timeout) << "\"\n"
+        << "retry = { attempts = " << r.retry.attempts << ", base = \""
+        << format_millis(r.retry.base) << "\", cap = \"" << format_millis(r.retry.cap)
+        << "\", budget = " << r.retry.budget << " }\n"
+        << "breaker = { failure_rate = " << r.breaker.failure_rate
+        << ", window = " << r.breaker.window << ", min_calls = " << r.breaker.min_calls
+        << ", open_for = \"" << format_millis(r.breaker.open_for)
+        << "\", half_open_calls = " << r.breaker.half_open_calls << " }\n";
+  }
+  return out.str();
+}
+
+}  // namespace unherd::gateway

@@ -1,0 +1,110 @@
+// The gateway's configuration: what `unherd serve --config FILE` reads.
+//
+// load_config() parses TOML into a Config with every default filled in, and rejects anything it
+// does not understand: an unknown key (typos must not pass silently), a value of the wrong type,
+// a duration without a unit, an unparsable upstream URL. Its ConfigError names the file, the
+// line and the key. to_toml() prints the effective configuration (`unherd check`).
+//
+// Thread safety: a Config is a plain value; the gateway swaps whole Configs on reload.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace unherd::gateway {
+
+using Millis = std::chrono::milliseconds;
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Endpoint {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;
+  std::string to_string() const { return host + ":" + std::to_string(port); }
+};
+
+struct UpstreamUrl {
+  std::string scheme = "http";
+  std::string host;
+  std::uint16_t port = 80;
+  std::string base_path;  // prefix prepended to the request path; "" for none
+  std::string to_string() const;
+};
+
+// One part of a cache key: the request path, one query parameter, or one request header.
+struct KeyPart {
+  enum class Kind { kPath, kQuery, kHeader } kind = Kind::kPath;
+  std::string name;  // the parameter or header name (headers compared case-insensitively)
+};
+
+struct RetryConfig {
+  int attempts = 3;
+  Millis base{100};
+  Millis cap{2000};
+  double budget = 0.2;
+};
+
+struct BreakerConfig {
+  double failure_rate = 0.5;
+  std::size_t window = 20;
+  std::size_t min_calls = 10;
+  Millis open_for{30'000};
+  std::size_t half_open_calls = 3;
+};
+
+struct RouteConfig {
+  std::string name;
+  std::string prefix;
+  UpstreamUrl upstream;
+  // Empty: the default key, the path and the whole query with parameters sorted.
+  std::vector<KeyPart> key;
+  Millis fresh_ttl{10'000};
+  Millis stale_ttl{60'000};
+  Millis stale_if_error{300'000};
+  Millis max_wait{5'000};
+  Millis timeout{2'000};
+  RetryConfig retry;
+  BreakerConfig breaker;
+};
+
+struct ServerConfig {
+  Endpoint listen{"127.0.0.1", 8080};
+  Endpoint admin_listen{"127.0.0.1", 9901};
+  unsigned threads = 0;  // 0: one per core
+  std::string admin_token;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::size_t max_body_bytes = 1024 * 1024;
+  Millis shutdown_grace{10'000};
+  std::size_t upstream_connections = 128;  // per upstream
+  std::string access_log = "-";            // "-": stdout; "": off; else a file path
+};
+
+struct CacheConfig {
+  std::size_t memory = 256u << 20;
+};
+
+struct Config {
+  ServerConfig server;
+  CacheConfig cache;
+  std::vector<RouteConfig> routes;
+};
+
+// Reads and validates FILE. Throws ConfigError("FILE:LINE: KEY: what is wrong").
+Config load_config(const std::string& path);
+// The same, from TOML text; `source` names it in errors.
+Config parse_config(std::string_view toml, const std::string& source);
+// The effective configuration, as TOML.
+std::string to_toml(const Config& config);
+
+// "250ms", "10s", "5m", "1h" -> milliseconds. nullopt if malformed.
+std::optional<Millis> parse_duration(std::string_view text);
+// "512", "64KiB", "256MiB", "4GiB" -> bytes. nullopt if malformed.
+std::optional<std::size_t> parse_size(std::string_view text);
+
+}  // namespace unherd::gateway

@@ -1,0 +1,114 @@
+#include "gateway/cache_rules.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "gateway/cache_key.h"
+
+namespace unherd::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+const RouteTtl kRoute{10s, 60s, 300s};
+
+StorePolicy policy(std::string_view cc, unsigned status = 200, bool cookie = false,
+                   std::string_view vary = "", std::optional<std::chrono::seconds> age = {}) {
+  return response_policy(ResponseFacts{status, cc, age, cookie, vary}, kRoute);
+}
+
+TEST(CacheRules, SMaxAgeOverMaxAgeOverRouteDefault) {
+  EXPECT_EQ(policy("").ttl.fresh, 10s);
+  EXPECT_EQ(policy("max-age=30").ttl.fresh, 30s);
+  EXPECT_EQ(policy("max-age=30, s-maxage=5").ttl.fresh, 5s);
+  EXPECT_EQ(policy("public, max-age=30", 200, false, "", 20s).ttl.fresh, 10s);  // less Age
+  EXPECT_EQ(policy("max-age=30", 200, false, "", 40s).ttl.fresh, 0s);
+}
+
+TEST(CacheRules, ResponseDirectivesExtendTheStaleWindows) {
+  auto p = policy("max-age=1, stale-while-revalidate=600, stale-if-error=86400");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 600s);
+  EXPECT_EQ(p.ttl.stale_if_error, 86400s);
+  p = policy("max-age=1, stale-while-revalidate=5");  // never shorter than the route's
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 60s);
+}
+
+TEST(CacheRules, NeverStored) {
+  EXPECT_FALSE(policy("no-store").store);
+  EXPECT_EQ(policy("no-store").reason, "no-store");
+  EXPECT_FALSE(policy("private, max-age=60").store);
+  EXPECT_FALSE(policy("max-age=60", 200, true).store);
+  EXPECT_EQ(policy("max-age=60", 200, true).reason, "set-cookie");
+  EXPECT_FALSE(policy("max-age=60", 500).store);
+  EXPECT_FALSE(policy("max-age=60", 200, false, "Accept, *").store);
+  EXPECT_TRUE(policy("max-age=60", 404).store);
+}
+
+TEST(CacheRules, NoCacheIsStoredButNeverFresh) {
+  auto p = policy("no-cache");
+  EXPECT_TRUE(p.store);
+  EXPECT_EQ(p.ttl.fresh, 0s);
+}
+
+TEST(CacheRules, MustRevalidateForbidsStaleServing) {
+  auto p = policy("max-age=5, must-revalidate");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);
+  EXPECT_EQ(p.ttl.stale_if_error, 0s);
+}
+
+TEST(CacheRules, ParsingIsTolerant) {
+  auto cc = parse_cache_control(" Max-Age=7 ,, S-MAXAGE=\"3\", no-store , x-custom=1, max-age=abc");
+  EXPECT_FALSE(cc.max_age.has_value());  // the later malformed max-age wins: absent
+  EXPECT_EQ(cc.s_maxage, 3s);
+  EXPECT_TRUE(cc.no_store);
+  EXPECT_EQ(vary_headers("Accept-Encoding, accept-encoding, Accept"),
+            (std::vector<std::string>{"accept", "accept-encoding"}));
+}
+
+HeaderGetter headers(std::map<std::string, std::string> h) {
+  return [h = std::move(h)](std::string_view name) -> std::optional<std::string_view> {
+    auto it = h.find(std::string(name));
+    if (it == h.end()) return std::nullopt;
+    return std::string_view(it->second);
+  };
+}
+
+TEST(CacheKey, DefaultKeySortsQueryParameters) {
+  auto none = headers({});
+  EXPECT_EQ(cache_key({}, "/p?b=2&a=1", none), cache_key({}, "/p?a=1&b=2", none));
+  EXPECT_NE(cache_key({}, "/p?a=1", none), cache_key({}, "/p?a=2", none));
+  EXPECT_TRUE(cache_key({}, "/p?a=1", none)->starts_with("/p"));
+  EXPECT_FALSE(cache_key({}, "http://evil/p", none).has_value());  // not origin-form
+}
+
+TEST(CacheKey, RouteKeyIgnoresWhatItDoesNotName) {
+  const std::vector<KeyPart> parts = {{KeyPart::Kind::kPath, ""},
+                                      {KeyPart::Kind::kQuery, "productId"}};
+  auto none = headers({});
+  EXPECT_EQ(cache_key(parts, "/products?productId=1&utm=x", none),
+            cache_key(parts, "/products?productId=1", none));
+  EXPECT_NE(cache_key(parts, "/products?productId=1", none),
+            cache_key(parts, "/products?productId=2", none));
+}
+
+TEST(CacheKey, TracingHeadersNeverSplitAKeyUnlessNamed) {
+  auto a = headers({{"x-request-id", "1"}, {"traceparent", "00-a"}});
+  auto b = headers({{"x-request-id", "2"}, {"traceparent", "00-b"}});
+  EXPECT_EQ(cache_key({}, "/p", a), cache_key({}, "/p", b));
+  const std::vector<KeyPart> by_auth = {{KeyPart::Kind::kPath, ""},
+                                        {KeyPart::Kind::kHeader, "authorization"}};
+  EXPECT_NE(cache_key(by_auth, "/p", headers({{"authorization", "Bearer x"}})),
+            cache_key(by_auth, "/p", headers({{"authorization", "Bearer y"}})));
+  EXPECT_TRUE(keys_on_header(by_auth, "authorization"));
+}
+
+TEST(CacheKey, VaryAddsTheNamedRequestHeaders) {
+  const std::vector<std::string> vary = {"accept-encoding"};
+  EXPECT_NE(cache_key({}, "/p", headers({{"accept-encoding", "gzip"}}), vary),
+            cache_key({}, "/p", headers({{"accept-encoding", "br"}}), vary));
+  EXPECT_EQ(cache_key({}, "/p", headers({{"accept-encoding", "gzip"}, {"x", "1"}}), vary),
+            cache_key({}, "/p", headers({{"accept-encoding", "gzip"}, {"x", "2"}}), vary));
+}
+
+}  // namespace
+}  // namespace unherd::gateway

@@ -1,0 +1,147 @@
+#include "gateway/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace unherd::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+constexpr std::string_view kFull = R"(
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9901"
+threads = 2
+admin_token = "secret"
+
+[cache]
+memory = "256MiB"
+
+[[routes]]
+name = "products"
+prefix = "/products"
+upstream = "http://127.0.0.1:9000"
+key = ["path", "query:productId", "query:fields"]
+fresh_ttl = "10s"
+stale_ttl = "60s"
+stale_if_error = "300s"
+max_wait = "5s"
+timeout = "2s"
+retry = { attempts = 3, base = "100ms", cap = "2s", budget = 0.2 }
+breaker = { failure_rate = 0.5, window = 20, min_calls = 10, open_for = "30s", half_open_calls = 3 }
+)";
+
+// Expects parse_config to fail with a message containing every fragment.
+void expect_error(std::string_view toml, std::initializer_list<std::string_view> fragments) {
+  try {
+    parse_config(toml, "test.toml");
+    ADD_FAILURE() << "expected a ConfigError for:\n" << toml;
+  } catch (const ConfigError& e) {
+    for (auto f : fragments)
+      EXPECT_THAT(e.what(), HasSubstr(std::string(f)));
+  }
+}
+
+TEST(Config, ReadsTheDocumentedExample) {
+  Config c = parse_config(kFull, "test.toml");
+  EXPECT_EQ(c.server.listen.port, 8080);
+  EXPECT_EQ(c.server.admin_listen.to_string(), "127.0.0.1:9901");
+  EXPECT_EQ(c.server.threads, 2u);
+  EXPECT_EQ(c.server.admin_token, "secret");
+  EXPECT_EQ(c.cache.memory, 256u << 20);
+  ASSERT_EQ(c.routes.size(), 1u);
+  const RouteConfig& r = c.routes[0];
+  EXPECT_EQ(r.name, "products");
+  EXPECT_EQ(r.upstream.host, "127.0.0.1");
+  EXPECT_EQ(r.upstream.port, 9000);
+  ASSERT_EQ(r.key.size(), 3u);
+  EXPECT_EQ(r.key[1].kind, KeyPart::Kind::kQuery);
+  EXPECT_EQ(r.key[1].name, "productId");
+  EXPECT_EQ(r.fresh_ttl, 10s);
+  EXPECT_EQ(r.stale_if_error, 300s);
+  EXPECT_EQ(r.retry.base, 100ms);
+  EXPECT_DOUBLE_EQ(r.retry.budget, 0.2);
+  EXPECT_EQ(r.breaker.open_for, 30s);
+  EXPECT_EQ(r.breaker.half_open_calls, 3u);
+}
+
+TEST(Config, EffectiveConfigRoundTrips) {
+  Config c = parse_config(kFull, "test.toml");
+  Config again = parse_config(to_toml(c), "effective.toml");
+  EXPECT_EQ(to_toml(again), to_toml(c));
+}
+
+TEST(Config, DefaultsFillWhatIsLeftOut) {
+  Config c = parse_config(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1/base/\"\n", "t");
+  EXPECT_GE(c.server.threads, 1u);
+  EXPECT_EQ(c.routes[0].fresh_ttl, 10s);
+  EXPECT_EQ(c.routes[0].upstream.base_path, "/base");
+  EXPECT_TRUE(c.routes[0].key.empty());
+}
+
+TEST(Config, UnknownKeyIsAnErrorNamingKeyAndLine) {
+  expect_error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
+               {"test.toml:3:", "server.lisen", "unknown key"});
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\nfresh_tll = \"1s\"\n",
+      {"test.toml:5:", "routes[0].fresh_tll", "unknown key"});
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\n"
+      "retry = { attempts = 3, bsae = \"1s\" }\n",
+      {"routes[0].retry.bsae", "unknown key"});
+  expect_error("typo = 1\n", {"test.toml:1:", "typo"});
+}
+
+TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\nfresh_ttl = 10\n",
+      {"test.toml:5:", "routes[0].fresh_ttl", "duration"});
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\nfresh_ttl = \"10 "
+      "parsecs\"\n",
+      {"routes[0].fresh_ttl"});
+  expect_error("[cache]\nmemory = \"lots\"\n", {"test.toml:2:", "cache.memory", "size"});
+  expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "HOST:PORT"});
+  expect_error("[server]\nthreads = -1\n", {"server.threads"});
+  expect_error("[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"ftp://h\"\n",
+               {"routes[0].upstream", "http URL"});
+  expect_error("[[routes]]\nname = \"a\"\nprefix = \"nope\"\nupstream = \"http://h\"\n",
+               {"routes[0].prefix"});
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\nkey = [\"cookie\"]\n",
+      {"routes[0].key", "cookie"});
+  expect_error("[[routes]]\nname = \"a\"\nprefix = \"/\"\n", {"routes[0].upstream"});
+  expect_error(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n"
+      "[[routes]]\nname = \"a\"\nprefix = \"/b\"\nupstream = \"http://h\"\n",
+      {"duplicate route name"});
+  expect_error("[server\n", {"test.toml:1:"});
+}
+
+TEST(Config, DurationsAndSizes) {
+  EXPECT_EQ(parse_duration("250ms"), 250ms);
+  EXPECT_EQ(parse_duration("1.5s"), 1500ms);
+  EXPECT_EQ(parse_duration("5m"), 300s);
+  EXPECT_EQ(parse_duration("1h"), 3600s);
+  EXPECT_EQ(parse_duration("0s"), 0ms);
+  EXPECT_FALSE(parse_duration("10"));
+  EXPECT_FALSE(parse_duration("-1s"));
+  EXPECT_FALSE(parse_duration("s"));
+  EXPECT_EQ(parse_size("64KiB"), 64u * 1024);
+  EXPECT_EQ(parse_size("4GiB"), 4ull << 30);
+  EXPECT_EQ(parse_size("512"), 512u);
+  EXPECT_FALSE(parse_size("4GB"));
+}
+
+TEST(Config, AdminTokenFromEnvironment) {
+  setenv("UNHERD_ADMIN_TOKEN", "from-env", 1);
+  EXPECT_EQ(parse_config("", "t").server.admin_token, "from-env");
+  EXPECT_EQ(parse_config("[server]\nadmin_token = \"file\"\n", "t").server.admin_token, "file");
+  unsetenv("UNHERD_ADMIN_TOKEN");
+}
+
+}  // namespace
+}  // namespace unherd::gateway
