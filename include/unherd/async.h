@@ -19,6 +19,7 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <memory>
+#include <mutex>
 
 #include "unherd/clock.h"
 
@@ -72,15 +73,35 @@ auto async_sleep_until(Clock& clock, TimePoint when, CompletionToken&& token = {
           pending->complete({});
           return;
         }
-        const TimerId id = clock.schedule(when, [pending] { pending->complete({}); });
+        // The slot is armed before the timer exists (the timer may complete the handler on
+        // another thread at once); a cancellation that comes first is noticed after scheduling.
+        struct State {
+          std::mutex mu;
+          TimerId id = 0;
+          bool cancelled = false;
+        };
+        auto state = std::make_shared<State>();
         if (auto slot = pending->cancellation_slot(); slot.is_connected()) {
-          std::weak_ptr<Pending> weak = pending;
-          slot.assign([weak, &clock, id](asio::cancellation_type) {
-            if (auto p = weak.lock(); p && clock.cancel(id)) {
-              p->complete(asio::error::operation_aborted);
-            }
-          });
+          slot.assign(
+              [weak = std::weak_ptr<Pending>(pending), state, &clock](asio::cancellation_type) {
+                TimerId id;
+                {
+                  std::lock_guard lock(state->mu);
+                  state->cancelled = true;
+                  id = state->id;
+                }
+                auto p = weak.lock();
+                if (p && id != 0 && clock.cancel(id)) p->complete(asio::error::operation_aborted);
+              });
         }
+        const TimerId id = clock.schedule(when, [pending] { pending->complete({}); });
+        bool cancelled;
+        {
+          std::lock_guard lock(state->mu);
+          state->id = id;
+          cancelled = state->cancelled;
+        }
+        if (cancelled && clock.cancel(id)) pending->complete(asio::error::operation_aborted);
       },
       token);
 }

@@ -22,8 +22,11 @@
 // waiter but not stored. Answer::source says why the caller got what it got.
 //
 // Thread safety: all members may be called concurrently. Blocking callers' background
-// refreshes run on one worker thread the Coordinator owns; coroutine callers' run on the
-// caller's executor. REQUIRES: no call is in progress when the Coordinator is destroyed.
+// refreshes run on one worker thread the Coordinator owns; coroutine callers' fetches and
+// refreshes run detached on the caller's executor and may outlive the call that started them.
+// REQUIRES: the Coordinator, and the RetryPolicy and CircuitBreaker a CallPolicy points to,
+// outlive every fetch they are used by: let the io_contexts run dry (or destroy them) before
+// destroying these.
 #pragma once
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -323,15 +326,87 @@ class Coordinator {
     return delay;
   }
 
-  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy) {
+  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy, bool background) {
     const TimePoint now = clock_.now();
     if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
+    const Ttl ttl = fetched.ttl.value_or(policy.ttl);
     if (fetched.store) {
       const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
-      cache_.insert(key, fetched.value, charge,
-                    Deadlines::from(now, fetched.ttl.value_or(policy.ttl)), now);
+      cache_.insert(key, fetched.value, charge, Deadlines::from(now, ttl), now);
+    } else if (background) {
+      // The refresh's answer may not be stored, so the stale entry stays: without this, every
+      // stale hit would start another refresh at once.
+      cache_.defer_refresh(key, now + std::max<Duration>(ttl.fresh, std::chrono::seconds(1)), 0);
     }
     return std::move(fetched.value);
+  }
+
+  // One attempt's result or error, as a value.
+  struct Attempt {
+    std::optional<Fetched<V>> fetched;
+    std::exception_ptr error;
+  };
+
+  template <class F>
+  Attempt attempt_once(F& fetcher, const Ctx& ctx) {
+    Attempt a;
+    try {
+      a.fetched.emplace(normalize(invoke(fetcher, ctx)));
+    } catch (...) {
+      a.error = std::current_exception();
+    }
+    return a;
+  }
+
+  template <class F>
+  asio::awaitable<Attempt> attempt_once_async(F& fetcher, const Ctx& ctx) {
+    Attempt a;
+    try {
+      auto call = invoke(fetcher, ctx);
+      auto value = co_await std::move(call);
+      a.fetched.emplace(normalize(std::move(value)));
+    } catch (...) {
+      a.error = std::current_exception();
+    }
+    co_return a;
+  }
+
+  // An attempt under its deadline. The attempt never throws into the race (asio's || would
+  // then wait for the other side): its error leaves the race as a value.
+  template <class F>
+  asio::awaitable<Attempt> attempt_async(F& fetcher, const Ctx& ctx) {
+    using namespace asio::experimental::awaitable_operators;
+    if (!ctx.attempt_deadline) {
+      auto attempt = attempt_once_async(fetcher, ctx);
+      co_return co_await std::move(attempt);
+    }
+    auto attempt = attempt_once_async(fetcher, ctx);
+    auto deadline = async_sleep_until(clock_, *ctx.attempt_deadline);
+    auto raced = co_await (std::move(attempt) || std::move(deadline));
+    if (raced.index() == 0) co_return std::move(std::get<0>(raced));
+    Attempt timed_out;
+    timed_out.error =
+        std::make_exception_ptr(std::system_error(make_error_code(Errc::attempt_timeout)));
+    co_return timed_out;
+  }
+
+  // Reports an attempt to the breaker; returns its value or rethrows its error.
+  Fetched<V> conclude(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
+                      Attempt& attempt) {
+    report(policy, permit, attempt.error);
+    if (attempt.error) std::rethrow_exception(attempt.error);
+    return std::move(*attempt.fetched);
+  }
+
+  Ctx context(const CallPolicy& policy, const V* previous, int attempt, TimePoint started,
+              bool background) {
+    Ctx ctx{previous, attempt, std::nullopt, background};
+    if (policy.retry) ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+    return ctx;
+  }
+
+  void record_first_attempt(const CallPolicy& policy) {
+    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
   }
 
   // The fetch a flight runs: breaker, retries, fetcher, then the cache. Errors propagate.
@@ -339,25 +414,19 @@ class Coordinator {
   V fetch_and_store(const K& key, F& fetcher, const CallPolicy& policy, const V* previous,
                     bool background) {
     const TimePoint started = clock_.now();
-    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
+    record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
-      Ctx ctx{previous, attempt, std::nullopt, background};
-      if (policy.retry)
-        ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+      const Ctx ctx = context(policy, previous, attempt, started, background);
       std::exception_ptr error;
+      std::optional<Fetched<V>> fetched;
       try {
         auto permit = acquire(policy);
-        try {
-          Fetched<V> fetched = normalize(invoke(fetcher, ctx));
-          report(policy, *permit, nullptr);
-          return store(key, std::move(fetched), policy);
-        } catch (...) {
-          report(policy, *permit, std::current_exception());
-          throw;
-        }
+        Attempt outcome = attempt_once(fetcher, ctx);
+        fetched.emplace(conclude(policy, *permit, outcome));
       } catch (...) {
         error = std::current_exception();
       }
+      if (fetched) return store(key, std::move(*fetched), policy, background);
       auto delay = retry_delay(policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
@@ -370,41 +439,29 @@ class Coordinator {
   template <class F>
   asio::awaitable<V> fetch_and_store_async(K key, F fetcher, CallPolicy policy,
                                            std::optional<V> previous, bool background) {
-    using namespace asio::experimental::awaitable_operators;
     const TimePoint started = clock_.now();
-    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
+    record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
-      Ctx ctx{previous ? &*previous : nullptr, attempt, std::nullopt, background};
-      if (policy.retry)
-        ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+      const Ctx ctx =
+          context(policy, previous ? &*previous : nullptr, attempt, started, background);
       std::exception_ptr error;
+      std::optional<Fetched<V>> fetched;
       try {
         auto permit = acquire(policy);
-        try {
-          std::optional<Fetched<V>> fetched;
-          if (ctx.attempt_deadline) {
-            auto raced =
-                co_await (invoke(fetcher, ctx) || async_sleep_until(clock_, *ctx.attempt_deadline));
-            if (raced.index() == 1) throw_error(Errc::attempt_timeout);
-            fetched.emplace(normalize(std::move(std::get<0>(raced))));
-          } else {
-            fetched.emplace(normalize(co_await invoke(fetcher, ctx)));
-          }
-          report(policy, *permit, nullptr);
-          co_return store(key, std::move(*fetched), policy);
-        } catch (...) {
-          report(policy, *permit, std::current_exception());
-          throw;
-        }
+        auto call = attempt_async(fetcher, ctx);
+        Attempt outcome = co_await std::move(call);
+        fetched.emplace(conclude(policy, *permit, outcome));
       } catch (...) {
         error = std::current_exception();
       }
+      if (fetched) co_return store(key, std::move(*fetched), policy, background);
       auto delay = retry_delay(policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
         std::rethrow_exception(error);
       }
-      co_await async_sleep_until(clock_, clock_.now() + *delay);
+      auto pause = async_sleep_until(clock_, clock_.now() + *delay);
+      co_await std::move(pause);
     }
   }
 
@@ -446,7 +503,8 @@ class Coordinator {
   asio::awaitable<V> refresh_async(K key, F fetcher, CallPolicy policy, V previous,
                                    std::uint32_t failures) {
     try {
-      co_return co_await fetch_and_store_async(key, fetcher, policy, previous, true);
+      auto refresh = fetch_and_store_async(key, fetcher, policy, previous, true);
+      co_return co_await std::move(refresh);
     } catch (...) {
       defer_refresh(key, policy, failures);
       throw;

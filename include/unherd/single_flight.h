@@ -23,8 +23,10 @@
 //
 // V is copied once per waiter: make it cheap to copy (std::shared_ptr<const T> for large values).
 //
-// Thread safety: all members may be called concurrently. REQUIRES: nothing is in flight when the
-// SingleFlight is destroyed.
+// Thread safety: all members may be called concurrently, from any thread or executor (strands
+// are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed. A fetch
+// coroutine destroyed before it finishes (its io_context destroyed first) leaves its key in
+// flight for good: run io_contexts dry before destroying them.
 #pragma once
 
 #include <boost/asio/co_spawn.hpp>
@@ -97,6 +99,7 @@ class SingleFlight {
   template <class F>
   FlightResult<V> join(const K& key, F&& fetcher, const FlightOptions& options = {}) {
     auto waiter = std::make_shared<BlockingWaiter>();
+    waiter->shard = &shard_for(key);
     Enrolment e = enrol(key, waiter, options, /*leader_waits=*/false);
     switch (e.role) {
       case Role::kLeader:
@@ -122,26 +125,38 @@ class SingleFlight {
   template <class F>
   asio::awaitable<FlightResult<V>> async_join(K key, F fetcher, FlightOptions options = {}) {
     auto executor = co_await asio::this_coro::executor;
-    Enrolment e;
-    OutcomePtr outcome =
-        co_await asio::async_initiate<const asio::use_awaitable_t<>, void(OutcomePtr)>(
-            [&](auto handler) {
-              auto waiter = std::make_shared<AsioWaiter<decltype(handler)>>(std::move(handler));
-              e = enrol(key, waiter, options, /*leader_waits=*/true);
-              if (e.leads) {
-                asio::co_spawn(executor, run_and_settle_async(e.flight, std::move(fetcher)),
-                               asio::detached);
-              }
-              if (e.role == Role::kRefused || e.role == Role::kBypass) {
-                waiter->deliver(nullptr);
-              } else {
-                watch_cancellation(waiter, e.flight);
-              }
-            },
-            asio::use_awaitable);
-    if (e.role == Role::kBypass) co_return FlightResult<V>{co_await fetcher(), false};
-    if (e.role == Role::kRefused) std::rethrow_exception(e.refusal);
-    co_return unpack(outcome, e.role == Role::kJoined);
+    // Once enrol() has linked the waiter, a settle, a timer or a cancellation may complete it on
+    // another thread and end this coroutine. So the initiation copies what it needs first and
+    // touches nothing of this frame (nor of itself) after enrol().
+    auto initiation = [this, &key, &options, executor, &fetcher](auto handler) {
+      SingleFlight* self = this;
+      auto ex = executor;
+      F leader_fetch = fetcher;
+      auto waiter = std::make_shared<AsioWaiter<decltype(handler)>>(std::move(handler));
+      waiter->shard = &self->shard_for(key);
+      self->watch_cancellation(waiter);
+      Enrolment e = self->enrol(key, waiter, options, /*leader_waits=*/true);
+      if (e.leads) {
+        asio::co_spawn(ex, self->run_and_settle_async(e.flight, std::move(leader_fetch)),
+                       asio::detached);
+      }
+      if (e.role == Role::kRefused) {
+        auto refused = std::make_shared<Outcome>();
+        refused->error = e.refusal;
+        waiter->deliver(std::move(refused));
+      } else if (e.role == Role::kBypass) {
+        waiter->deliver(nullptr);
+      }
+    };
+    auto [outcome, role] =
+        co_await asio::async_initiate<const asio::use_awaitable_t<>, void(OutcomePtr, Role)>(
+            std::move(initiation), asio::use_awaitable);
+    if (role == Role::kBypass) {
+      auto call = fetcher();
+      V value = co_await std::move(call);
+      co_return FlightResult<V>{std::move(value), false};
+    }
+    co_return unpack(outcome, role == Role::kJoined);
   }
 
   // Starts a fetch for key unless one is already in flight, with no caller waiting for it (a
@@ -194,6 +209,9 @@ class SingleFlight {
   }
 
  private:
+  enum class Role { kLeader, kJoined, kBypass, kRefused };
+  struct Flight;
+  struct Shard;
   struct Outcome {
     std::optional<V> value;
     std::exception_ptr error;
@@ -208,7 +226,10 @@ class SingleFlight {
     bool claim() noexcept { return !done.exchange(true, std::memory_order_acq_rel); }
 
     std::atomic<bool> done{false};
-    // Guarded by the shard's mutex:
+    Shard* shard = nullptr;  // set before the waiter is enrolled
+    // Guarded by the shard's mutex (and read by whoever claims the waiter, after taking it):
+    Role role = Role::kRefused;
+    std::weak_ptr<Flight> flight;
     TimerId timer = 0;
     bool linked = false;
     typename std::list<std::shared_ptr<Waiter>>::iterator position;
@@ -231,9 +252,10 @@ class SingleFlight {
   template <class Handler>
   struct AsioWaiter final : Waiter {
     explicit AsioWaiter(Handler h)
-        : pending(std::make_shared<detail::PendingHandler<Handler, OutcomePtr>>(std::move(h))) {}
-    void deliver(OutcomePtr o) override { pending->complete(std::move(o)); }
-    std::shared_ptr<detail::PendingHandler<Handler, OutcomePtr>> pending;
+        : pending(
+              std::make_shared<detail::PendingHandler<Handler, OutcomePtr, Role>>(std::move(h))) {}
+    void deliver(OutcomePtr o) override { pending->complete(std::move(o), this->role); }
+    std::shared_ptr<detail::PendingHandler<Handler, OutcomePtr, Role>> pending;
   };
 
   struct Flight {
@@ -248,7 +270,6 @@ class SingleFlight {
     std::unordered_map<K, std::shared_ptr<Flight>, Hash, KeyEq> flights;
   };
 
-  enum class Role { kLeader, kJoined, kBypass, kRefused };
   struct Enrolment {
     Role role = Role::kRefused;
     bool leads = false;  // this caller started the flight and must run its fetch
@@ -288,6 +309,8 @@ class SingleFlight {
       e.role = Role::kJoined;
     }
     e.flight = it->second;
+    waiter->role = e.role;
+    waiter->flight = e.flight;
     if (e.role == Role::kLeader && !leader_waits) return e;
     if (!waits) {
       timeouts_.add();
@@ -300,9 +323,7 @@ class SingleFlight {
     if (options.max_wait < std::chrono::hours(24 * 365)) {
       waiter->timer = clock_.schedule(
           clock_.now() + options.max_wait,
-          [this, w = std::weak_ptr<Waiter>(waiter), f = std::weak_ptr<Flight>(e.flight)] {
-            give_up(w, f, timeout_error(), timeouts_);
-          });
+          [this, w = std::weak_ptr<Waiter>(waiter)] { give_up(w, timeout_error(), timeouts_); });
     }
     return e;
   }
@@ -318,35 +339,35 @@ class SingleFlight {
   }
 
   // A waiter leaves its flight early (max_wait or cancellation); the flight goes on.
-  void give_up(const std::weak_ptr<Waiter>& weak_waiter, const std::weak_ptr<Flight>& weak_flight,
-               std::exception_ptr why, detail::StripedCounter& counter) {
+  void give_up(const std::weak_ptr<Waiter>& weak_waiter, std::exception_ptr why,
+               detail::StripedCounter& counter) {
     auto waiter = weak_waiter.lock();
     if (!waiter) return;
     TimerId timer = 0;
-    if (auto flight = weak_flight.lock()) {
-      std::lock_guard lock(shard_for(flight->key).mu);
+    {
+      std::lock_guard lock(waiter->shard->mu);
       if (waiter->linked) {
-        flight->waiters.erase(waiter->position);
+        if (auto flight = waiter->flight.lock()) flight->waiters.erase(waiter->position);
         waiter->linked = false;
       }
       timer = std::exchange(waiter->timer, 0);
     }
-    if (!waiter->claim()) return;
     if (timer != 0) clock_.cancel(timer);
+    if (!waiter->claim()) return;
     counter.add();
     auto outcome = std::make_shared<Outcome>();
     outcome->error = std::move(why);
     waiter->deliver(std::move(outcome));
   }
 
+  // Arms the waiter's asio cancellation slot. Called before the waiter is enrolled: the slot is
+  // the caller's, and may not be touched once the waiter can complete on another thread.
   template <class Handler>
-  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter,
-                          const std::shared_ptr<Flight>& flight) {
+  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter) {
     auto slot = waiter->pending->cancellation_slot();
     if (!slot.is_connected()) return;
-    slot.assign([this, w = std::weak_ptr<Waiter>(waiter),
-                 f = std::weak_ptr<Flight>(flight)](asio::cancellation_type) {
-      give_up(w, f, std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled))),
+    slot.assign([this, w = std::weak_ptr<Waiter>(waiter)](asio::cancellation_type) {
+      give_up(w, std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled))),
               cancelled_);
     });
   }
@@ -358,10 +379,10 @@ class SingleFlight {
     {
       Shard& shard = shard_for(flight->key);
       std::lock_guard lock(shard.mu);
+      timers.reserve(flight->waiters.size());  // before anything changes: it may throw
       flight->outcome = outcome;
       shard.flights.erase(flight->key);
       waiters.swap(flight->waiters);
-      timers.reserve(waiters.size());
       for (auto& w : waiters) {
         w->linked = false;
         timers.push_back(std::exchange(w->timer, 0));
@@ -369,10 +390,8 @@ class SingleFlight {
     }
     auto timer = timers.begin();
     for (auto& w : waiters) {
-      const TimerId id = *timer++;
-      if (!w->claim()) continue;
-      if (id != 0) clock_.cancel(id);
-      w->deliver(outcome);
+      if (const TimerId id = *timer++; id != 0) clock_.cancel(id);
+      if (w->claim()) w->deliver(outcome);
     }
   }
 

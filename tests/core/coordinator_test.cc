@@ -382,6 +382,35 @@ TEST(CoordinatorAsync, AttemptTimeoutCancelsTheHungAttemptAndRetries) {
   EXPECT_EQ(got, "second");
 }
 
+// A failing attempt must end the race with its deadline at once, with its own error: not wait
+// for the deadline and report a timeout instead.
+TEST(CoordinatorAsync, FailingAttemptReportsItsOwnErrorAtOnce) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  asio::io_context io;
+  RetryPolicy fatal_only(RetryOptions{.max_attempts = 1, .attempt_timeout = 5s});
+  auto fetch = []() -> asio::awaitable<std::string> {
+    throw std::invalid_argument("bad request");
+    co_return std::string();
+  };
+  std::string error;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await coord.async_get("k", fetch, CallPolicy{.ttl = Ttl{10s}, .retry = &fatal_only});
+        } catch (const std::invalid_argument& e) {
+          error = e.what();
+        } catch (const std::exception& e) {
+          error = std::string("wrong error: ") + e.what();
+        }
+      },
+      asio::detached);
+  io.run();  // no clock advance: it must finish without the deadline passing
+  EXPECT_EQ(error, "bad request");
+  EXPECT_EQ(clock.pending_timers(), 0u);
+}
+
 TEST(CoordinatorAsync, StaleHitReturnsAtOnceAndRefreshRunsInTheBackground) {
   ManualClock clock;
   Coord coord({}, clock);

@@ -326,6 +326,38 @@ TEST(SingleFlightAsync, HundredCoroutinesOnTwoThreadsShareOneFetch) {
   EXPECT_EQ(flights.in_flight(), 0u);
 }
 
+// Coroutines spawned straight onto a two-thread pool (no strands): a waiter may be completed on
+// one thread while its initiation is still running on the other.
+TEST(SingleFlightAsync, CoroutinesOnAnUnstrandedThreadPool) {
+  Flights flights(system_clock());
+  asio::thread_pool pool(2);
+  std::atomic<int> done{0}, calls{0}, wrong{0};
+  for (int round = 0; round < 200; ++round) {
+    const std::string key = "k" + std::to_string(round % 7);
+    for (int i = 0; i < 10; ++i) {
+      asio::co_spawn(
+          pool.get_executor(),
+          [&, key]() -> asio::awaitable<void> {
+            auto v = co_await flights.async_get_or_fetch(
+                key, [&, key]() -> asio::awaitable<std::string> {
+                  calls++;
+                  co_return key;
+                });
+            if (v != key) wrong++;
+            done++;
+          },
+          asio::detached);
+    }
+  }
+  pool.join();
+  EXPECT_EQ(done.load(), 2000);
+  EXPECT_EQ(wrong.load(), 0);
+  auto s = flights.stats();
+  EXPECT_EQ(s.fetches + s.coalesced_requests, 2000u);
+  EXPECT_EQ(s.fetches, static_cast<std::uint64_t>(calls.load()));
+  EXPECT_EQ(flights.in_flight(), 0u);
+}
+
 TEST(SingleFlightAsync, ErrorPropagatesToEveryCoroutine) {
   ManualClock clock;
   Flights flights(clock);
