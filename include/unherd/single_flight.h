@@ -23,6 +23,11 @@
 //
 // V is copied once per waiter: make it cheap to copy (std::shared_ptr<const T> for large values).
 //
+// GCC 12 miscompiles a temporary with a destructor (such as a capturing lambda) passed to a
+// coroutine inside a co_await expression, in the calling coroutine. Name the fetcher first:
+//   auto fetch = [key]() -> asio::awaitable<V> { ... };
+//   V v = co_await flights.async_get_or_fetch(key, fetch);
+//
 // Thread safety: all members may be called concurrently, from any thread or executor (strands
 // are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed. A fetch
 // coroutine destroyed before it finishes (its io_context destroyed first) leaves its key in

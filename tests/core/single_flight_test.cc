@@ -338,11 +338,11 @@ TEST(SingleFlightAsync, CoroutinesOnAnUnstrandedThreadPool) {
       asio::co_spawn(
           pool.get_executor(),
           [&, key]() -> asio::awaitable<void> {
-            auto v = co_await flights.async_get_or_fetch(
-                key, [&, key]() -> asio::awaitable<std::string> {
-                  calls++;
-                  co_return key;
-                });
+            auto fetch = [&calls, key]() -> asio::awaitable<std::string> {
+              calls++;
+              co_return key;
+            };
+            auto v = co_await flights.async_get_or_fetch(key, fetch);
             if (v != key) wrong++;
             done++;
           },
