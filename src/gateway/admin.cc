@@ -1,0 +1,152 @@
+#include "gateway/admin.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <boost/json.hpp>
+#include <boost/url/parse.hpp>
+
+namespace unherd::gateway {
+namespace {
+
+namespace json = boost::json;
+
+json::object route_json(const RouteStats& s) {
+  return json::object{{"total_requests", s.total_requests},
+                      {"cache_hits", s.cache_hits},
+                      {"stale_hits", s.stale_hits},
+                      {"coalesced_requests", s.coalesced_requests},
+                      {"misses", s.misses},
+                      {"passes", s.passes},
+                      {"upstream_requests", s.upstream_requests},
+                      {"api_calls_saved", s.api_calls_saved},
+                      {"hit_rate_percent", std::round(s.hit_rate_percent * 100) / 100},
+                      {"retries", s.retries},
+                      {"errors", s.errors}};
+}
+
+Reply json_reply(unsigned status, const json::value& v) {
+  Reply r = Reply::text(status, json::serialize(v));
+  r.content_type = "application/json";
+  return r;
+}
+
+Reply stats_reply(Proxy& proxy) {
+  ProxyStats s = proxy.stats();
+  json::object out = route_json(s.total);
+  out["in_flight"] = s.in_flight;
+  json::object breakers;
+  for (const auto& [upstream, state] : s.breakers)
+    breakers[upstream] = state;
+  out["breakers"] = std::move(breakers);
+  json::object routes;
+  for (const auto& [name, r] : s.routes)
+    routes[name] = route_json(r);
+  out["routes"] = std::move(routes);
+  out["cache"] = json::object{
+      {"entries", s.cache.entries}, {"bytes", s.cache.charge}, {"evictions", s.cache.evictions}};
+  return json_reply(200, out);
+}
+
+Reply health_reply(Proxy& proxy, bool draining) {
+  ProxyStats s = proxy.stats();
+  json::object breakers;
+  for (const auto& [upstream, state] : s.breakers)
+    breakers[upstream] = state;
+  return json_reply(draining ? 503 : 200, json::object{{"status", draining ? "draining" : "ok"},
+                                                       {"upstreams", std::move(breakers)},
+                                                       {"in_flight", s.in_flight}});
+}
+
+Reply metrics_reply(Proxy& proxy) {
+  ProxyStats s = proxy.stats();
+  prometheus::Registry registry;
+  auto counter = [&](const char* name, const char* help) -> auto& {
+    return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+  };
+  auto& requests = counter("unherd_requests_total", "Requests by route and cache outcome");
+  auto& upstream = counter("unherd_upstream_requests_total", "Requests sent upstream");
+  auto& retries = counter("unherd_retries_total", "Upstream retries");
+  auto& errors = counter("unherd_errors_total", "Requests answered with a gateway error");
+  auto& saved =
+      counter("unherd_api_calls_saved_total", "Requests answered without a call of their own");
+  for (const auto& [name, r] : s.routes) {
+    requests.Add({{"route", name}, {"cache", "hit"}}).Increment(static_cast<double>(r.cache_hits));
+    requests.Add({{"route", name}, {"cache", "stale"}})
+        .Increment(static_cast<double>(r.stale_hits));
+    requests.Add({{"route", name}, {"cache", "coalesced"}})
+        .Increment(static_cast<double>(r.coalesced_requests));
+    requests.Add({{"route", name}, {"cache", "miss"}}).Increment(static_cast<double>(r.misses));
+    requests.Add({{"route", name}, {"cache", "pass"}}).Increment(static_cast<double>(r.passes));
+    upstream.Add({{"route", name}}).Increment(static_cast<double>(r.upstream_requests));
+    retries.Add({{"route", name}}).Increment(static_cast<double>(r.retries));
+    errors.Add({{"route", name}}).Increment(static_cast<double>(r.errors));
+    saved.Add({{"route", name}}).Increment(static_cast<double>(r.api_calls_saved));
+  }
+  auto gauge = [&](const char* name, const char* help) -> auto& {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+  };
+  gauge("unherd_in_flight", "Keys with an upstream fetch in flight")
+      .Add({})
+      .Set(static_cast<double>(s.in_flight));
+  gauge("unherd_cache_entries", "Entries in the memory cache")
+      .Add({})
+      .Set(static_cast<double>(s.cache.entries));
+  gauge("unherd_cache_bytes", "Bytes charged to the memory cache")
+      .Add({})
+      .Set(static_cast<double>(s.cache.charge));
+  auto& breaker = gauge("unherd_breaker_state", "1 for the state each upstream's breaker is in");
+  for (const auto& [up, state] : s.breakers) {
+    for (const char* st : {"closed", "open", "half_open"}) {
+      breaker.Add({{"upstream", up}, {"state", st}}).Set(state == st ? 1.0 : 0.0);
+    }
+  }
+  Reply r = Reply::text(200, prometheus::TextSerializer().Serialize(registry.Collect()));
+  r.content_type = "text/plain; version=0.0.4";
+  return r;
+}
+
+bool authorized(const Request& request, const std::string& token) {
+  if (token.empty()) return false;
+  auto h = request.header("authorization");
+  return h && *h == "Bearer " + token;
+}
+
+}  // namespace
+
+Reply admin_reply(const Request& request, Proxy& proxy, const std::string& admin_token,
+                  bool draining) {
+  auto url = boost::urls::parse_origin_form(request.target);
+  if (!url) return Reply::text(400, "malformed request target");
+  const std::string path(url->path());
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  const bool post = request.method == "POST";
+  if (path == "/health" && get) return health_reply(proxy, draining);
+  if (path == "/stats" && get) return stats_reply(proxy);
+  if (path == "/metrics" && get) return metrics_reply(proxy);
+  if (path == "/stats/reset" || path == "/purge") {
+    if (!post) return Reply::text(405, "use POST");
+    if (!authorized(request, admin_token)) {
+      Reply r = Reply::text(401, "admin POSTs need Authorization: Bearer <admin_token>");
+      r.extra_head = "WWW-Authenticate: Bearer\r\n";
+      return r;
+    }
+    if (path == "/stats/reset") {
+      proxy.reset_stats();
+      return json_reply(200, json::object{{"reset", true}});
+    }
+    auto params = url->params();
+    if (auto k = params.find("key"); k != params.end()) {
+      return json_reply(200, json::object{{"purged", proxy.purge_key((*k).value)}});
+    }
+    if (auto p = params.find("prefix"); p != params.end() && !(*p).value.empty()) {
+      return json_reply(200, json::object{{"purged", proxy.purge_prefix((*p).value)}});
+    }
+    return Reply::text(400, "purge needs ?key=KEY or ?prefix=PREFIX");
+  }
+  return Reply::text(404, "admin endpoints: /health /stats /stats/reset /metrics /purge");
+}
+
+}  // namespace unherd::gateway

@@ -1,0 +1,548 @@
+#include "gateway/proxy.h"
+
+#include <algorithm>
+#include <boost/asio/use_awaitable.hpp>
+#include <cctype>
+#include <charconv>
+
+#include "gateway/cache_key.h"
+#include "gateway/cache_rules.h"
+#include "unherd/async.h"
+
+namespace unherd::gateway {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Headers that describe one connection, not the message (RFC 9110 7.6.1), and the ones the
+// gateway sets itself.
+bool hop_by_hop(std::string_view name) {
+  for (std::string_view h :
+       {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}) {
+    if (iequals(name, h)) return true;
+  }
+  return false;
+}
+
+// An upstream answer that counts as a failure (5xx, 429): retried, breaker-counted, and
+// replaced by a stale copy when one may be served.
+struct UpstreamStatusError : std::runtime_error {
+  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after)
+      : std::runtime_error("upstream answered " + std::to_string(r->status)),
+        response(std::move(r)),
+        retry_after(after) {}
+  ResponsePtr response;
+  std::optional<Duration> retry_after;
+};
+
+RetryVerdict classify_upstream(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const UpstreamStatusError& e) {
+    const unsigned s = e.response->status;
+    return {s == 502 || s == 503 || s == 504 || s == 429, e.retry_after};
+  } catch (const UpstreamError& e) {
+    using Kind = UpstreamError::Kind;
+    return {e.kind == Kind::kConnect || e.kind == Kind::kReset || e.kind == Kind::kTimeout, {}};
+  } catch (...) {
+    return classify_default(error);
+  }
+}
+
+std::optional<Duration> parse_retry_after(std::string_view v) {
+  unsigned long secs = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+  if (ec != std::errc() || p != v.data() + v.size()) return std::nullopt;
+  return std::chrono::seconds(std::min(secs, 3600ul));
+}
+
+struct Built {
+  ResponsePtr response;
+  StorePolicy policy;
+};
+
+Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
+  auto out = std::make_shared<CachedResponse>();
+  out->status = r.status;
+  out->status_line = "HTTP/1.1 " + std::to_string(r.status) + " " + r.reason + "\r\n";
+  ResponseFacts facts;
+  facts.status = r.status;
+  std::string cache_control, vary;
+  for (auto& [name, value] : r.headers) {
+    if (iequals(name, "age")) {
+      if (auto a = parse_retry_after(value)) {
+        facts.age = std::chrono::duration_cast<std::chrono::seconds>(*a);
+        out->initial_age = *facts.age;
+      }
+      continue;
+    }
+    if (hop_by_hop(name)) continue;
+    if (iequals(name, "cache-control")) cache_control += (cache_control.empty() ? "" : ",") + value;
+    if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
+    if (iequals(name, "vary")) vary += (vary.empty() ? "" : ",") + value;
+    if (iequals(name, "etag")) out->etag = value;
+    if (iequals(name, "last-modified")) out->last_modified = value;
+    out->head += name;
+    out->head += ": ";
+    out->head += value;
+    out->head += "\r\n";
+  }
+  facts.cache_control = cache_control;
+  facts.vary = vary;
+  out->vary = vary_headers(vary);
+  out->body = std::move(r.body);
+  Built b{nullptr, response_policy(facts, ttl)};
+  if (!b.policy.store && b.policy.reason != "status") {
+    out->shareable = false;
+    out->not_shareable_reason = b.policy.reason;
+  }
+  b.response = std::move(out);
+  return b;
+}
+
+std::string path_of(std::string_view target) {
+  return std::string(target.substr(0, target.find('?')));
+}
+
+}  // namespace
+
+std::optional<std::string_view> Request::header(std::string_view name) const {
+  for (const auto& [n, v] : headers) {
+    if (iequals(n, name)) return std::string_view(v);
+  }
+  return std::nullopt;
+}
+
+Reply Reply::text(unsigned status, std::string body) {
+  Reply r;
+  r.status = status;
+  r.body = std::move(body);
+  if (!r.body.empty() && r.body.back() != '\n') r.body += '\n';
+  return r;
+}
+
+ThreadState::ThreadState(asio::any_io_executor executor, const ServerConfig& server)
+    : executor_(std::move(executor)),
+      max_connections_(server.upstream_connections),
+      max_body_(64u << 20) {}
+
+UpstreamClient& ThreadState::client(const UpstreamUrl& upstream) {
+  auto& c = clients_[upstream.to_string()];
+  if (!c) c = std::make_unique<UpstreamClient>(executor_, upstream, max_connections_, max_body_);
+  return *c;
+}
+
+struct Proxy::Route {
+  RouteConfig config;
+  std::shared_ptr<CircuitBreaker> breaker;
+  std::shared_ptr<RetryBudget> budget;
+  std::unique_ptr<RetryPolicy> retry;
+  std::shared_ptr<RouteCounters> counters;
+  CallPolicy policy;
+  RouteTtl ttl;
+};
+
+struct Proxy::Runtime {
+  std::vector<std::unique_ptr<Route>> routes;  // longest prefix first
+
+  const Route* match(std::string_view path) const {
+    for (const auto& r : routes) {
+      const auto& p = r->config.prefix;
+      if (path.starts_with(p) && (path.size() == p.size() || p.back() == '/' ||
+                                  path[p.size()] == '/' || path[p.size()] == '?')) {
+        return r.get();
+      }
+    }
+    return nullptr;
+  }
+};
+
+Proxy::Proxy(const Config& config, Clock& clock)
+    : clock_(clock),
+      coordinator_(
+          CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
+          clock, [](const std::string& key, const ResponsePtr& r) {
+            return key.size() + (r ? r->charge() : 0);
+          }) {
+  reload(config);
+}
+
+Proxy::~Proxy() = default;
+
+void Proxy::reload(const Config& config) {
+  auto rt = std::make_shared<Runtime>();
+  std::lock_guard lock(registry_mu_);
+  for (const auto& rc : config.routes) {
+    auto route = std::make_unique<Route>();
+    route->config = rc;
+    const std::string upstream = rc.upstream.to_string();
+    auto& breaker = breakers_[upstream];
+    if (!breaker) {
+      breaker = std::make_shared<CircuitBreaker>(
+          BreakerOptions{rc.breaker.failure_rate, rc.breaker.window, rc.breaker.min_calls,
+                         rc.breaker.open_for, rc.breaker.half_open_calls},
+          clock_);
+    }
+    route->breaker = breaker;
+    auto& budget = budgets_[upstream];
+    if (!budget) {
+      budget =
+          std::make_shared<RetryBudget>(RetryBudget::Options{.ratio = rc.retry.budget}, clock_);
+    }
+    route->budget = budget;
+    RetryOptions ro{.max_attempts = rc.retry.attempts,
+                    .base = rc.retry.base,
+                    .cap = rc.retry.cap,
+                    .deadline = std::max(rc.max_wait, rc.timeout)};
+    ro.classify = classify_upstream;
+    route->retry = std::make_unique<RetryPolicy>(ro, route->budget.get());
+    auto& counters = counters_[rc.name];
+    if (!counters) counters = std::make_shared<RouteCounters>();
+    route->counters = counters;
+    route->ttl = RouteTtl{rc.fresh_ttl, rc.stale_ttl, rc.stale_if_error};
+    route->policy = CallPolicy{.ttl = Ttl{rc.fresh_ttl, rc.stale_ttl, rc.stale_if_error},
+                               .flight = {.max_wait = rc.max_wait},
+                               .retry = route->retry.get(),
+                               .breaker = route->breaker.get()};
+    rt->routes.push_back(std::move(route));
+  }
+  std::stable_sort(rt->routes.begin(), rt->routes.end(), [](const auto& a, const auto& b) {
+    return a->config.prefix.size() > b->config.prefix.size();
+  });
+  std::lock_guard rlock(runtime_mu_);
+  runtime_ = std::move(rt);
+}
+
+std::shared_ptr<const Proxy::Runtime> Proxy::runtime() const {
+  std::lock_guard lock(runtime_mu_);
+  return runtime_;
+}
+
+asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
+  auto rt = runtime();
+  const Route* route = rt->match(path_of(request.target));
+  if (route == nullptr) {
+    co_return Reply::text(404, "no route for " + path_of(request.target));
+  }
+  route->counters->total.add();
+  const bool cacheable_method = request.method == "GET" || request.method == "HEAD";
+  const auto& key_parts = route->config.key;
+  bool passes = !cacheable_method;
+  for (std::string_view credential : {"authorization", "cookie"}) {
+    if (request.header(credential) && !keys_on_header(key_parts, credential)) passes = true;
+  }
+  if (passes) {
+    auto passing = pass(*route, request, thread, "method or credentials");
+    Reply reply = co_await std::move(passing);
+    co_return reply;
+  }
+  auto lookup = cached_get(rt, *route, std::move(request), thread);
+  Reply reply = co_await std::move(lookup);
+  co_return reply;
+}
+
+asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
+                                         Request request, ThreadState& thread) {
+  auto getter = [&request](std::string_view name) { return request.header(name); };
+  auto key = cache_key(route.config.key, request.target, getter);
+  if (!key) co_return Reply::text(400, "malformed request target");
+  const bool head_only = request.method == "HEAD";
+  if (passing(*key)) {
+    auto passing_call = pass(route, request, thread, "hit-for-pass");
+    Reply reply = co_await std::move(passing_call);
+    reply.head_only = head_only;
+    co_return reply;
+  }
+  auto shared_request = std::make_shared<const Request>(std::move(request));
+  const Route* r = &route;
+  RouteCounters* counters = route.counters.get();
+  ThreadState* ts = &thread;
+  auto fetch = [rt, r, shared_request, ts, counters](
+                   const FetchContext<ResponsePtr>& ctx) -> asio::awaitable<Fetched<ResponsePtr>> {
+    UpstreamRequest up;
+    up.method = "GET";
+    up.target = shared_request->target;
+    for (const auto& [name, value] : shared_request->headers) {
+      if (!hop_by_hop(name) && !iequals(name, "if-none-match") &&
+          !iequals(name, "if-modified-since")) {
+        up.headers.emplace_back(name, value);
+      }
+    }
+    const CachedResponse* previous = ctx.previous ? ctx.previous->get() : nullptr;
+    if (previous && !previous->etag.empty())
+      up.headers.emplace_back("If-None-Match", previous->etag);
+    if (previous && !previous->last_modified.empty()) {
+      up.headers.emplace_back("If-Modified-Since", previous->last_modified);
+    }
+    if (ctx.attempt > 1) counters->retries.add();
+    counters->upstream.add();
+    auto sending = ts->client(r->config.upstream).send(up, r->config.timeout);
+    UpstreamResponse res = co_await std::move(sending);
+    if (res.status == 304 && previous) {
+      // Revalidated: the stored response is still good; its freshness starts again.
+      auto renewed = std::make_shared<CachedResponse>(*previous);
+      renewed->initial_age = std::chrono::seconds(0);
+      co_return Fetched<ResponsePtr>{
+          renewed, Ttl{r->config.fresh_ttl, r->config.stale_ttl, r->config.stale_if_error}};
+    }
+    std::optional<Duration> retry_after;
+    for (auto& [name, value] : res.headers) {
+      if (iequals(name, "retry-after")) retry_after = parse_retry_after(value);
+    }
+    Built built = build_response(res, r->ttl);
+    if (built.response->status >= 500 || built.response->status == 429) {
+      throw UpstreamStatusError(built.response, retry_after);
+    }
+    co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
+                                   built.policy.store};
+  };
+
+  Reply reply;
+  reply.head_only = head_only;
+  const std::string request_key = *key;
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    auto getting = coordinator_.async_get(request_key, fetch, route.policy);
+    auto answer = co_await std::move(getting);
+    if (answer.source == Source::kFetched || answer.source == Source::kCoalesced) {
+      reply.upstream_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+              .count();
+    }
+    const ResponsePtr& resp = answer.value;
+    if (!resp->shareable) {
+      remember_pass(request_key);
+      if (answer.source == Source::kCoalesced) {
+        // Someone else's private answer: this caller asks for its own, at once.
+        auto own_call = pass(route, *shared_request, thread, resp->not_shareable_reason);
+        Reply own = co_await std::move(own_call);
+        own.head_only = head_only;
+        co_return own;
+      }
+    }
+    reply.cached = resp;
+    reply.x_cache = std::string(to_string(answer.source));
+    switch (answer.source) {
+      case Source::kHit:
+        counters->hits.add();
+        break;
+      case Source::kStale:
+      case Source::kStaleIfError:
+        counters->stale.add();
+        break;
+      case Source::kCoalesced:
+        counters->coalesced.add();
+        break;
+      case Source::kFetched:
+        counters->misses.add();
+        break;
+    }
+    const auto age =
+        std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer.stored_at) +
+        resp->initial_age;
+    reply.extra_head = "Age: " + std::to_string(std::max<long>(0, age.count())) + "\r\n";
+  } catch (const std::system_error& e) {
+    counters->errors.add();
+    reply.x_cache = "MISS";
+    if (e.code() == Errc::wait_timeout) {
+      reply = Reply::text(504, "gateway timeout: the upstream answer did not come within max_wait");
+    } else if (e.code() == Errc::circuit_open) {
+      const auto after = std::chrono::ceil<std::chrono::seconds>(route.breaker->retry_after());
+      reply = Reply::text(503, "upstream unavailable: circuit breaker open");
+      reply.extra_head =
+          "Retry-After: " + std::to_string(std::max<long>(1, after.count())) + "\r\n";
+    } else if (e.code() == Errc::too_many_waiters) {
+      reply = Reply::text(503, "too many requests waiting for this resource");
+    } else {
+      reply = Reply::text(502, std::string("bad gateway: ") + e.what());
+    }
+    reply.head_only = head_only;
+    reply.x_cache = "MISS";
+  } catch (const UpstreamStatusError& e) {
+    counters->errors.add();
+    reply.cached = e.response;
+    reply.x_cache = "MISS";
+  } catch (const UpstreamError& e) {
+    counters->errors.add();
+    reply = Reply::text(e.kind == UpstreamError::Kind::kTimeout ? 504 : 502,
+                        std::string("bad gateway: ") + e.what());
+    reply.head_only = head_only;
+    reply.x_cache = "MISS";
+  } catch (const std::exception& e) {
+    counters->errors.add();
+    reply = Reply::text(502, std::string("bad gateway: ") + e.what());
+    reply.head_only = head_only;
+    reply.x_cache = "MISS";
+  }
+  co_return reply;
+}
+
+asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, ThreadState& thread,
+                                   std::string_view why) {
+  (void)why;
+  route.counters->passes.add();
+  UpstreamRequest up;
+  up.method = request.method;
+  up.target = request.target;
+  up.body = request.body;
+  for (const auto& [name, value] : request.headers) {
+    if (!hop_by_hop(name)) up.headers.emplace_back(name, value);
+  }
+  const bool idempotent = request.method == "GET" || request.method == "HEAD" ||
+                          request.method == "PUT" || request.method == "DELETE" ||
+                          request.method == "OPTIONS";
+  const TimePoint started = clock_.now();
+  const auto wall_start = std::chrono::steady_clock::now();
+  Reply reply;
+  reply.x_cache = "PASS";
+  for (int attempt = 1;; ++attempt) {
+    std::exception_ptr error;
+    auto permit = route.breaker->try_acquire();
+    if (!permit) {
+      reply = Reply::text(503, "upstream unavailable: circuit breaker open");
+      const auto after = std::chrono::ceil<std::chrono::seconds>(route.breaker->retry_after());
+      reply.extra_head =
+          "Retry-After: " + std::to_string(std::max<long>(1, after.count())) + "\r\n";
+      reply.x_cache = "PASS";
+      co_return reply;
+    }
+    try {
+      route.counters->upstream.add();
+      if (attempt > 1) route.counters->retries.add();
+      auto sending = thread.client(route.config.upstream).send(up, route.config.timeout);
+      UpstreamResponse res = co_await std::move(sending);
+      Built built = build_response(res, route.ttl);
+      if (res.status >= 500) {
+        route.breaker->on_failure(*permit);
+        std::optional<Duration> after;
+        for (auto& [n, v] : res.headers) {
+          if (iequals(n, "retry-after")) after = parse_retry_after(v);
+        }
+        throw UpstreamStatusError(built.response, after);
+      }
+      route.breaker->on_success(*permit);
+      reply.cached = built.response;
+      reply.upstream_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall_start)
+              .count();
+      co_return reply;
+    } catch (const UpstreamStatusError& e) {
+      error = std::current_exception();
+      reply.cached = e.response;
+    } catch (const UpstreamError& e) {
+      route.breaker->on_failure(*permit);
+      error = std::current_exception();
+      reply = Reply::text(e.kind == UpstreamError::Kind::kTimeout ? 504 : 502,
+                          std::string("bad gateway: ") + e.what());
+      reply.x_cache = "PASS";
+    }
+    std::optional<Duration> delay;
+    if (idempotent) delay = route.retry->next_delay(error, attempt, started, clock_.now());
+    if (!delay) {
+      route.counters->errors.add();
+      co_return reply;
+    }
+    auto pause = async_sleep_until(clock_, clock_.now() + *delay);
+    co_await std::move(pause);
+  }
+}
+
+bool Proxy::passing(const std::string& key) {
+  std::lock_guard lock(pass_mu_);
+  auto it = pass_until_.find(key);
+  if (it == pass_until_.end()) return false;
+  if (clock_.now() < it->second) return true;
+  pass_until_.erase(it);
+  return false;
+}
+
+void Proxy::remember_pass(const std::string& key) {
+  std::lock_guard lock(pass_mu_);
+  if (pass_until_.size() > 100'000) pass_until_.clear();  // bounded; forgetting only costs a queue
+  pass_until_[key] = clock_.now() + 30s;
+}
+
+namespace {
+RouteStats snapshot(const RouteCounters& c) {
+  RouteStats s;
+  s.total_requests = c.total.load();
+  s.cache_hits = c.hits.load();
+  s.stale_hits = c.stale.load();
+  s.coalesced_requests = c.coalesced.load();
+  s.misses = c.misses.load();
+  s.passes = c.passes.load();
+  s.upstream_requests = c.upstream.load();
+  s.retries = c.retries.load();
+  s.errors = c.errors.load();
+  s.api_calls_saved = s.cache_hits + s.stale_hits + s.coalesced_requests;
+  s.hit_rate_percent = s.total_requests == 0
+                           ? 0.0
+                           : 100.0 * static_cast<double>(s.cache_hits + s.stale_hits) /
+                                 static_cast<double>(s.total_requests);
+  return s;
+}
+}  // namespace
+
+ProxyStats Proxy::stats() const {
+  ProxyStats out;
+  std::lock_guard lock(registry_mu_);
+  for (const auto& [name, counters] : counters_) {
+    RouteStats s = snapshot(*counters);
+    auto& t = out.total;
+    t.total_requests += s.total_requests;
+    t.cache_hits += s.cache_hits;
+    t.stale_hits += s.stale_hits;
+    t.coalesced_requests += s.coalesced_requests;
+    t.misses += s.misses;
+    t.passes += s.passes;
+    t.upstream_requests += s.upstream_requests;
+    t.retries += s.retries;
+    t.errors += s.errors;
+    out.routes[name] = s;
+  }
+  auto& t = out.total;
+  t.api_calls_saved = t.cache_hits + t.stale_hits + t.coalesced_requests;
+  t.hit_rate_percent = t.total_requests == 0
+                           ? 0.0
+                           : 100.0 * static_cast<double>(t.cache_hits + t.stale_hits) /
+                                 static_cast<double>(t.total_requests);
+  for (const auto& [upstream, breaker] : breakers_) {
+    out.breakers[upstream] = std::string(to_string(breaker->state()));
+  }
+  out.in_flight = coordinator_.flights().in_flight();
+  out.cache = coordinator_.cache().stats();
+  return out;
+}
+
+void Proxy::reset_stats() {
+  std::lock_guard lock(registry_mu_);
+  for (auto& [name, c] : counters_) {
+    for (auto* counter : {&c->total, &c->hits, &c->stale, &c->coalesced, &c->misses, &c->passes,
+                          &c->upstream, &c->retries, &c->errors}) {
+      counter->reset();
+    }
+  }
+  for (auto& [u, b] : breakers_)
+    b->reset_stats();
+  coordinator_.reset_stats();
+}
+
+std::size_t Proxy::purge_key(const std::string& key) {
+  return coordinator_.purge(key) ? 1 : 0;
+}
+
+std::size_t Proxy::purge_prefix(const std::string& prefix) {
+  return coordinator_.purge_if([&](const std::string& k) { return k.starts_with(prefix); });
+}
+
+}  // namespace unherd::gateway

@@ -1,0 +1,135 @@
+// Proxy: what the gateway does with one request, independent of how it was read or is written.
+//
+// GET and HEAD go through the Coordinator: a cache hit is answered at once; concurrent misses of
+// one key make one upstream request; stale entries are answered at once while one background
+// refresh revalidates them (If-None-Match / If-Modified-Since; a 304 renews the entry); a failing
+// upstream is retried under the route's policy and budget, and its breaker opens when it keeps
+// failing, after which stale answers are served if any, else 503 with Retry-After, without an
+// upstream call. Other methods, and requests carrying Authorization or Cookie that the route
+// does not key on, pass straight through (X-Cache: PASS).
+//
+// Thread safety: handle() may run concurrently on every gateway thread; each thread passes its
+// own ThreadState (its upstream connection pools). reload() swaps the routes atomically.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gateway/config.h"
+#include "gateway/response.h"
+#include "gateway/upstream.h"
+#include "unherd/circuit_breaker.h"
+#include "unherd/coordinator.h"
+#include "unherd/retry.h"
+
+namespace unherd::gateway {
+
+struct Request {
+  std::string method = "GET";
+  std::string target = "/";
+  unsigned version = 11;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  bool keep_alive = true;
+
+  // The first value of a header, by case-insensitive name.
+  std::optional<std::string_view> header(std::string_view name) const;
+};
+
+// What to send back. Either a stored/fetched upstream response (`cached`) or a reply the
+// gateway made itself (`status`, `body`); `extra_head` holds per-request header lines.
+struct Reply {
+  ResponsePtr cached;
+  unsigned status = 200;
+  std::string content_type = "text/plain";
+  std::string body;
+  std::string extra_head;
+  std::string x_cache;     // X-Cache; also for the access log
+  double upstream_ms = 0;  // time this request waited on the upstream (access log)
+  bool head_only = false;
+
+  static Reply text(unsigned status, std::string body);
+};
+
+// One gateway thread's upstream connection pools, one per upstream.
+class ThreadState {
+ public:
+  ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server);
+  UpstreamClient& client(const UpstreamUrl& upstream);
+  boost::asio::any_io_executor executor() const { return executor_; }
+
+ private:
+  boost::asio::any_io_executor executor_;
+  std::size_t max_connections_;
+  std::size_t max_body_;
+  std::map<std::string, std::unique_ptr<UpstreamClient>> clients_;
+};
+
+struct RouteCounters {
+  detail::StripedCounter total, hits, stale, coalesced, misses, passes, upstream, retries, errors;
+};
+
+struct RouteStats {
+  std::uint64_t total_requests = 0, cache_hits = 0, stale_hits = 0, coalesced_requests = 0,
+                misses = 0, passes = 0, upstream_requests = 0, api_calls_saved = 0, retries = 0,
+                errors = 0;
+  double hit_rate_percent = 0;
+};
+
+struct ProxyStats {
+  RouteStats total;
+  std::map<std::string, RouteStats> routes;
+  std::map<std::string, std::string> breakers;  // upstream -> "closed" | "open" | "half_open"
+  std::size_t in_flight = 0;
+  CacheStats cache;
+};
+
+class Proxy {
+ public:
+  Proxy(const Config& config, Clock& clock = system_clock());
+  ~Proxy();
+
+  boost::asio::awaitable<Reply> handle(Request request, ThreadState& thread);
+
+  // Installs the routes of `config` (listeners, threads and cache size are not changed).
+  void reload(const Config& config);
+
+  ProxyStats stats() const;
+  void reset_stats();
+  std::size_t purge_key(const std::string& key);
+  std::size_t purge_prefix(const std::string& prefix);
+
+ private:
+  struct Route;
+  struct Runtime;
+  std::shared_ptr<const Runtime> runtime() const;
+
+  boost::asio::awaitable<Reply> cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
+                                           Request request, ThreadState& thread);
+  boost::asio::awaitable<Reply> pass(const Route& route, const Request& request,
+                                     ThreadState& thread, std::string_view why);
+  bool passing(const std::string& key);
+  void remember_pass(const std::string& key);
+
+  Clock& clock_;
+  mutable Coordinator<std::string, ResponsePtr> coordinator_;
+  mutable std::mutex runtime_mu_;  // protects runtime_ (swapped on reload)
+  std::shared_ptr<const Runtime> runtime_;
+  // Breakers, budgets and counters outlive reloads: keyed by upstream and by route name.
+  mutable std::mutex registry_mu_;
+  std::map<std::string, std::shared_ptr<CircuitBreaker>> breakers_;
+  std::map<std::string, std::shared_ptr<RetryBudget>> budgets_;
+  std::map<std::string, std::shared_ptr<RouteCounters>> counters_;
+  // Keys whose responses turned out not shareable: requests pass until the time given.
+  std::mutex pass_mu_;
+  std::map<std::string, TimePoint> pass_until_;
+};
+
+}  // namespace unherd::gateway

@@ -1,0 +1,35 @@
+// CachedResponse: an upstream response as the gateway keeps and serves it.
+//
+// The header block is serialised once, when the response arrives, so serving a cache hit is a
+// scatter-gather write of three pieces: that block, the few headers that differ per request
+// (X-Cache, Age, X-Request-Id, Content-Length), and the body. Immutable once built; shared
+// between threads through std::shared_ptr<const CachedResponse>.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace unherd::gateway {
+
+struct CachedResponse {
+  unsigned status = 200;
+  std::string status_line;  // "HTTP/1.1 200 OK\r\n"
+  std::string head;         // end-to-end header lines, each "Name: value\r\n"
+  std::string body;
+  std::string etag;  // validators for revalidation ("" if none)
+  std::string last_modified;
+  std::chrono::seconds initial_age{0};  // the upstream's Age when it arrived
+  std::vector<std::string> vary;        // lower-case names from Vary
+  bool shareable = true;  // false: private / no-store / Set-Cookie (never given to others)
+  std::string_view not_shareable_reason;
+
+  std::size_t charge() const {
+    return sizeof(*this) + status_line.size() + head.size() + body.size();
+  }
+};
+
+using ResponsePtr = std::shared_ptr<const CachedResponse>;
+
+}  // namespace unherd::gateway

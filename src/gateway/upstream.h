@@ -1,0 +1,63 @@
+// UpstreamClient: HTTP/1.1 requests to one upstream over a keep-alive connection pool.
+//
+// Each gateway thread has its own client per upstream (sockets belong to one io_context), so
+// the pool needs no lock. At most `max_connections` connections are open at once; callers past
+// that wait for one to come back. A request that fails on a reused keep-alive connection before
+// any response byte arrived (the upstream closed it while idle) is sent once more on a fresh
+// connection. Failures surface as UpstreamError with a kind the retry classifier understands.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gateway/config.h"
+
+namespace unherd::gateway {
+
+struct UpstreamError : std::runtime_error {
+  enum class Kind { kConnect, kReset, kTimeout, kBadResponse, kTooLarge };
+  UpstreamError(Kind k, const std::string& what) : std::runtime_error(what), kind(k) {}
+  Kind kind;
+};
+
+// A request to send: method, target (origin-form), headers (name, value), body.
+struct UpstreamRequest {
+  std::string method = "GET";
+  std::string target;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct UpstreamResponse {
+  unsigned status = 0;
+  std::string reason;
+  std::vector<std::pair<std::string, std::string>> headers;  // as received
+  std::string body;
+  bool keep_alive = true;
+};
+
+class UpstreamClient {
+ public:
+  UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream,
+                 std::size_t max_connections, std::size_t max_body_bytes);
+  ~UpstreamClient();
+  UpstreamClient(const UpstreamClient&) = delete;
+  UpstreamClient& operator=(const UpstreamClient&) = delete;
+
+  // Sends request and reads the whole response within `timeout`. Throws UpstreamError.
+  boost::asio::awaitable<UpstreamResponse> send(const UpstreamRequest& request,
+                                                std::chrono::milliseconds timeout);
+
+  std::size_t open_connections() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace unherd::gateway
