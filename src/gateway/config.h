@@ -70,6 +70,8 @@ struct RouteConfig {
   Millis max_wait{5'000};
   Millis timeout{2'000};
   RetryConfig retry;
+  // Breakers and retry budgets belong to upstreams: routes that share an upstream share them,
+  // configured by the first such route.
   BreakerConfig breaker;
 };
 

@@ -8,6 +8,7 @@
 #include "gateway/config.h"
 #include "gateway/demo.h"
 #include "gateway/gateway.h"
+#include "gateway/herd.h"
 
 namespace {
 
@@ -24,6 +25,7 @@ int serve(const std::string& path) {
     return 2;
   }
   try {
+    raise_file_limit();
     Gateway gateway(config);
     gateway.start();
     std::printf("unherd listening on http://%s (admin http://%s), %u threads\n",

@@ -186,6 +186,8 @@ struct Gateway::Impl {
         break;
       } else if (ec == http::error::header_limit) {
         refusal = Reply::text(431, "request header fields too large");
+      } else if (ec == http::error::body_limit) {  // a Content-Length over the limit
+        refusal = Reply::text(413, "request body too large");
       } else if (ec) {
         refusal = Reply::text(400, "malformed request: " + ec.message());
       } else {

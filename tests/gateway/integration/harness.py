@@ -1,0 +1,130 @@
+"""Starts real `unherd serve` processes on 127.0.0.1 with ports chosen at run time, and talks
+HTTP/1.1 to them: one request at a time (http.client) or a herd of them at once (asyncio)."""
+import asyncio
+import http.client
+import os
+import re
+import resource
+import select
+import signal
+import subprocess
+import tempfile
+import time
+
+BIN = os.environ.get("UNHERD_BIN", "build/unherd")
+TOKEN = "test-token"
+
+# A herd needs a descriptor per client.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+def route(name, prefix, port, **extra):
+    lines = [f'[[routes]]', f'name = "{name}"', f'prefix = "{prefix}"',
+             f'upstream = "http://127.0.0.1:{port}"']
+    for k, v in extra.items():
+        lines.append(f"{k} = {v}")
+    return "\n".join(lines) + "\n"
+
+
+class Gateway:
+    """A running `unherd serve`. `routes` is TOML text of [[routes]] tables."""
+
+    def __init__(self, routes, server_extra=""):
+        self.dir = tempfile.mkdtemp(prefix="unherd-test-")
+        self.config = os.path.join(self.dir, "unherd.toml")
+        self.access_log = os.path.join(self.dir, "access.log")
+        self.write_config(routes, server_extra)
+        self.proc = subprocess.Popen([BIN, "serve", "--config", self.config],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self._read_line(timeout=30)
+        m = re.search(r"http://[\d.]+:(\d+) \(admin http://[\d.]+:(\d+)\)", line or "")
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"gateway did not start: {line!r} {self.proc.stderr.read()}")
+        self.port, self.admin_port = int(m.group(1)), int(m.group(2))
+
+    def write_config(self, routes, server_extra=""):
+        with open(self.config, "w") as f:
+            f.write('[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+                    f'threads = 2\nadmin_token = "{TOKEN}"\naccess_log = "{self.access_log}"\n'
+                    f'shutdown_grace = "5s"\n{server_extra}\n[cache]\nmemory = "64MiB"\n\n{routes}')
+
+    def _read_line(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else None
+
+    def get(self, target, headers=None, method="GET", body=None, admin=False, timeout=30):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port if admin else self.port,
+                                          timeout=timeout)
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def raw(self, data, timeout=10):
+        """Sends raw bytes; returns the status code of the answer (0 if none)."""
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            buf = b""
+            try:
+                while b"\r\n" not in buf:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except (ConnectionResetError, socket.timeout):
+                pass
+        m = re.match(rb"HTTP/1\.1 (\d{3})", buf)
+        return int(m.group(1)) if m else 0
+
+    def herd(self, targets, headers=""):
+        return asyncio.run(_herd(self.port, targets, headers))
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+async def _one(port, target, headers):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, body
+
+
+async def _herd(port, targets, headers):
+    return await asyncio.wait_for(
+        asyncio.gather(*(_one(port, t, headers) for t in targets)), timeout=120)
+
+
+def eventually(pred, timeout=10.0):
+    """Polls a condition another process makes true (not a way to let time pass)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()

@@ -1,0 +1,347 @@
+"""Integration tests: the real `unherd` binary in front of a real counting upstream."""
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+
+from harness import BIN, TOKEN, Gateway, eventually, route
+from upstream import Upstream
+
+
+def q(**params):
+    return "?" + urllib.parse.urlencode(params)
+
+
+class GatewayCase(unittest.TestCase):
+    """One upstream and one gateway per test class."""
+
+    routes_extra = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.gw = Gateway(cls.routes(cls.up.port))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        cls.up.stop()
+
+    @classmethod
+    def routes(cls, port):
+        return route("api", "/api", port, retry='{ attempts = 3, base = "10ms", cap = "50ms", budget = 10.0 }')
+
+
+class Coalescing(GatewayCase):
+    def test_thousand_identical_cold_requests_make_one_upstream_call(self):
+        target = "/api/herd" + q(delay_ms=200)
+        answers = self.gw.herd([target] * 1000)
+        self.assertEqual(self.up.count(target), 1)
+        self.assertEqual([a[0] for a in answers], [200] * 1000)
+        self.assertEqual(len({a[2] for a in answers}), 1, "every caller gets the same body")
+        caches = sorted(a[1]["x-cache"] for a in answers)
+        self.assertEqual(caches.count("MISS"), 1)
+        self.assertEqual(caches.count("COALESCED") + caches.count("HIT"), 999)
+
+    def test_thousand_requests_over_hundred_keys_make_hundred_calls(self):
+        targets = [f"/api/keys/{i % 100}" + q(delay_ms=100) for i in range(1000)]
+        answers = self.gw.herd(targets)
+        self.assertEqual([a[0] for a in answers], [200] * 1000)
+        self.assertEqual(sum(self.up.count(t) for t in set(targets)), 100)
+
+    def test_hit_after_miss_with_age_and_request_id(self):
+        target = "/api/age"
+        s1, h1, b1 = self.gw.get(target, {"X-Request-Id": "client-id-1"})
+        self.assertEqual((s1, h1["x-cache"], h1["x-request-id"]), (200, "MISS", "client-id-1"))
+        seen = json.loads(self.up.state.headers_seen[-1]["x-request-id"] and "{}")
+        s2, h2, b2 = self.gw.get(target)
+        self.assertEqual((s2, h2["x-cache"], b2), (200, "HIT", b1))
+        self.assertIn("age", h2)
+        self.assertEqual(len(h2["x-request-id"]), 16)  # generated
+        self.assertEqual(self.up.count(target), 1)
+        self.assertEqual(seen, {})
+
+    def test_request_id_is_sent_upstream(self):
+        self.gw.get("/api/rid", {"X-Request-Id": "abc-123"})
+        self.assertEqual(self.up.state.headers_seen[-1].get("x-request-id"), "abc-123")
+
+    def test_tracing_headers_and_query_order_do_not_split_keys(self):
+        self.gw.get("/api/t?a=1&b=2", {"traceparent": "00-1", "X-Request-Id": "x"})
+        _, h, _ = self.gw.get("/api/t?b=2&a=1", {"traceparent": "00-2", "X-Request-Id": "y"})
+        self.assertEqual(h["x-cache"], "HIT")
+
+    def test_head_is_served_from_the_cache_without_a_body(self):
+        self.gw.get("/api/head")
+        status, h, body = self.gw.get("/api/head", method="HEAD")
+        self.assertEqual((status, h["x-cache"], body), (200, "HIT", b""))
+        self.assertGreater(int(h["content-length"]), 0)
+
+    def test_other_methods_pass_through_uncached(self):
+        for _ in range(2):
+            status, h, _ = self.gw.get("/api/post", method="POST", body=b"{}")
+            self.assertEqual((status, h["x-cache"]), (200, "PASS"))
+        self.assertEqual(self.up.count("/api/post"), 2)
+
+
+class CacheRules(GatewayCase):
+    @classmethod
+    def routes(cls, port):
+        retry = '{ attempts = 1 }'
+        return (route("api", "/api", port, retry=retry) +
+                route("sie", "/sie", port, stale_ttl='"0s"', stale_if_error='"300s"', retry=retry) +
+                route("byauth", "/byauth", port, key='["path", "header:Authorization"]'))
+
+    def test_stale_while_revalidate_answers_at_once_and_refreshes_once(self):
+        target = "/api/swr" + q(cc="max-age=0, stale-while-revalidate=60", delay_ms=400)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "MISS")
+        start = time.monotonic()
+        answers = self.gw.herd([target] * 20)
+        elapsed = time.monotonic() - start
+        self.assertEqual({a[1]["x-cache"] for a in answers}, {"STALE"})
+        self.assertLess(elapsed, 0.4, "stale answers must not wait for the 400 ms refresh")
+        self.assertTrue(eventually(lambda: self.up.count(target) == 2))
+        time.sleep(0.1)
+        self.assertEqual(self.up.count(target), 2, "exactly one background refresh")
+
+    def test_stale_if_error_serves_the_old_answer_when_the_upstream_fails(self):
+        target = "/sie/item" + q(cc="max-age=0")
+        s, h, body = self.gw.get(target)
+        self.assertEqual((s, h["x-cache"]), (200, "MISS"))
+        self.gw_down(True)
+        try:
+            s2, h2, body2 = self.gw.get(target)
+        finally:
+            self.gw_down(False)
+        self.assertEqual((s2, h2["x-cache"], body2), (200, "STALE", body))
+
+    def test_revalidation_with_etag_and_304_renews_the_entry(self):
+        target = "/api/etag" + q(etag='"v1"', cc="max-age=0, stale-while-revalidate=60")
+        self.gw.get(target)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "STALE")
+        self.assertTrue(eventually(lambda: self.up.state.not_modified == 1))
+        self.assertEqual(self.up.state.headers_seen[-1].get("if-none-match"), '"v1"')
+
+    def test_no_store_private_and_set_cookie_are_never_stored(self):
+        for params in ({"cc": "no-store"}, {"cc": "private, max-age=60"}, {"cookie": "1"}):
+            target = "/api/ns" + q(**params)
+            self.gw.get(target)
+            self.gw.get(target)
+            self.assertEqual(self.up.count(target), 2, params)
+
+    def test_private_answer_sends_the_herd_upstream_in_parallel(self):
+        target = "/api/private" + q(cc="private", delay_ms=300)
+        start = time.monotonic()
+        answers = self.gw.herd([target] * 20)
+        elapsed = time.monotonic() - start
+        self.assertEqual({a[0] for a in answers}, {200})
+        self.assertEqual(self.up.count(target), 20)
+        self.assertLess(elapsed, 1.5, "waiters must go upstream together, not one by one")
+        # Remembered as pass-through: the next request does not queue behind a fetch.
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "PASS")
+
+    def test_authorization_bypasses_the_cache_unless_the_route_keys_on_it(self):
+        for _ in range(2):
+            s, h, _ = self.gw.get("/api/auth", {"Authorization": "Bearer a"})
+            self.assertEqual(h["x-cache"], "PASS")
+        self.assertEqual(self.up.count("/api/auth"), 2)
+        _, h1, b1 = self.gw.get("/byauth/x", {"Authorization": "Bearer a"})
+        _, h2, b2 = self.gw.get("/byauth/x", {"Authorization": "Bearer b"})
+        _, h3, b3 = self.gw.get("/byauth/x", {"Authorization": "Bearer a"})
+        self.assertEqual((h1["x-cache"], h2["x-cache"], h3["x-cache"]), ("MISS", "MISS", "HIT"))
+        self.assertEqual(b3, b1)
+        self.assertNotEqual(b1, b2)
+
+    def gw_down(self, on):
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.up.port}/__down?on={1 if on else 0}", method="POST")).read()
+
+
+class Failures(GatewayCase):
+    # These tests fail on purpose; the breaker (tested on its own below) is kept out of the way.
+    NO_BREAKER = '{ failure_rate = 1.0, window = 1000, min_calls = 1000 }'
+
+    @classmethod
+    def routes(cls, port):
+        return (route("api", "/api", port, breaker=cls.NO_BREAKER,
+                      retry='{ attempts = 3, base = "10ms", cap = "50ms", budget = 10.0 }') +
+                route("waits", "/waits", port, max_wait='"300ms"', timeout='"3s"',
+                      breaker=cls.NO_BREAKER))
+
+    def control(self, path):
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.up.port}{path}", method="POST")).read()
+
+    def test_retries_recover_a_flaky_upstream(self):
+        self.control("/__fail?n=2&status=503")
+        s, h, _ = self.gw.get("/api/flaky")
+        self.assertEqual((s, h["x-cache"]), (200, "MISS"))
+        self.assertEqual(self.up.count("/api/flaky"), 3)
+
+    def test_max_wait_gives_504_and_the_fetch_still_fills_the_cache(self):
+        target = "/waits/slow" + q(delay_ms=800)
+        s, _, _ = self.gw.get(target)
+        self.assertEqual(s, 504)
+        self.assertTrue(eventually(lambda: self.gw.get(target)[1].get("x-cache") == "HIT"))
+        self.assertEqual(self.up.count(target), 1)
+
+    def test_garbage_reset_and_truncated_answers_are_502_and_never_cached(self):
+        for mode in ("garbage", "reset", "truncate"):
+            target = "/api/bad" + q(mode=mode)
+            for _ in range(2):
+                s, h, _ = self.gw.get(target)
+                self.assertEqual(s, 502, mode)
+            self.assertGreaterEqual(self.up.count(target), 2, mode)
+
+    def test_no_route_is_404(self):
+        self.assertEqual(self.gw.get("/nowhere")[0], 404)
+
+
+class Breaker(unittest.TestCase):
+    def test_open_fast_503_without_upstream_call_then_half_open_then_closed(self):
+        up = Upstream()
+        gw = Gateway(route("b", "/b", up.port, retry="{ attempts = 1 }", stale_if_error='"0s"',
+                           breaker='{ failure_rate = 0.5, window = 4, min_calls = 4, '
+                                   'open_for = "1s", half_open_calls = 1 }'))
+        try:
+            up.state.down = True
+            for i in range(4):
+                self.assertEqual(gw.get(f"/b/{i}")[0], 503)
+            calls = up.state.total
+            start = time.monotonic()
+            s, h, _ = gw.get("/b/next")
+            self.assertLess(time.monotonic() - start, 0.2)
+            self.assertEqual(s, 503)
+            self.assertIn("retry-after", h)
+            self.assertEqual(up.state.total, calls, "no upstream call while open")
+            health = json.loads(gw.get("/health", admin=True)[2])
+            self.assertEqual(list(health["upstreams"].values()), ["open"])
+            up.state.down = False
+            # open_for is 1 s of real time; the half-open probe then succeeds and closes it.
+            self.assertTrue(eventually(lambda: gw.get("/b/probe")[0] == 200, timeout=5))
+            health = json.loads(gw.get("/health", admin=True)[2])
+            self.assertEqual(list(health["upstreams"].values()), ["closed"])
+        finally:
+            gw.stop()
+            up.stop()
+
+
+class Admin(GatewayCase):
+    def test_stats_health_metrics(self):
+        self.gw.get("/api/s1")
+        self.gw.get("/api/s1")
+        s, _, body = self.gw.get("/stats", admin=True)
+        stats = json.loads(body)
+        for field in ("total_requests", "cache_hits", "stale_hits", "coalesced_requests",
+                      "upstream_requests", "api_calls_saved", "hit_rate_percent", "in_flight",
+                      "retries", "breakers", "routes"):
+            self.assertIn(field, stats)
+        self.assertGreaterEqual(stats["routes"]["api"]["cache_hits"], 1)
+        s, _, body = self.gw.get("/health", admin=True)
+        self.assertEqual((s, json.loads(body)["status"]), (200, "ok"))
+        s, h, body = self.gw.get("/metrics", admin=True)
+        self.assertEqual(s, 200)
+        self.assertIn(b'unherd_requests_total{cache="hit",route="api"}', body)
+
+    def test_admin_posts_need_the_token(self):
+        self.assertEqual(self.gw.get("/stats/reset", method="POST", admin=True)[0], 401)
+        self.assertEqual(self.gw.get("/purge?prefix=/api", method="POST", admin=True,
+                                     headers={"Authorization": "Bearer wrong"})[0], 401)
+
+    def test_purge_by_key_and_prefix_and_reset(self):
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        self.gw.get("/api/p/1")
+        self.gw.get("/api/p/2")
+        s, _, body = self.gw.get("/purge?key=/api/p/1", method="POST", admin=True, headers=auth)
+        self.assertEqual((s, json.loads(body)["purged"]), (200, 1))
+        self.assertEqual(self.gw.get("/api/p/1")[1]["x-cache"], "MISS")
+        s, _, body = self.gw.get("/purge?prefix=/api/p/", method="POST", admin=True, headers=auth)
+        self.assertEqual(json.loads(body)["purged"], 2)
+        self.assertEqual(self.gw.get("/stats/reset", method="POST", admin=True, headers=auth)[0], 200)
+        self.assertEqual(json.loads(self.gw.get("/stats", admin=True)[2])["total_requests"], 0)
+
+    def test_access_log_is_json_lines(self):
+        self.gw.get("/api/logged", {"X-Request-Id": "log-me"})
+        def logged():
+            with open(self.gw.access_log) as f:
+                return [json.loads(l) for l in f if "log-me" in l]
+        self.assertTrue(eventually(lambda: len(logged()) == 1))
+        entry = logged()[0]
+        for field in ("time", "request_id", "method", "path", "status", "x_cache",
+                      "upstream_ms", "total_ms"):
+            self.assertIn(field, entry)
+        self.assertEqual((entry["status"], entry["x_cache"]), (200, "MISS"))
+
+
+class BadInput(GatewayCase):
+    def test_malformed_request_is_400(self):
+        self.assertEqual(self.gw.raw(b"NOT A REQUEST\r\n\r\n"), 400)
+
+    def test_oversized_header_block_is_431(self):
+        self.assertEqual(self.gw.raw(b"GET /api/x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 +
+                                     b"\r\n\r\n"), 431)
+
+    def test_oversized_body_is_413(self):
+        self.assertEqual(self.gw.raw(b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000"
+                                     b"\r\n\r\nabc"), 413)
+
+    def test_request_smuggling_attempts_are_400(self):
+        self.assertEqual(self.gw.raw(b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\nabc"), 400)
+        self.assertEqual(self.gw.raw(b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                                     b"Content-Length: 4\r\n\r\nabcd"), 400)
+        self.assertEqual(self.up.count("/api/x"), 0)
+
+    def test_bad_config_exits_2_naming_key_and_line(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write('[[routes]]\nname = "a"\nprefix = "/"\nupstream = "http://127.0.0.1:1"\n'
+                    'fresh_tll = "1s"\n')
+        for cmd in ("check", "serve"):
+            r = subprocess.run([BIN, cmd, "--config", f.name], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 2, cmd)
+            self.assertIn(":5:", r.stderr)
+            self.assertIn("routes[0].fresh_tll", r.stderr)
+        os.unlink(f.name)
+
+
+class Lifecycle(unittest.TestCase):
+    def setUp(self):
+        self.up = Upstream()
+        self.gw = Gateway(route("api", "/api", self.up.port))
+
+    def tearDown(self):
+        self.gw.stop(signal.SIGKILL)
+        self.up.stop()
+
+    def test_sigterm_finishes_requests_in_flight_then_exits_0(self):
+        result = {}
+        target = "/api/slow" + q(delay_ms=800)
+        t = threading.Thread(target=lambda: result.update(answer=self.gw.get(target)))
+        t.start()
+        self.assertTrue(eventually(lambda: self.up.count(target) == 1))
+        self.gw.send_signal(signal.SIGTERM)
+        t.join(timeout=20)
+        self.assertEqual(result["answer"][0], 200)
+        self.assertEqual(self.gw.proc.wait(timeout=20), 0)
+
+    def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
+        self.assertEqual(self.gw.get("/new/x")[0], 404)
+        self.gw.write_config(route("api", "/api", self.up.port) + route("new", "/new", self.up.port))
+        self.gw.send_signal(signal.SIGHUP)
+        self.assertTrue(eventually(lambda: self.gw.get("/new/x")[0] == 200))
+        self.gw.write_config(route("api", "/api", self.up.port) + 'bogus = "x"\n')
+        self.gw.send_signal(signal.SIGHUP)
+        time.sleep(0.3)  # give a (wrong) reload the chance to happen
+        self.assertEqual(self.gw.get("/new/y")[0], 200)
+        self.assertIsNone(self.gw.proc.poll())
+
+
+if __name__ == "__main__":
+    unittest.main()
