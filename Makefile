@@ -30,8 +30,12 @@ bench: build
 	@scripts/install-deps bench
 	@bench/run
 
-# Until the gateway lands, the demo is the library example: 100 callers, one upstream call.
+# The gateway on 127.0.0.1:8080 (admin 9901) in front of a simulated slow, flaky upstream, a herd
+# of clients and a table of what happened; then it keeps serving until Ctrl-C.
 demo: build
+	@build/unherd demo
+
+example: build
 	@build/unherd_example
 
 format:

@@ -67,7 +67,7 @@ std::optional<Duration> parse_retry_after(std::string_view v) {
 }
 
 struct Built {
-  ResponsePtr response;
+  std::shared_ptr<CachedResponse> response;
   StorePolicy policy;
 };
 
@@ -254,8 +254,10 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
                                          Request request, ThreadState& thread) {
   auto getter = [&request](std::string_view name) { return request.header(name); };
-  auto key = cache_key(route.config.key, request.target, getter);
-  if (!key) co_return Reply::text(400, "malformed request target");
+  auto primary = cache_key(route.config.key, request.target, getter);
+  if (!primary) co_return Reply::text(400, "malformed request target");
+  std::vector<std::string> vary = learned_vary(*primary);
+  auto key = vary.empty() ? primary : cache_key(route.config.key, request.target, getter, vary);
   const bool head_only = request.method == "HEAD";
   if (passing(*key)) {
     auto passing_call = pass(route, request, thread, "hit-for-pass");
@@ -267,7 +269,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
   const Route* r = &route;
   RouteCounters* counters = route.counters.get();
   ThreadState* ts = &thread;
-  auto fetch = [rt, r, shared_request, ts, counters](
+  auto fetch = [this, rt, r, shared_request, ts, counters, primary_key = *primary, vary](
                    const FetchContext<ResponsePtr>& ctx) -> asio::awaitable<Fetched<ResponsePtr>> {
     UpstreamRequest up;
     up.method = "GET";
@@ -303,6 +305,14 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     if (built.response->status >= 500 || built.response->status == 429) {
       throw UpstreamStatusError(built.response, retry_after);
     }
+    if (built.response->shareable && built.response->vary != vary) {
+      // It varies on headers this key did not include: it is this request's variant only.
+      // Later requests key on those headers; this answer is neither stored nor shared.
+      learn_vary(primary_key, built.response->vary);
+      built.response->shareable = false;
+      built.response->not_shareable_reason = "vary";
+      co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, false};
+    }
     co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
                                    built.policy.store};
   };
@@ -321,7 +331,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     }
     const ResponsePtr& resp = answer.value;
     if (!resp->shareable) {
-      remember_pass(request_key);
+      if (resp->not_shareable_reason != "vary") remember_pass(request_key);
       if (answer.source == Source::kCoalesced) {
         // Someone else's private answer: this caller asks for its own, at once.
         auto own_call = pass(route, *shared_request, thread, resp->not_shareable_reason);
@@ -470,6 +480,18 @@ void Proxy::remember_pass(const std::string& key) {
   std::lock_guard lock(pass_mu_);
   if (pass_until_.size() > 100'000) pass_until_.clear();  // bounded; forgetting only costs a queue
   pass_until_[key] = clock_.now() + 30s;
+}
+
+std::vector<std::string> Proxy::learned_vary(const std::string& primary_key) {
+  std::lock_guard lock(vary_mu_);
+  auto it = vary_.find(primary_key);
+  return it == vary_.end() ? std::vector<std::string>{} : it->second;
+}
+
+void Proxy::learn_vary(const std::string& primary_key, std::vector<std::string> headers) {
+  std::lock_guard lock(vary_mu_);
+  if (vary_.size() > 100'000) vary_.clear();  // bounded; forgetting costs one unstored answer
+  vary_[primary_key] = std::move(headers);
 }
 
 namespace {

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "gateway/config.h"
@@ -117,6 +118,8 @@ class Proxy {
                                      ThreadState& thread, std::string_view why);
   bool passing(const std::string& key);
   void remember_pass(const std::string& key);
+  std::vector<std::string> learned_vary(const std::string& primary_key);
+  void learn_vary(const std::string& primary_key, std::vector<std::string> headers);
 
   Clock& clock_;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
@@ -130,6 +133,9 @@ class Proxy {
   // Keys whose responses turned out not shareable: requests pass until the time given.
   std::mutex pass_mu_;
   std::map<std::string, TimePoint> pass_until_;
+  // The request headers each primary key's answers vary on (learned from Vary).
+  std::mutex vary_mu_;
+  std::unordered_map<std::string, std::vector<std::string>> vary_;
 };
 
 }  // namespace unherd::gateway

@@ -136,6 +136,21 @@ TEST(Config, DurationsAndSizes) {
   EXPECT_FALSE(parse_size("4GB"));
 }
 
+TEST(Config, ShippedExampleIsValid) {
+  Config c = load_config(UNHERD_SOURCE_DIR "/examples/unherd.toml");
+  ASSERT_EQ(c.routes.size(), 1u);
+  EXPECT_EQ(c.routes[0].name, "products");
+}
+
+TEST(Config, MissingFileIsAClearError) {
+  try {
+    load_config("/nonexistent/unherd.toml");
+    ADD_FAILURE();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/unherd.toml: cannot read"));
+  }
+}
+
 TEST(Config, AdminTokenFromEnvironment) {
   setenv("UNHERD_ADMIN_TOKEN", "from-env", 1);
   EXPECT_EQ(parse_config("", "t").server.admin_token, "from-env");

@@ -116,8 +116,10 @@ async def _one(port, target, headers):
 
 
 async def _herd(port, targets, headers):
+    # headers: one string of header lines for every request, or a list of one per request.
+    per_request = headers if isinstance(headers, list) else [headers] * len(targets)
     return await asyncio.wait_for(
-        asyncio.gather(*(_one(port, t, headers) for t in targets)), timeout=120)
+        asyncio.gather(*(_one(port, t, h) for t, h in zip(targets, per_request))), timeout=120)
 
 
 def eventually(pred, timeout=10.0):

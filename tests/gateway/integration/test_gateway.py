@@ -156,6 +156,24 @@ class CacheRules(GatewayCase):
         self.assertEqual(b3, b1)
         self.assertNotEqual(b1, b2)
 
+    def test_vary_keys_on_the_named_request_headers(self):
+        target = "/api/vary" + q(vary="Accept-Language")
+        def get(lang):
+            s, h, body = self.gw.get(target, {"Accept-Language": lang})
+            return h["x-cache"], json.loads(body)["varied"]
+        self.assertEqual(get("en"), ("MISS", "en"))  # learns the Vary; stores nothing yet
+        self.assertEqual(get("en"), ("MISS", "en"))
+        self.assertEqual(get("en"), ("HIT", "en"))
+        self.assertEqual(get("fr"), ("MISS", "fr"))
+        self.assertEqual(get("fr"), ("HIT", "fr"))
+        self.assertEqual(get("en"), ("HIT", "en"))
+
+    def test_herd_on_an_unlearned_vary_never_gets_another_variant(self):
+        target = "/api/vary-herd" + q(vary="Accept-Language", delay_ms=200)
+        langs = ["de", "en"] * 10
+        answers = self.gw.herd([target] * 20, headers=[f"Accept-Language: {l}\r\n" for l in langs])
+        self.assertEqual([json.loads(a[2])["varied"] for a in answers], langs)
+
     def gw_down(self, on):
         import urllib.request
         urllib.request.urlopen(urllib.request.Request(

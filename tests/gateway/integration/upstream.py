@@ -2,6 +2,7 @@
 
 Behaviour is chosen per request by query parameters, so one server serves every test:
   cc=...        Cache-Control of the answer        delay_ms=N   answer after N ms
+  vary=H        Vary: H, and the value of request header H echoed in the body
   status=N      status code                        etag=E       ETag (If-None-Match: E -> 304)
   cookie=1      add Set-Cookie                     lm=...       Last-Modified
   mode=garbage|truncate|reset   answer with junk, a short body, or by closing the socket
@@ -129,9 +130,13 @@ class Handler(BaseHTTPRequestHandler):
             headers.append(("Last-Modified", q["lm"][0]))
         if q.get("cookie", ["0"])[0] == "1":
             headers.append(("Set-Cookie", "session=abc"))
+        vary = q.get("vary", [None])[0]
+        if vary:
+            headers.append(("Vary", vary))
         status = int(q.get("status", ["200"])[0])
         body = json.dumps({"target": self.path, "n": number,
-                           "auth": self.headers.get("Authorization")}).encode()
+                           "auth": self.headers.get("Authorization"),
+                           "varied": self.headers.get(vary) if vary else None}).encode()
         return self._send(status, body, headers)
 
     def _handle_quietly(self):
