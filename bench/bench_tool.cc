@@ -37,14 +37,14 @@ int main(int argc, char** argv) {
   if (*upstream) {
     up.latency = std::chrono::milliseconds(latency_ms);
     up.body_bytes = body;
-    SimulatedUpstream server(up);
-    std::printf("port %u\n", server.port());
-    std::fflush(stdout);
-    sigset_t set;
+    sigset_t set;  // blocked before the server's thread starts, so every thread inherits it
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    SimulatedUpstream server(up);
+    std::printf("port %u\n", server.port());
+    std::fflush(stdout);
     int sig = 0;
     sigwait(&set, &sig);
     std::printf("requests %llu\n", static_cast<unsigned long long>(server.requests()));

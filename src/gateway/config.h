@@ -83,7 +83,7 @@ struct ServerConfig {
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_body_bytes = 1024 * 1024;
   Millis shutdown_grace{10'000};
-  std::size_t upstream_connections = 128;  // per upstream
+  std::size_t upstream_connections = 128;  // open at once to one upstream, per thread
   std::string access_log = "-";            // "-": stdout; "": off; else a file path
 };
 

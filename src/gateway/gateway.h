@@ -19,6 +19,10 @@
 
 namespace unherd::gateway {
 
+// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it starts later; call
+// first thing in main().
+void block_signals();
+
 class Gateway {
  public:
   explicit Gateway(Config config);
@@ -36,6 +40,8 @@ class Gateway {
   // Blocks until stop() has drained the gateway.
   void wait();
   // Handles SIGTERM/SIGINT (drain, then return) and SIGHUP (reload `config_path`) until stopped.
+  // REQUIRES: block_signals() was called before any thread was started, so that a signal sent
+  // at any moment is held for this call instead of killing the process.
   void run_with_signals(const std::string& config_path);
   void stop();
   // Returns "" on success, else why the configuration was refused.

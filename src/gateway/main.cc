@@ -55,6 +55,8 @@ int check(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists: signals wait for Gateway::run_with_signals instead of killing us.
+  unherd::gateway::block_signals();
   CLI::App app{"unherd: a request-coalescing cache gateway for slow, flaky APIs"};
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);

@@ -10,7 +10,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -18,6 +17,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <condition_variable>
+#include <csignal>
 #include <random>
 #include <thread>
 
@@ -373,14 +373,27 @@ std::string Gateway::reload(const std::string& config_path) {
   }
 }
 
+namespace {
+sigset_t shutdown_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+}  // namespace
+
+void block_signals() {
+  const sigset_t set = shutdown_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
 void Gateway::run_with_signals(const std::string& config_path) {
-  asio::io_context signals_io(1);
-  asio::signal_set signals(signals_io, SIGINT, SIGTERM, SIGHUP);
+  const sigset_t set = shutdown_signals();
   for (;;) {
     int received = 0;
-    signals.async_wait([&](const boost::system::error_code&, int sig) { received = sig; });
-    signals_io.restart();
-    signals_io.run();
+    if (sigwait(&set, &received) != 0) continue;
     if (received == SIGHUP) {
       reload(config_path);
       continue;
