@@ -116,7 +116,7 @@ class Cache {
     if (memo_ && memo.owner == id_ && memo.hash == h &&
         memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
         (++memo.uses % kMemoUsesBeforeTouch) != 0 && now < memo.entry.deadlines.stale_until) {
-      return classify(memo.entry, now);
+      return answer(memo.entry, now);
     }
     Lookup<V> result;
     std::lock_guard lock(shard.mu);
@@ -131,13 +131,7 @@ class Cache {
       misses_.add();
       return result;
     }
-    result.freshness = freshness_at(e.deadlines, now);
-    count(result.freshness);
-    result.value.emplace(e.value);
-    result.deadlines = e.deadlines;
-    result.stored_at = e.stored_at;
-    result.refresh_after = e.refresh_after;
-    result.refresh_failures = e.refresh_failures;
+    result = answer(e, now);
     if (result.freshness != Freshness::kMiss) {
       shard.policy->accessed(&e);
       if (memo_) remember(memo, h, key, result, shard.version.load(std::memory_order_relaxed));
@@ -342,8 +336,9 @@ class Cache {
     return Freshness::kMiss;
   }
 
-  // A lookup answered from a memo. REQUIRES: now < stale_until.
-  Lookup<V> classify(const MemoEntry& e, TimePoint now) {
+  // The lookup an entry (or a memo of one) gives at `now`, counted.
+  template <class E>
+  Lookup<V> answer(const E& e, TimePoint now) {
     Lookup<V> result;
     result.freshness = freshness_at(e.deadlines, now);
     count(result.freshness);

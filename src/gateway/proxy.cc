@@ -7,6 +7,7 @@
 
 #include "gateway/cache_key.h"
 #include "gateway/cache_rules.h"
+#include "gateway/text.h"
 #include "unherd/async.h"
 
 namespace unherd::gateway {
@@ -15,13 +16,6 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 // Headers that describe one connection, not the message (RFC 9110 7.6.1), and the ones the
 // gateway sets itself.
