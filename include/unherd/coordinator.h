@@ -318,10 +318,13 @@ class Coordinator {
   }
 
   // After a failed attempt: the delay before the next, or nullopt to give up.
-  std::optional<Duration> retry_delay(const CallPolicy& policy, const std::exception_ptr& error,
-                                      int attempt, TimePoint started) {
+  // Never one that no waiter could still wait for.
+  std::optional<Duration> retry_delay(const K& key, const CallPolicy& policy,
+                                      const std::exception_ptr& error, int attempt,
+                                      TimePoint started) {
     if (policy.retry == nullptr) return std::nullopt;
-    auto delay = policy.retry->next_delay(error, attempt, started, clock_.now());
+    auto delay = policy.retry->next_delay(error, attempt, started, clock_.now(),
+                                          flight_.waiters_deadline(key));
     if (delay) retries_.add();
     return delay;
   }
@@ -427,7 +430,7 @@ class Coordinator {
         error = std::current_exception();
       }
       if (fetched) return store(key, std::move(*fetched), policy, background);
-      auto delay = retry_delay(policy, error, attempt, started);
+      auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
         std::rethrow_exception(error);
@@ -455,7 +458,7 @@ class Coordinator {
         error = std::current_exception();
       }
       if (fetched) co_return store(key, std::move(*fetched), policy, background);
-      auto delay = retry_delay(policy, error, attempt, started);
+      auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
         std::rethrow_exception(error);

@@ -186,6 +186,19 @@ class SingleFlight {
     return true;
   }
 
+  // The last moment a caller waiting for key's flight will still wait, or nullopt if there is
+  // no flight, no caller waits on it (a background refresh), or one waits without a deadline.
+  // A retry that cannot start before it helps nobody.
+  std::optional<TimePoint> waiters_deadline(const K& key) const {
+    const Shard& shard = shards_[Hash{}(key) % shards_.size()];
+    std::lock_guard lock(shard.mu);
+    auto it = shard.flights.find(key);
+    if (it == shard.flights.end()) return std::nullopt;
+    const Flight& f = *it->second;
+    if (!f.has_waiters || f.unbounded) return std::nullopt;
+    return f.latest_deadline;
+  }
+
   std::size_t in_flight() const {
     std::size_t n = 0;
     for (auto& shard : shards_) {
@@ -266,8 +279,12 @@ class SingleFlight {
   struct Flight {
     explicit Flight(const K& k) : key(k) {}
     const K key;
-    std::list<std::shared_ptr<Waiter>> waiters;  // guarded by the shard's mutex
-    OutcomePtr outcome;                          // set once, before waiters are woken
+    // Guarded by the shard's mutex:
+    std::list<std::shared_ptr<Waiter>> waiters;
+    TimePoint latest_deadline{};  // the last moment any waiter so far will still wait
+    bool has_waiters = false;
+    bool unbounded = false;  // some caller waits without a deadline
+    OutcomePtr outcome;      // set once, before waiters are woken
   };
 
   struct alignas(64) Shard {
@@ -316,7 +333,11 @@ class SingleFlight {
     e.flight = it->second;
     waiter->role = e.role;
     waiter->flight = e.flight;
-    if (e.role == Role::kLeader && !leader_waits) return e;
+    e.flight->has_waiters = true;
+    if (e.role == Role::kLeader && !leader_waits) {
+      e.flight->unbounded = true;  // a blocking leader waits for its own fetch
+      return e;
+    }
     if (!waits) {
       timeouts_.add();
       e.role = Role::kRefused;
@@ -325,10 +346,14 @@ class SingleFlight {
     }
     waiter->linked = true;
     waiter->position = e.flight->waiters.insert(e.flight->waiters.end(), waiter);
-    if (options.max_wait < std::chrono::hours(24 * 365)) {
-      waiter->timer = clock_.schedule(
-          clock_.now() + options.max_wait,
-          [this, w = std::weak_ptr<Waiter>(waiter)] { give_up(w, timeout_error(), timeouts_); });
+    if (options.max_wait >= std::chrono::hours(24 * 365)) {
+      e.flight->unbounded = true;
+    } else {
+      const TimePoint deadline = clock_.now() + options.max_wait;
+      e.flight->latest_deadline = std::max(e.flight->latest_deadline, deadline);
+      waiter->timer = clock_.schedule(deadline, [this, w = std::weak_ptr<Waiter>(waiter)] {
+        give_up(w, timeout_error(), timeouts_);
+      });
     }
     return e;
   }

@@ -411,6 +411,41 @@ TEST(CoordinatorAsync, FailingAttemptReportsItsOwnErrorAtOnce) {
   EXPECT_EQ(clock.pending_timers(), 0u);
 }
 
+// A retry due after every waiter has given up would help nobody and load a failing upstream.
+TEST(CoordinatorAsync, NoRetryThatNoWaiterCouldStillWaitFor) {
+  for (auto [max_wait, want_attempts] : {std::pair{1s, 1}, std::pair{5s, 2}}) {
+    ManualClock clock;
+    Coord coord({}, clock);
+    asio::io_context io;
+    RetryOptions o{.max_attempts = 3, .deadline = 0s};
+    o.classify = [](const std::exception_ptr&) { return RetryVerdict{true, 2s}; };  // Retry-After
+    RetryPolicy retry(o);
+    int attempts = 0;
+    auto fetch = [&]() -> asio::awaitable<std::string> {
+      if (++attempts == 1) throw std::runtime_error("503");
+      co_return std::string("ok");
+    };
+    std::string outcome;
+    const CallPolicy policy{.ttl = Ttl{10s}, .flight = {.max_wait = max_wait}, .retry = &retry};
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          try {
+            auto a = co_await coord.async_get("k", fetch, policy);
+            outcome = a.value;
+          } catch (const std::exception& e) {
+            outcome = e.what();
+          }
+        },
+        asio::detached);
+    io.poll();
+    clock.advance(2s);
+    io.run();
+    EXPECT_EQ(attempts, want_attempts) << "max_wait " << max_wait.count();
+    EXPECT_EQ(outcome, want_attempts == 1 ? "503" : "ok");
+  }
+}
+
 TEST(CoordinatorAsync, StaleHitReturnsAtOnceAndRefreshRunsInTheBackground) {
   ManualClock clock;
   Coord coord({}, clock);
