@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   herd->add_option("--port", port)->required();
   herd->add_option("--n", n);
   herd->add_option("--target", target);
+  unsigned threads = 1;
+  herd->add_option("--threads", threads, "client threads");
   CLI11_PARSE(app, argc, argv);
 
   raise_file_limit();
@@ -51,7 +53,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<std::string> targets(static_cast<std::size_t>(n), target);
-  HerdResult r = run_herd("127.0.0.1", port, targets);
+  HerdResult r = run_herd("127.0.0.1", port, targets, std::chrono::seconds(30), threads);
   std::string xc;
   for (const auto& [k, c] : r.x_cache)
     xc += k + "=" + std::to_string(c) + " ";

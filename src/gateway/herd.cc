@@ -15,6 +15,7 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -137,18 +138,22 @@ std::string header_value(const std::string& head, const std::string& name) {
 }  // namespace
 
 HerdResult run_herd(const std::string& host, std::uint16_t port,
-                    const std::vector<std::string>& targets, std::chrono::milliseconds timeout) {
-  asio::io_context io(1);
+                    const std::vector<std::string>& targets, std::chrono::milliseconds timeout,
+                    unsigned threads) {
+  threads = std::max(threads, 1u);
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  for (unsigned t = 0; t < threads; ++t)
+    ios.push_back(std::make_unique<asio::io_context>(1));
   const tcp::endpoint ep(asio::ip::make_address(host), port);
   std::vector<std::unique_ptr<Client>> clients;
   HerdResult result;
+  std::mutex result_mu;  // protects result while client threads record answers
   // Connect everyone first, so that the requests themselves leave together.
   for (std::size_t i = 0; i < targets.size(); ++i) {
-    auto c = std::make_unique<Client>(io);
+    auto c = std::make_unique<Client>(*ios[i % threads]);
     boost::system::error_code ec;
     c->socket.connect(ep, ec);
     if (ec) {
-      result.errors++;
       c.reset();
     } else {
       c->socket.set_option(tcp::no_delay(true));
@@ -158,52 +163,46 @@ HerdResult run_herd(const std::string& host, std::uint16_t port,
   const auto sent_at = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < targets.size(); ++i) {
     if (!clients[i]) continue;
-    asio::co_spawn(
-        io,
-        [&, i]() -> asio::awaitable<void> {
-          Client& c = *clients[i];
-          const std::string request =
-              "GET " + targets[i] + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
-          boost::system::error_code ec;
-          co_await asio::async_write(c.socket, asio::buffer(request),
-                                     asio::redirect_error(asio::use_awaitable, ec));
-          std::size_t n = 0;
-          if (!ec) {
-            n = co_await asio::async_read_until(c.socket, c.buf, "\r\n\r\n",
-                                                asio::redirect_error(asio::use_awaitable, ec));
-          }
-          if (ec) {
-            result.errors++;
-            co_return;
-          }
-          std::string head(asio::buffers_begin(c.buf.data()),
-                           asio::buffers_begin(c.buf.data()) + n);
-          c.buf.consume(n);
-          const std::size_t length = std::stoul("0" + header_value(head, "Content-Length:"));
-          if (c.buf.size() < length) {
-            co_await asio::async_read(c.socket, c.buf,
-                                      asio::transfer_exactly(length - c.buf.size()),
-                                      asio::redirect_error(asio::use_awaitable, ec));
-          }
-          if (ec) {
-            result.errors++;
-            co_return;
-          }
-          const double ms =
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent_at)
-                  .count();
-          result.latencies_ms.push_back(ms);
-          result.statuses[static_cast<unsigned>(std::stoul(head.substr(9, 3)))]++;
-          const std::string x = header_value(head, "X-Cache:");
-          result.x_cache[x.empty() ? "-" : x]++;
-        },
-        asio::detached);
+    auto exchange = [&, i]() -> asio::awaitable<void> {
+      Client& c = *clients[i];
+      const std::string request =
+          "GET " + targets[i] + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
+      boost::system::error_code ec;
+      co_await asio::async_write(c.socket, asio::buffer(request),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      std::size_t n = 0;
+      if (!ec) {
+        n = co_await asio::async_read_until(c.socket, c.buf, "\r\n\r\n",
+                                            asio::redirect_error(asio::use_awaitable, ec));
+      }
+      if (ec) co_return;  // no answer: counted as an error below
+      std::string head(asio::buffers_begin(c.buf.data()), asio::buffers_begin(c.buf.data()) + n);
+      c.buf.consume(n);
+      const std::size_t length = std::stoul("0" + header_value(head, "Content-Length:"));
+      if (c.buf.size() < length) {
+        co_await asio::async_read(c.socket, c.buf, asio::transfer_exactly(length - c.buf.size()),
+                                  asio::redirect_error(asio::use_awaitable, ec));
+      }
+      if (ec) co_return;
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent_at)
+              .count();
+      const auto status = static_cast<unsigned>(std::stoul(head.substr(9, 3)));
+      const std::string x = header_value(head, "X-Cache:");
+      std::lock_guard lock(result_mu);
+      result.latencies_ms.push_back(ms);
+      result.statuses[status]++;
+      result.x_cache[x.empty() ? "-" : x]++;
+    };
+    asio::co_spawn(*ios[i % threads], std::move(exchange), asio::detached);
   }
-  io.run_for(timeout);
+  std::vector<std::thread> workers;
+  for (auto& io : ios)
+    workers.emplace_back([&io, timeout] { io->run_for(timeout); });
+  for (auto& w : workers)
+    w.join();
   std::sort(result.latencies_ms.begin(), result.latencies_ms.end());
-  const int answered = static_cast<int>(result.latencies_ms.size());
-  const int expected = static_cast<int>(targets.size());
-  result.errors = std::max(result.errors, expected - answered);
+  result.errors = static_cast<int>(targets.size() - result.latencies_ms.size());
   return result;
 }
 

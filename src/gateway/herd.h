@@ -40,10 +40,12 @@ struct HerdResult {
   double percentile(double p) const;
 };
 
-// Sends targets[i] on connection i, all at once, to host:port. Bounded by `timeout`.
+// Sends targets[i] on connection i, all at once, to host:port, from `threads` client threads.
+// Bounded by `timeout`.
 HerdResult run_herd(const std::string& host, std::uint16_t port,
                     const std::vector<std::string>& targets,
-                    std::chrono::milliseconds timeout = std::chrono::seconds(30));
+                    std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                    unsigned threads = 1);
 
 // Raises the open-files limit to its hard maximum (a herd needs a descriptor per client).
 void raise_file_limit();

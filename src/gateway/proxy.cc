@@ -215,11 +215,22 @@ void Proxy::reload(const Config& config) {
   });
   std::lock_guard rlock(runtime_mu_);
   runtime_ = std::move(rt);
+  generation_.fetch_add(1, std::memory_order_release);
 }
 
 std::shared_ptr<const Proxy::Runtime> Proxy::runtime() const {
-  std::lock_guard lock(runtime_mu_);
-  return runtime_;
+  // Each thread keeps the routes it last saw and takes the lock only after a reload.
+  thread_local struct {
+    std::uint64_t owner = 0;  // the Proxy's id_: addresses may be reused, ids are not
+    std::uint64_t generation = 0;
+    std::shared_ptr<const Runtime> runtime;
+  } seen;
+  const std::uint64_t generation = generation_.load(std::memory_order_acquire);
+  if (seen.owner != id_ || seen.generation != generation) {
+    std::lock_guard lock(runtime_mu_);
+    seen = {id_, generation_.load(std::memory_order_relaxed), runtime_};
+  }
+  return seen.runtime;
 }
 
 asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {

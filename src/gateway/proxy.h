@@ -125,6 +125,13 @@ class Proxy {
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
   mutable std::mutex runtime_mu_;  // protects runtime_ (swapped on reload)
   std::shared_ptr<const Runtime> runtime_;
+  // Bumped (under runtime_mu_) on every reload; starts at 1 so no thread's snapshot matches.
+  std::atomic<std::uint64_t> generation_{1};
+  const std::uint64_t id_ = next_id();
+  static std::uint64_t next_id() {
+    static std::atomic<std::uint64_t> ids{1};
+    return ids.fetch_add(1, std::memory_order_relaxed);
+  }
   // Breakers, budgets and counters outlive reloads: keyed by upstream and by route name.
   mutable std::mutex registry_mu_;
   std::map<std::string, std::shared_ptr<CircuitBreaker>> breakers_;

@@ -1,5 +1,6 @@
 // Beast translation unit: listeners, client sessions, reply writing, signals.
 #include <fmt/chrono.h>
+#include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -284,14 +285,19 @@ Gateway::~Gateway() {
 void Gateway::start() {
   Impl& g = *impl_;
   const auto& server = g.config.server;
-  if (server.access_log == "-") {
-    g.access_log = spdlog::stdout_logger_mt("access");
-  } else if (!server.access_log.empty()) {
-    g.access_log = spdlog::basic_logger_mt("access", server.access_log);
-  }
-  if (g.access_log) {
+  // The access log is written by a background thread, so a slow terminal or disk never holds a
+  // request; lines reach the sink within a second (and on shutdown).
+  if (!server.access_log.empty()) {
+    static std::once_flag pool_once;
+    std::call_once(pool_once, [] { spdlog::init_thread_pool(64 * 1024, 1); });
+    if (server.access_log == "-") {
+      g.access_log = spdlog::create_async<spdlog::sinks::stdout_sink_mt>("access");
+    } else {
+      g.access_log =
+          spdlog::create_async<spdlog::sinks::basic_file_sink_mt>("access", server.access_log);
+    }
     g.access_log->set_pattern("%v");
-    g.access_log->flush_on(spdlog::level::info);
+    spdlog::flush_every(std::chrono::seconds(1));
   }
   for (unsigned i = 0; i < server.threads; ++i) {
     g.contexts.push_back(std::make_unique<asio::io_context>(1));
