@@ -194,7 +194,8 @@ class Coordinator {
         return fetch_and_store_async(key, fetcher, policy, previous, false);
       };
       try {
-        FlightResult<V> r = co_await flight_.async_join(key, std::move(fetch), policy.flight);
+        auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
+        FlightResult<V> r = co_await std::move(joining);
         co_return settled(std::move(r));
       } catch (...) {
         error = std::current_exception();
@@ -385,7 +386,8 @@ class Coordinator {
     }
     auto attempt = attempt_once_async(fetcher, ctx);
     auto deadline = async_sleep_until(clock_, *ctx.attempt_deadline);
-    auto raced = co_await (std::move(attempt) || std::move(deadline));
+    auto race = std::move(attempt) || std::move(deadline);
+    auto raced = co_await std::move(race);
     if (raced.index() == 0) co_return std::move(std::get<0>(raced));
     Attempt timed_out;
     timed_out.error =

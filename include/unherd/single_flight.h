@@ -440,7 +440,9 @@ class SingleFlight {
   asio::awaitable<void> run_and_settle_async(std::shared_ptr<Flight> flight, F fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      outcome->value.emplace(co_await fetcher());
+      auto call = fetcher();
+      V value = co_await std::move(call);
+      outcome->value.emplace(std::move(value));
     } catch (...) {
       outcome->error = std::current_exception();
     }

@@ -82,12 +82,14 @@ int run_demo(const DemoOptions& options) {
       gateway.admin_endpoint().to_string().c_str());
   if (options.exit_after) {
     gateway.stop();
-    return 0;
+    std::fflush(stdout);
+    std::_Exit(0);  // as `serve` does after a drain: leave, do not tear down under live work
   }
   std::printf("Serving until Ctrl-C: try curl -i http://%s/products/42\n", ep.to_string().c_str());
   std::fflush(stdout);
   gateway.run_with_signals("");
-  return 0;
+  std::fflush(stdout);
+  std::_Exit(0);
 }
 
 }  // namespace unherd::gateway

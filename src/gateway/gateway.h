@@ -39,6 +39,8 @@ class Gateway {
 
   // Blocks until stop() has drained the gateway.
   void wait();
+  // After stop(), a process about to exit should _Exit rather than destroy the Gateway: work
+  // that outlived the grace period may still reference its io_contexts.
   // Handles SIGTERM/SIGINT (drain, then return) and SIGHUP (reload `config_path`) until stopped.
   // REQUIRES: block_signals() was called before any thread was started, so that a signal sent
   // at any moment is held for this call instead of killing the process.

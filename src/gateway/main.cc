@@ -33,6 +33,11 @@ int serve(const std::string& path) {
                 gateway.admin_endpoint().to_string().c_str(), config.server.threads);
     std::fflush(stdout);
     gateway.run_with_signals(path);
+    // Drained. Exiting here, not by destroying the gateway: anything that outlived the grace
+    // period still references its io_contexts.
+    spdlog::shutdown();
+    std::fflush(stdout);
+    std::_Exit(0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "unherd: %s\n", e.what());
     return 1;

@@ -93,12 +93,17 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   }
   facts.cache_control = cache_control;
   facts.vary = vary;
+  out->cache_control = cache_control;
   out->vary = vary_headers(vary);
   out->body = std::move(r.body);
   Built b{nullptr, response_policy(facts, ttl)};
   if (!b.policy.store && b.policy.reason != "status") {
     out->shareable = false;
     out->not_shareable_reason = b.policy.reason;
+  }
+  if (r.status == 206) {  // one client's range of the resource, never another's answer
+    out->shareable = false;
+    out->not_shareable_reason = "partial";
   }
   b.response = std::move(out);
   return b;
@@ -280,8 +285,12 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     up.method = "GET";
     up.target = shared_request->target;
     for (const auto& [name, value] : shared_request->headers) {
+      // The shared fetch asks for the whole, unconditional resource: validators are the gateway's
+      // own (from the stored answer), and a range would give the others a part.
       if (!hop_by_hop(name) && !iequals(name, "if-none-match") &&
-          !iequals(name, "if-modified-since")) {
+          !iequals(name, "if-modified-since") && !iequals(name, "range") &&
+          !iequals(name, "if-range") && !iequals(name, "if-match") &&
+          !iequals(name, "if-unmodified-since")) {
         up.headers.emplace_back(name, value);
       }
     }
@@ -296,11 +305,18 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     auto sending = ts->client(r->config.upstream).send(up, r->config.timeout);
     UpstreamResponse res = co_await std::move(sending);
     if (res.status == 304 && previous) {
-      // Revalidated: the stored response is still good; its freshness starts again.
+      // Revalidated: the stored answer is still good. Its freshness starts again, judged by its
+      // own Cache-Control (or the one the 304 brings), not by the route's defaults alone.
       auto renewed = std::make_shared<CachedResponse>(*previous);
       renewed->initial_age = std::chrono::seconds(0);
-      co_return Fetched<ResponsePtr>{
-          renewed, Ttl{r->config.fresh_ttl, r->config.stale_ttl, r->config.stale_if_error}};
+      for (auto& [name, value] : res.headers) {
+        if (iequals(name, "cache-control")) renewed->cache_control = value;
+      }
+      ResponseFacts facts;
+      facts.status = renewed->status;
+      facts.cache_control = renewed->cache_control;
+      StorePolicy policy = response_policy(facts, r->ttl);
+      co_return Fetched<ResponsePtr>{renewed, policy.ttl, std::nullopt, policy.store};
     }
     std::optional<Duration> retry_after;
     for (auto& [name, value] : res.headers) {
@@ -460,6 +476,12 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, T
       reply = Reply::text(e.kind == UpstreamError::Kind::kTimeout ? 504 : 502,
                           std::string("bad gateway: ") + e.what());
       reply.x_cache = "PASS";
+    } catch (const std::exception& e) {  // not the upstream's doing: no breaker outcome
+      route.breaker->release(*permit);
+      route.counters->errors.add();
+      reply = Reply::text(502, std::string("bad gateway: ") + e.what());
+      reply.x_cache = "PASS";
+      co_return reply;
     }
     std::optional<Duration> delay;
     if (idempotent) delay = route.retry->next_delay(error, attempt, started, clock_.now());
@@ -551,6 +573,10 @@ ProxyStats Proxy::stats() const {
   return out;
 }
 
+std::size_t Proxy::in_flight() const {
+  return coordinator_.flights().in_flight();
+}
+
 void Proxy::reset_stats() {
   std::lock_guard lock(registry_mu_);
   for (auto& [name, c] : counters_) {
@@ -565,7 +591,10 @@ void Proxy::reset_stats() {
 }
 
 std::size_t Proxy::purge_key(const std::string& key) {
-  return coordinator_.purge(key) ? 1 : 0;
+  // The key, and the variants stored under it for the headers its answers Vary on.
+  const std::string variants = key + '\x1f';
+  return coordinator_.purge_if(
+      [&](const std::string& k) { return k == key || k.starts_with(variants); });
 }
 
 std::size_t Proxy::purge_prefix(const std::string& prefix) {

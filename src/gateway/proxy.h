@@ -103,6 +103,8 @@ class Proxy {
   void reload(const Config& config);
 
   ProxyStats stats() const;
+  // Keys with an upstream fetch or refresh in flight.
+  std::size_t in_flight() const;
   void reset_stats();
   std::size_t purge_key(const std::string& key);
   std::size_t purge_prefix(const std::string& prefix);

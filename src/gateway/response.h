@@ -18,7 +18,8 @@ struct CachedResponse {
   std::string status_line;  // "HTTP/1.1 200 OK\r\n"
   std::string head;         // end-to-end header lines, each "Name: value\r\n"
   std::string body;
-  std::string etag;  // validators for revalidation ("" if none)
+  std::string cache_control;  // as received: a 304 that renews the entry is judged by it
+  std::string etag;           // validators for revalidation ("" if none)
   std::string last_modified;
   std::chrono::seconds initial_age{0};  // the upstream's Age when it arrived
   std::vector<std::string> vary;        // lower-case names from Vary

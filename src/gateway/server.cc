@@ -127,22 +127,23 @@ struct Gateway::Impl {
           co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
         if (!acceptor.is_open()) co_return;
-        if (ec == asio::error::no_descriptors) {  // out of file descriptors: back off briefly
-          asio::steady_timer pause(acceptor.get_executor(), 50ms);
-          co_await pause.async_wait(asio::use_awaitable);
-        }
+        // Out of descriptors, or another error that may repeat at once: back off briefly.
+        asio::steady_timer pause(acceptor.get_executor(), 10ms);
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         continue;
       }
-      socket.set_option(tcp::no_delay(true));
+      socket.set_option(tcp::no_delay(true), ec);
       asio::co_spawn(acceptor.get_executor(), session(std::move(socket), state, is_admin),
                      asio::detached);
     }
   }
 
   // Writes a reply: the status line and header block, the per-request headers, the body.
+  // HTTP/1.0 clients are told when the connection stays open; 1xx, 204 and 304 carry neither a
+  // body nor a Content-Length.
   static asio::awaitable<void> write_reply(beast::tcp_stream& stream, const Reply& reply,
                                            const std::string& request_id, bool keep_alive,
-                                           boost::system::error_code& ec) {
+                                           unsigned version, boost::system::error_code& ec) {
     const std::string& body = reply.cached ? reply.cached->body : reply.body;
     std::string head;
     head.reserve(256);
@@ -161,11 +162,23 @@ struct Gateway::Impl {
     }
     head += "X-Request-Id: ";
     head += request_id;
-    head += "\r\nContent-Length: ";
-    head += std::to_string(body.size());
-    head += keep_alive ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+    head += "\r\n";
+    const unsigned status = reply.cached ? reply.cached->status : reply.status;
+    const bool bodiless = status < 200 || status == 204 || status == 304;
+    if (!bodiless) {
+      head += "Content-Length: ";
+      head += std::to_string(body.size());
+      head += "\r\n";
+    }
+    if (!keep_alive) {
+      head += "Connection: close\r\n";
+    } else if (version == 10) {
+      head += "Connection: keep-alive\r\n";
+    }
+    head += "\r\n";
+    const bool send_body = !reply.head_only && !bodiless;
     std::array<asio::const_buffer, 2> buffers{
-        asio::buffer(head), asio::buffer(reply.head_only ? std::string_view{} : body)};
+        asio::buffer(head), asio::buffer(send_body ? std::string_view(body) : std::string_view{})};
     co_await asio::async_write(stream, buffers, asio::redirect_error(asio::use_awaitable, ec));
   }
 
@@ -210,7 +223,7 @@ struct Gateway::Impl {
         boost::system::error_code wec;
         stream.expires_after(5s);
         const std::string refusal_id = new_request_id();
-        co_await write_reply(stream, *refusal, refusal_id, false, wec);
+        co_await write_reply(stream, *refusal, refusal_id, false, 11, wec);
         log(*refusal, refusal_id, "-", "-", started);
         break;
       }
@@ -233,6 +246,7 @@ struct Gateway::Impl {
         request.headers.emplace_back("X-Request-Id", request_id);
       }
       const std::string method = request.method, target = request.target;
+      const unsigned version = request.version;
       const bool keep_alive = request.keep_alive;
       active++;
       // No co_await inside a conditional expression or beside temporaries: GCC 12 miscompiles
@@ -245,8 +259,9 @@ struct Gateway::Impl {
         reply = co_await std::move(handling);
       }
       const bool keep = keep_alive && !draining;
+      reply.head_only = reply.head_only || method == "HEAD";  // gateway-made replies too
       stream.expires_after(30s);
-      co_await write_reply(stream, reply, request_id, keep, ec);
+      co_await write_reply(stream, reply, request_id, keep, version, ec);
       active--;
       if (!is_admin) log(reply, request_id, method, target, started);
       if (ec || !keep) break;
@@ -343,7 +358,10 @@ void Gateway::stop() {
       });
     }
     const auto grace = std::chrono::steady_clock::now() + g.config.server.shutdown_grace;
-    while (g.active.load() > 0 && std::chrono::steady_clock::now() < grace) {
+    // Requests being answered, and fetches and refreshes still running (their coroutines live
+    // on the io_contexts), finish first, within the grace period.
+    while ((g.active.load() > 0 || g.proxy.in_flight() > 0) &&
+           std::chrono::steady_clock::now() < grace) {
       std::this_thread::sleep_for(10ms);
     }
     for (auto& guard : g.guards)

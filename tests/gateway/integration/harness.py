@@ -94,6 +94,7 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.stderr_text = self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode

@@ -221,6 +221,92 @@ class Failures(GatewayCase):
         self.assertEqual(self.gw.get("/nowhere")[0], 404)
 
 
+class Protocol(GatewayCase):
+    """HTTP details that keep connections in step and answers where they belong."""
+
+    @classmethod
+    def routes(cls, port):
+        return route("api", "/api", port, retry="{ attempts = 1 }")
+
+    def test_informational_answers_are_skipped_and_connections_stay_in_step(self):
+        for i in range(3):  # the pool reuses one upstream connection for these
+            target = "/api/hints" + q(mode="early_hints", i=i)
+            s, h, body = self.gw.get(target)
+            self.assertEqual(s, 200)
+            self.assertEqual(json.loads(body)["target"], target)
+
+    def test_head_passed_through_does_not_wait_for_a_body(self):
+        start = time.monotonic()
+        s, h, body = self.gw.get("/api/head-pass", {"Cookie": "a=1"}, method="HEAD")
+        self.assertEqual((s, h["x-cache"], body), (200, "PASS", b""))
+        self.assertLess(time.monotonic() - start, 1.0)
+
+    def test_unknown_methods_are_proxied(self):
+        s, h, _ = self.gw.get("/api/m", method="FROB")
+        self.assertEqual((s, h["x-cache"]), (501, "PASS"))  # the upstream's own answer
+
+    def test_gateway_made_answers_to_head_have_no_body(self):
+        import socket
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=5) as sock:
+            sock.sendall(b"HEAD /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+            sock.settimeout(0.3)
+            try:
+                data += sock.recv(4096)  # anything after the header block would be a body
+            except socket.timeout:
+                pass
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 404"))
+        self.assertEqual(rest, b"", "a HEAD answer carries no body")
+
+    def test_range_is_not_forwarded_on_the_shared_fetch(self):
+        s, h, body = self.gw.get("/api/ranged", {"Range": "bytes=0-3"})
+        self.assertEqual(s, 200)
+        self.assertNotIn("range", self.up.state.headers_seen[-1])
+        self.assertEqual(json.loads(body)["target"], "/api/ranged")
+
+    def test_revalidated_answer_keeps_its_own_cache_control(self):
+        target = "/api/nocache" + q(etag='"e1"', cc="no-cache")
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "MISS")
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "STALE")
+        self.assertTrue(eventually(lambda: self.up.state.not_modified == 1))
+        # Renewed by a 304, a no-cache answer is still never fresh: not a HIT.
+        self.assertNotEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+
+    def test_purging_a_key_purges_its_vary_variants(self):
+        target = "/api/pv" + q(vary="Accept-Language")
+        for _ in range(2):
+            self.gw.get(target, {"Accept-Language": "en"})
+        self.assertEqual(self.gw.get(target, {"Accept-Language": "en"})[1]["x-cache"], "HIT")
+        s, _, body = self.gw.get("/purge?" + urllib.parse.urlencode({"key": target}),
+                                 method="POST", admin=True,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual((s, json.loads(body)["purged"]), (200, 1))
+        self.assertEqual(self.gw.get(target, {"Accept-Language": "en"})[1]["x-cache"], "MISS")
+
+
+class SaturatedPool(unittest.TestCase):
+    def test_gateway_survives_callers_giving_up_while_queued_for_a_connection(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port, max_wait='"300ms"', timeout='"300ms"',
+                           retry='{ attempts = 2, base = "10ms", cap = "10ms", budget = 10.0 }',
+                           breaker='{ failure_rate = 1.0, window = 1000, min_calls = 1000 }'),
+                     server_extra="upstream_connections = 1")
+        try:
+            targets = [f"/api/slow/{i}" + q(delay_ms=700) for i in range(8)]
+            answers = gw.herd(targets)
+            self.assertTrue(all(a[0] in (502, 504) for a in answers), [a[0] for a in answers])
+            time.sleep(1.0)  # let the held connection come back
+            s, _, _ = gw.get("/api/after")
+            self.assertEqual(s, 200)
+            self.assertIsNone(gw.proc.poll())
+        finally:
+            gw.stop()
+            up.stop()
+
+
 class Breaker(unittest.TestCase):
     def test_open_fast_503_without_upstream_call_then_half_open_then_closed(self):
         up = Upstream()
@@ -347,7 +433,8 @@ class Lifecycle(unittest.TestCase):
         self.gw.send_signal(signal.SIGTERM)
         t.join(timeout=20)
         self.assertEqual(result["answer"][0], 200)
-        self.assertEqual(self.gw.proc.wait(timeout=20), 0)
+        code = self.gw.proc.wait(timeout=20)
+        self.assertEqual(code, 0, self.gw.proc.stderr.read()[-4000:])
 
     def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
         self.assertEqual(self.gw.get("/new/x")[0], 404)

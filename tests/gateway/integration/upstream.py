@@ -6,6 +6,7 @@ Behaviour is chosen per request by query parameters, so one server serves every 
   status=N      status code                        etag=E       ETag (If-None-Match: E -> 304)
   cookie=1      add Set-Cookie                     lm=...       Last-Modified
   mode=garbage|truncate|reset   answer with junk, a short body, or by closing the socket
+  mode=early_hints              send a 103 before the answer
 and for the whole server, by control calls:
   POST /__fail?n=N&status=S   the next N requests answer S (default 503)
   POST /__down?on=1|0         every request answers 503 while on
@@ -116,6 +117,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if fail:
             return self._send(fail_status, b'{"error":"down"}', [("Content-Type", "application/json")])
+        if mode == "early_hints":  # an informational answer before the real one
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         headers = [("Content-Type", "application/json")]
         etag = q.get("etag", [None])[0]
         if etag:
