@@ -15,49 +15,46 @@ std::string UpstreamUrl::to_string() const {
   return scheme + "://" + host + ":" + std::to_string(port) + base_path;
 }
 
-std::optional<Millis> parse_duration(std::string_view text) {
+namespace {
+
+// A non-negative number times its unit's scale, from text such as "1.5s" or "64KiB"; nullopt
+// if the number is malformed, the unit unknown, or the result over `limit`.
+struct Unit {
+  std::string_view name;
+  double scale;
+};
+std::optional<double> scaled(std::string_view text, std::initializer_list<Unit> units,
+                             double limit) {
   double value = 0;
   const char* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, value);
   if (ec != std::errc() || p == text.data() || value < 0) return std::nullopt;
   const std::string_view unit(p, static_cast<std::size_t>(end - p));
-  double ms;
-  if (unit == "ms") {
-    ms = value;
-  } else if (unit == "s") {
-    ms = value * 1e3;
-  } else if (unit == "m") {
-    ms = value * 60e3;
-  } else if (unit == "h") {
-    ms = value * 3600e3;
-  } else {
-    return std::nullopt;
+  for (const Unit& u : units) {
+    if (unit == u.name) {
+      const double result = value * u.scale;
+      if (result > limit) return std::nullopt;
+      return result;
+    }
   }
-  if (ms > 1e12) return std::nullopt;
-  return Millis(static_cast<Millis::rep>(ms + 0.5));
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<Millis> parse_duration(std::string_view text) {
+  auto ms = scaled(text, {{"ms", 1}, {"s", 1e3}, {"m", 60e3}, {"h", 3600e3}}, 1e12);
+  if (!ms) return std::nullopt;
+  return Millis(static_cast<Millis::rep>(*ms + 0.5));
 }
 
 std::optional<std::size_t> parse_size(std::string_view text) {
-  double value = 0;
-  const char* end = text.data() + text.size();
-  auto [p, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc() || p == text.data() || value < 0) return std::nullopt;
-  const std::string_view unit(p, static_cast<std::size_t>(end - p));
-  double scale;
-  if (unit.empty() || unit == "B") {
-    scale = 1;
-  } else if (unit == "KiB") {
-    scale = 1024.0;
-  } else if (unit == "MiB") {
-    scale = 1024.0 * 1024;
-  } else if (unit == "GiB") {
-    scale = 1024.0 * 1024 * 1024;
-  } else {
-    return std::nullopt;
-  }
-  const double bytes = value * scale;
-  if (bytes > 1e15) return std::nullopt;
-  return static_cast<std::size_t>(bytes);
+  auto bytes = scaled(
+      text,
+      {{"", 1}, {"B", 1}, {"KiB", 1024.0}, {"MiB", 1024.0 * 1024}, {"GiB", 1024.0 * 1024 * 1024}},
+      1e15);
+  if (!bytes) return std::nullopt;
+  return static_cast<std::size_t>(*bytes);
 }
 
 namespace {
