@@ -13,6 +13,11 @@
 //   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
 //   to every waiter. Errors may be cached for a short, jittered negative TTL.
 //
+// Lower tiers (use_tiers): on a memory miss, the tiers are read in order, once per key however
+// many callers miss at once (a read is coalesced like a fetch); a value found is promoted to
+// memory and answered like a memory hit (Fresh, or Stale with a refresh), with Answer::tier
+// naming the tier. A fetched value is written to memory and to every tier.
+//
 // Fetchers take an optional `const FetchContext<V>&` (the value being refreshed, for
 // revalidation; the attempt number and its deadline) and return V or Fetched<V> (to set the TTL
 // or the charge per value, or to keep a value out of the cache). Blocking calls take fetchers
@@ -40,6 +45,7 @@
 #include "unherd/detail/background_worker.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
+#include "unherd/tier.h"
 
 namespace unherd {
 
@@ -74,6 +80,8 @@ struct Answer {
   V value;
   Source source = Source::kFetched;
   TimePoint stored_at{};  // when the value was fetched: Age = now - stored_at
+  // Where a cached answer came from: "memory", or a lower tier's name. Empty when fetched.
+  std::string_view tier;
 };
 
 struct CallPolicy {
@@ -101,8 +109,13 @@ struct CoordinatorStats {
   std::uint64_t errors = 0;  // calls that ended in an exception
   std::uint64_t retries = 0;
   SingleFlightStats flight;
+  SingleFlightStats tier_reads;  // lower-tier reads: fetches = reads made, coalesced = shared
   CacheStats cache;
+  // Per tier, memory first, then the lower tiers in lookup order.
+  std::vector<std::pair<std::string, TierStats>> tiers;
 };
+
+inline constexpr std::string_view kMemoryTier = "memory";
 
 namespace detail {
 template <class T>
@@ -135,7 +148,8 @@ class Coordinator {
         })),
         cache_(options.cache),
         negative_(CacheOptions{options.negative_capacity, 4}),
-        flight_(clock, options.flight_shards) {}
+        flight_(clock, options.flight_shards),
+        tier_flight_(clock, options.flight_shards) {}
 
   // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
   // Errc: wait_timeout, too_many_waiters, circuit_open).
@@ -152,6 +166,28 @@ class Coordinator {
       }
       return *std::move(answer);
     }
+    std::string_view found_in = kMemoryTier;
+    if (!tiers_.empty()) {
+      std::optional<FlightResult<std::optional<Loaded>>> loaded;
+      try {
+        loaded = tier_flight_.join(
+            key, [&] { return load_tiers(key); }, policy.flight);
+      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
+      }
+      if (loaded && loaded->value) {
+        Loaded& l = *loaded->value;
+        if (auto answer = from_tier(l)) {
+          if (answer->source == Source::kStale && !loaded->coalesced &&
+              flight_.start(key, refresh_job(key, fetcher, policy, l.value, 0),
+                            [this](auto job) { worker_.post(std::move(job)); })) {
+            refreshes_.add();
+          }
+          return *std::move(answer);
+        }
+        found = l.as_lookup();
+        found_in = tiers_[l.tier]->name();
+      }
+    }
     std::exception_ptr error = negative_hit(key, now);
     if (!error) {
       const V* previous = found.value ? &*found.value : nullptr;
@@ -164,7 +200,7 @@ class Coordinator {
         error = std::current_exception();
       }
     }
-    return fallback(std::move(found), error);
+    return fallback(std::move(found), found_in, error);
   }
 
   // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
@@ -185,6 +221,33 @@ class Coordinator {
       }
       co_return *std::move(answer);
     }
+    std::string_view found_in = kMemoryTier;
+    if (!tiers_.empty()) {
+      std::optional<FlightResult<std::optional<Loaded>>> loaded;
+      auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
+        return load_tiers_async(key);
+      };
+      try {
+        auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
+        loaded = co_await std::move(joining);
+      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
+      }
+      if (loaded && loaded->value) {
+        Loaded& l = *loaded->value;
+        if (auto answer = from_tier(l)) {
+          if (answer->source == Source::kStale && !loaded->coalesced) {
+            auto job = [this, key, fetcher, policy, previous = l.value]() -> asio::awaitable<V> {
+              return refresh_async(key, fetcher, policy, previous, 0);
+            };
+            auto executor = co_await asio::this_coro::executor;
+            if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
+          }
+          co_return *std::move(answer);
+        }
+        found = l.as_lookup();
+        found_in = tiers_[l.tier]->name();
+      }
+    }
     std::exception_ptr error = negative_hit(key, now);
     if (!error) {
       std::optional<V> previous = found.value;
@@ -201,25 +264,53 @@ class Coordinator {
         error = std::current_exception();
       }
     }
-    co_return fallback(std::move(found), error);
+    co_return fallback(std::move(found), found_in, error);
   }
 
-  // Removes key from the cache (and its cached error). Returns whether a value was there.
+  // Installs lower tiers, looked up in this order after memory, and how values are stored in
+  // them. Call before the first get. Needs keys that convert to std::string_view.
+  void use_tiers(std::vector<std::shared_ptr<Tier>> tiers, Codec<V> codec) {
+    static_assert(kStringKeys, "lower tiers need keys that convert to std::string_view");
+    tiers_ = std::move(tiers);
+    codec_ = std::move(codec);
+  }
+  const std::vector<std::shared_ptr<Tier>>& tiers() const noexcept { return tiers_; }
+
+  // Removes key from every tier (and its cached error). Returns whether a value was there.
   bool purge(const K& key) {
     negative_.erase(key);
-    return cache_.erase(key);
+    bool found = cache_.erase(key);
+    if constexpr (kStringKeys) {
+      for (auto& tier : tiers_)
+        found = tier->erase(key) || found;
+    }
+    return found;
   }
+  // Removes the keys pred accepts from memory only (a lower tier cannot run a predicate over
+  // its keys: purge_prefix reaches them).
   template <class Pred>
   std::size_t purge_if(Pred pred) {
     negative_.erase_if(pred);
     return cache_.erase_if(pred);
   }
+  // Removes every key starting with prefix from every tier. Returns the most any tier held.
+  std::size_t purge_prefix(
+      std::string_view prefix) requires std::is_convertible_v<const K&, std::string_view> {
+    auto starts = [prefix](const K& k) { return std::string_view(k).starts_with(prefix); };
+    negative_.erase_if(starts);
+    std::size_t n = cache_.erase_if(starts);
+    for (auto& tier : tiers_)
+      n = std::max(n, tier->purge_prefix(prefix));
+    return n;
+  }
 
-  // Stores a value directly (a warm-up, or a response learned elsewhere).
+  // Stores a value directly (a warm-up, or a response learned elsewhere), in every tier.
   bool put(const K& key, V value, const Ttl& ttl) {
     const TimePoint now = clock_.now();
     const std::size_t charge = charge_(key, value);
-    return cache_.insert(key, std::move(value), charge, Deadlines::from(now, ttl), now);
+    const Deadlines deadlines = Deadlines::from(now, ttl);
+    if (deadlines.stale_if_error_until > now) write_tiers(key, value, deadlines, now);
+    return cache_.insert(key, std::move(value), charge, deadlines, now);
   }
 
   CoordinatorStats stats() const {
@@ -233,7 +324,20 @@ class Coordinator {
     s.errors = errors_.load();
     s.retries = retries_.load();
     s.flight = flight_.stats();
+    s.tier_reads = tier_flight_.stats();
     s.cache = cache_.stats();
+    TierStats memory;
+    memory.hits = s.cache.hits + s.cache.stale_hits;
+    memory.misses = s.cache.misses;
+    memory.writes = s.cache.inserts;
+    memory.dropped_writes = s.cache.rejected;
+    memory.evictions = s.cache.evictions;
+    memory.entries = s.cache.entries;
+    memory.bytes = s.cache.charge;
+    memory.budget = cache_.capacity();
+    s.tiers.emplace_back(kMemoryTier, memory);
+    for (const auto& tier : tiers_)
+      s.tiers.emplace_back(tier->name(), tier->stats());
     return s;
   }
 
@@ -243,7 +347,10 @@ class Coordinator {
       c->reset();
     }
     flight_.reset_stats();
+    tier_flight_.reset_stats();
     cache_.reset_stats();
+    for (auto& tier : tiers_)
+      tier->reset_stats();
   }
 
   Cache<K, V, Hash, KeyEq>& cache() noexcept { return cache_; }
@@ -253,16 +360,110 @@ class Coordinator {
  private:
   using Ctx = FetchContext<V>;
 
+  static constexpr bool kStringKeys = std::is_convertible_v<const K&, std::string_view>;
+
   std::optional<Answer<V>> from_cache(Lookup<V>& found) {
     if (found.freshness == Freshness::kFresh) {
       hits_.add();
-      return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at};
+      return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at, kMemoryTier};
     }
     if (found.freshness == Freshness::kStale) {
       stale_.add();
-      return Answer<V>{*found.value, Source::kStale, found.stored_at};
+      return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
     }
     return std::nullopt;
+  }
+
+  // A value read from a lower tier, in this process's clock.
+  struct Loaded {
+    V value;
+    Deadlines deadlines;
+    TimePoint stored_at{};
+    std::size_t tier = 0;
+
+    Lookup<V> as_lookup() const {
+      Lookup<V> l;
+      l.value = value;
+      l.deadlines = deadlines;
+      l.stored_at = stored_at;
+      l.refresh_after = stored_at;
+      return l;
+    }
+  };
+
+  // A lower tier's Fresh or Stale value as an answer; nullopt if it is only good for errors.
+  std::optional<Answer<V>> from_tier(const Loaded& l) {
+    const TimePoint now = clock_.now();
+    if (now < l.deadlines.fresh_until) {
+      hits_.add();
+      return Answer<V>{l.value, Source::kHit, l.stored_at, tiers_[l.tier]->name()};
+    }
+    if (now < l.deadlines.stale_until) {
+      stale_.add();
+      return Answer<V>{l.value, Source::kStale, l.stored_at, tiers_[l.tier]->name()};
+    }
+    return std::nullopt;
+  }
+
+  // Decodes tier i's record, promotes it to memory and to the tiers above i.
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i) {
+    if constexpr (kStringKeys) {
+      std::optional<V> value = codec_.decode(record.value);
+      if (!value) {
+        tiers_[i]->erase(key);
+        return std::nullopt;
+      }
+      const TimePoint now = clock_.now();
+      const WallTime wall = clock_.wall_now();
+      auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
+      Loaded l{std::move(*value),
+               Deadlines{local(record.fresh_until), local(record.stale_until),
+                         local(record.stale_if_error_until)},
+               std::min(now, local(record.stored_at)), i};
+      for (std::size_t j = 0; j < i; ++j)
+        tiers_[j]->insert(key, record);
+      cache_.insert(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
+      return l;
+    } else {
+      return std::nullopt;
+    }
+  }
+
+  std::optional<Loaded> load_tiers(const K& key) {
+    for (std::size_t i = 0; i < tiers_.size(); ++i) {
+      auto record = tiers_[i]->lookup(key, clock_.wall_now());
+      if (record) {
+        if (auto l = promote(key, *record, i)) return l;
+      }
+    }
+    return std::nullopt;
+  }
+
+  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
+    for (std::size_t i = 0; i < tiers_.size(); ++i) {
+      auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
+      std::optional<TierRecord> record = co_await std::move(reading);
+      if (record) {
+        if (auto l = promote(key, *record, i)) co_return l;
+      }
+    }
+    co_return std::nullopt;
+  }
+
+  // Hands a value to every lower tier, its deadlines as wall-clock times.
+  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now) {
+    if constexpr (kStringKeys) {
+      if (tiers_.empty()) return;
+      const WallTime wall = clock_.wall_now();
+      auto at = [&](TimePoint t) {
+        return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
+      };
+      TierRecord record{codec_.encode(value), wall, at(d.fresh_until), at(d.stale_until),
+                        at(d.stale_if_error_until)};
+      for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
+        tiers_[i]->insert(key, record);
+      tiers_.back()->insert(key, std::move(record));
+    }
   }
 
   std::exception_ptr negative_hit(const K& key, TimePoint now) {
@@ -279,10 +480,10 @@ class Coordinator {
   }
 
   // A fetch failed for this caller: the stale-if-error value if the key has one, else rethrow.
-  Answer<V> fallback(Lookup<V> found, const std::exception_ptr& error) {
+  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error) {
     if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
       stale_if_error_.add();
-      return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at};
+      return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, tier};
     }
     errors_.add();
     std::rethrow_exception(error);
@@ -336,7 +537,9 @@ class Coordinator {
     const Ttl ttl = fetched.ttl.value_or(policy.ttl);
     if (fetched.store) {
       const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
-      cache_.insert(key, fetched.value, charge, Deadlines::from(now, ttl), now);
+      const Deadlines deadlines = Deadlines::from(now, ttl);
+      cache_.insert(key, fetched.value, charge, deadlines, now);
+      if (deadlines.stale_if_error_until > now) write_tiers(key, fetched.value, deadlines, now);
     } else if (background) {
       // The refresh's answer may not be stored, so the stale entry stays: without this, every
       // stale hit would start another refresh at once.
@@ -522,6 +725,9 @@ class Coordinator {
   Cache<K, std::exception_ptr, Hash, KeyEq> negative_;
   std::atomic<bool> negative_used_{false};
   SingleFlight<K, V, Hash, KeyEq> flight_;
+  std::vector<std::shared_ptr<Tier>> tiers_;
+  Codec<V> codec_;
+  SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;
   detail::BackgroundWorker worker_;  // last: joined first, while the rest still exists

@@ -1,0 +1,869 @@
+#include "unherd/disk_tier.h"
+
+#include <fcntl.h>
+#include <lmdb.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "unherd/detail/striped_counter.h"
+
+namespace unherd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---- CRC-32C (Castagnoli): SSE4.2 when the CPU has it, a table otherwise. ----
+
+constexpr std::array<std::uint32_t, 256> crc_table() {
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k)
+      c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    t[i] = c;
+  }
+  return t;
+}
+
+std::uint32_t crc_soft(std::uint32_t crc, const unsigned char* p, std::size_t n) {
+  static constexpr auto table = crc_table();
+  while (n--)
+    crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) std::uint32_t crc_hw(std::uint32_t crc, const unsigned char* p,
+                                                       std::size_t n) {
+  std::uint64_t c = crc;
+  while (n >= 8) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+    p += 8;
+    n -= 8;
+  }
+  auto c32 = static_cast<std::uint32_t>(c);
+  while (n--)
+    c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return c32;
+}
+#endif
+
+std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0) {
+  auto p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return ~crc_hw(crc, p, n);
+#endif
+  return ~crc_soft(crc, p, n);
+}
+
+// ---- Records ----
+//
+// A record, as LMDB stores it under its key:
+//   u32 magic | u32 crc32c of everything after it | u32 key length | u32 zero
+//   | i64 stored_at | i64 fresh_until | i64 stale_until | i64 stale_if_error_until  (wall, ns)
+//   | the full key | the value bytes
+
+constexpr std::uint32_t kMagic = 0x31444855;  // "UHD1"
+constexpr std::size_t kHeader = 48;
+constexpr std::string_view kFormat = "unherd-disk 1";
+
+std::int64_t to_ns(WallTime t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+WallTime from_ns(std::int64_t ns) {
+  return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
+}
+
+template <class T>
+T load(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+void store(char* p, T v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+std::size_t record_size(std::string_view key, const TierRecord& r) {
+  return kHeader + key.size() + r.value.size();
+}
+
+void encode_record(char* out, std::string_view key, const TierRecord& r) {
+  store(out, kMagic);
+  store(out + 8, static_cast<std::uint32_t>(key.size()));
+  store(out + 12, std::uint32_t{0});
+  store(out + 16, to_ns(r.stored_at));
+  store(out + 24, to_ns(r.fresh_until));
+  store(out + 32, to_ns(r.stale_until));
+  store(out + 40, to_ns(r.stale_if_error_until));
+  std::memcpy(out + kHeader, key.data(), key.size());
+  std::memcpy(out + kHeader + key.size(), r.value.data(), r.value.size());
+  const std::size_t n = record_size(key, r);
+  store(out + 4, crc32c(out + 8, n - 8));
+}
+
+// A record's header and key, if its bytes are whole.
+struct Decoded {
+  std::string_view key;
+  std::string_view value;
+  std::int64_t stored_at, fresh_until, stale_until, stale_if_error_until;
+};
+
+std::optional<Decoded> decode_record(std::string_view bytes) {
+  if (bytes.size() < kHeader) return std::nullopt;
+  const char* p = bytes.data();
+  if (load<std::uint32_t>(p) != kMagic) return std::nullopt;
+  const auto key_len = load<std::uint32_t>(p + 8);
+  if (key_len > bytes.size() - kHeader) return std::nullopt;
+  if (load<std::uint32_t>(p + 4) != crc32c(p + 8, bytes.size() - 8)) return std::nullopt;
+  Decoded d;
+  d.stored_at = load<std::int64_t>(p + 16);
+  d.fresh_until = load<std::int64_t>(p + 24);
+  d.stale_until = load<std::int64_t>(p + 32);
+  d.stale_if_error_until = load<std::int64_t>(p + 40);
+  d.key = bytes.substr(kHeader, key_len);
+  d.value = bytes.substr(kHeader + key_len);
+  return d;
+}
+
+// LMDB keys are at most 511 bytes. Longer (and empty) cache keys are stored under their first
+// 400 bytes, a 0xff byte and a hash of the whole; the record holds the whole key, and a lookup
+// whose key differs from it misses. Prefix order is kept for the first 400 bytes.
+constexpr std::size_t kPlainKey = 400;
+
+std::string store_key(std::string_view key) {
+  if (!key.empty() && key.size() <= kPlainKey) return std::string(key);
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : key)
+    h = (h ^ c) * 0x100000001b3ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::string out(key.substr(0, kPlainKey));
+  out += '\xff';
+  out += hex;
+  return out;
+}
+
+std::string big_endian(std::uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 7; i >= 0; --i, v >>= 8)
+    s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+  return s;
+}
+std::uint64_t from_big_endian(std::string_view s) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8 && i < s.size(); ++i)
+    v = v << 8 | static_cast<unsigned char>(s[i]);
+  return v;
+}
+// Deadlines before 1970 sort first: they are long dead.
+std::uint64_t order(std::int64_t ns) {
+  return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+}
+
+// Views: the bytes must outlive the MDB_val (never pass a temporary string).
+MDB_val val(std::string&&) = delete;
+MDB_val val(const std::string& s) {
+  return MDB_val{s.size(), const_cast<char*>(s.data())};
+}
+MDB_val val(std::string_view s) {
+  return MDB_val{s.size(), const_cast<char*>(s.data())};
+}
+std::string_view view(const MDB_val& v) {
+  return {static_cast<const char*>(v.mv_data), v.mv_size};
+}
+
+// What the indexes need to remove a record: kept beside it, keyed like it.
+struct Meta {
+  std::uint64_t seq = 0;
+  std::int64_t stale_if_error_until = 0;
+  std::uint64_t charge = 0;
+};
+constexpr std::size_t kMetaSize = 24;
+
+std::uint64_t charge_of(std::size_t record, std::size_t store_key) {
+  return record + 3 * store_key + 64;  // the record, its key in three indexes, their overhead
+}
+
+struct LmdbError : std::runtime_error {
+  LmdbError(const char* what, int rc)
+      : std::runtime_error(std::string(what) + ": " + mdb_strerror(rc)), code(rc) {}
+  int code;
+};
+void check(int rc, const char* what) {
+  if (rc != 0) throw LmdbError(what, rc);
+}
+
+// A write transaction that aborts unless committed.
+class WriteTxn {
+ public:
+  explicit WriteTxn(MDB_env* env) { check(mdb_txn_begin(env, nullptr, 0, &txn_), "begin"); }
+  ~WriteTxn() {
+    if (txn_) mdb_txn_abort(txn_);
+  }
+  WriteTxn(const WriteTxn&) = delete;
+  WriteTxn& operator=(const WriteTxn&) = delete;
+  MDB_txn* get() const { return txn_; }
+  void commit() {
+    MDB_txn* t = std::exchange(txn_, nullptr);
+    check(mdb_txn_commit(t), "commit");
+  }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+};
+
+}  // namespace
+
+struct DiskTier::Impl {
+  DiskTierOptions options;
+  Clock& clock;
+
+  MDB_env* env = nullptr;
+  MDB_dbi records = 0, metas = 0, lru = 0, expiry = 0, info = 0;
+  int lock_fd = -1;
+  bool available = false;
+  std::string moved_aside;
+
+  // Written by the writer (or an erase/purge) under write_mu, after each commit.
+  std::mutex write_mu;
+  std::atomic<std::uint64_t> bytes{0}, entries{0};
+  std::uint64_t seq = 0;  // next recency number; under write_mu
+
+  detail::StripedCounter hits, misses, writes, dropped, evictions, expired, corrupt;
+
+  // The write-behind queue.
+  struct Op {
+    enum Kind { kPut, kTouch, kErase } kind = kPut;
+    std::string key;
+    TierRecord record;
+    std::uint64_t ticket = 0;
+  };
+  std::mutex qmu;
+  std::condition_variable qcv, applied_cv;
+  std::deque<Op> queue;
+  std::size_t queued_bytes = 0;
+  std::uint64_t enqueued = 0, applied = 0;
+  bool busy = false, stopping = false;
+  std::thread writer;
+
+  std::chrono::steady_clock::time_point last_write_warning{};
+
+  Impl(DiskTierOptions o, Clock& c) : options(std::move(o)), clock(c) {
+    if (!options.warn) {
+      options.warn = [](const std::string& m) { std::cerr << "unherd: " << m << '\n'; };
+    }
+    open_or_recover();
+    if (available) writer = std::thread([this] { write_loop(); });
+  }
+
+  ~Impl() {
+    if (writer.joinable()) {
+      {
+        std::lock_guard lk(qmu);
+        stopping = true;
+      }
+      qcv.notify_all();
+      writer.join();
+    }
+    close_env();
+  }
+
+  // ---- Opening ----
+
+  void close_env() {
+    if (env) {
+      mdb_env_sync(env, 1);
+      mdb_env_close(env);
+      env = nullptr;
+    }
+    if (lock_fd >= 0) {
+      ::close(lock_fd);
+      lock_fd = -1;
+    }
+  }
+
+  std::uint64_t map_size() const { return 2 * options.budget + (64ull << 20); }
+
+  // Opens the store at options.path. On failure, returns why (and holds nothing open).
+  std::optional<std::string> try_open(bool& in_use) {
+    in_use = false;
+    std::error_code ec;
+    const fs::path dir(options.path);
+    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) return "not a directory";
+    fs::create_directories(dir, ec);
+    if (ec) return "cannot create it: " + ec.message();
+    lock_fd = ::open((dir / "unherd.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0) return std::string("cannot write in it: ") + std::strerror(errno);
+    if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      in_use = true;
+      close_env();
+      return "in use by another process";
+    }
+    try {
+      check(mdb_env_create(&env), "create");
+      check(mdb_env_set_maxdbs(env, 8), "maxdbs");
+      check(mdb_env_set_maxreaders(env, 1024), "maxreaders");
+      check(mdb_env_set_mapsize(env, map_size()), "mapsize");
+      check(mdb_env_open(env, dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | MDB_NOSYNC, 0644), "open");
+      WriteTxn txn(env);
+      check(mdb_dbi_open(txn.get(), "records", MDB_CREATE, &records), "records");
+      check(mdb_dbi_open(txn.get(), "meta", MDB_CREATE, &metas), "meta");
+      check(mdb_dbi_open(txn.get(), "lru", MDB_CREATE, &lru), "lru");
+      check(mdb_dbi_open(txn.get(), "expiry", MDB_CREATE, &expiry), "expiry");
+      check(mdb_dbi_open(txn.get(), "info", MDB_CREATE, &info), "info");
+      MDB_stat st{};
+      check(mdb_stat(txn.get(), records, &st), "stat");
+      MDB_val k = val(std::string_view("format")), v{};
+      int rc = mdb_get(txn.get(), info, &k, &v);
+      if (rc == MDB_NOTFOUND) {
+        if (st.ms_entries != 0) throw std::runtime_error("records without a format mark");
+        MDB_val f = val(kFormat);
+        check(mdb_put(txn.get(), info, &k, &f, 0), "format");
+      } else {
+        check(rc, "format");
+        if (view(v) != kFormat) {
+          throw std::runtime_error("format \"" + std::string(view(v)) + "\", expected \"" +
+                                   std::string(kFormat) + "\"");
+        }
+      }
+      bytes = read_counter(txn.get(), "bytes");
+      seq = read_counter(txn.get(), "seq");
+      entries = st.ms_entries;
+      txn.commit();
+      return std::nullopt;
+    } catch (const std::exception& e) {
+      close_env();
+      return e.what();
+    }
+  }
+
+  std::uint64_t read_counter(MDB_txn* txn, std::string_view name) {
+    MDB_val k = val(name), v{};
+    if (mdb_get(txn, info, &k, &v) != 0 || v.mv_size != 8) return 0;
+    return load<std::uint64_t>(static_cast<const char*>(v.mv_data));
+  }
+  void write_counter(MDB_txn* txn, std::string_view name, std::uint64_t n) {
+    MDB_val k = val(name), v{8, &n};
+    check(mdb_put(txn, info, &k, &v, 0), "info");
+  }
+
+  void open_or_recover() {
+    bool in_use = false;
+    auto why = try_open(in_use);
+    if (!why) {
+      available = true;
+      return;
+    }
+    if (in_use) {
+      options.warn("disk cache " + options.path + ": " + *why + "; running without the disk tier");
+      return;
+    }
+    const auto stamp = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+    std::string aside = options.path + ".broken-" + std::to_string(stamp);
+    for (int n = 1; fs::exists(aside); ++n)
+      aside = options.path + ".broken-" + std::to_string(stamp) + "-" + std::to_string(n);
+    std::error_code ec;
+    fs::rename(options.path, aside, ec);
+    if (ec) {
+      options.warn("disk cache " + options.path + " cannot be opened (" + *why +
+                   ") nor moved aside (" + ec.message() + "); running without the disk tier");
+      return;
+    }
+    moved_aside = aside;
+    options.warn("disk cache " + options.path + " cannot be opened (" + *why + "); moved it to " +
+                 aside + " and started a fresh store");
+    why = try_open(in_use);
+    if (why) {
+      options.warn("disk cache " + options.path + ": a fresh store cannot be created either (" +
+                   *why + "); running without the disk tier");
+      return;
+    }
+    available = true;
+  }
+
+  // ---- Reading ----
+
+  std::optional<TierRecord> lookup(std::string_view key, WallTime now) {
+    if (!available) {
+      misses.add();
+      return std::nullopt;
+    }
+    const std::string skey = store_key(key);
+    MDB_txn* txn = nullptr;
+    if (mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn) != 0) {
+      misses.add();
+      return std::nullopt;
+    }
+    MDB_val k = val(skey), v{};
+    const int rc = mdb_get(txn, records, &k, &v);
+    std::optional<TierRecord> out;
+    bool bad = false;
+    if (rc == 0) {
+      auto d = decode_record(view(v));
+      if (!d) {
+        bad = true;
+      } else if (d->key == key && d->stale_if_error_until > to_ns(now)) {
+        out.emplace(TierRecord{std::string(d->value), from_ns(d->stored_at),
+                               from_ns(d->fresh_until), from_ns(d->stale_until),
+                               from_ns(d->stale_if_error_until)});
+      }
+    } else if (rc != MDB_NOTFOUND) {
+      bad = true;
+    }
+    mdb_txn_abort(txn);
+    if (bad) {
+      corrupt.add();
+      enqueue(Op{Op::kErase, std::string(key), {}, 0}, false);
+    }
+    if (!out) {
+      misses.add();
+      return out;
+    }
+    hits.add();
+    enqueue(Op{Op::kTouch, std::string(key), {}, 0}, false);
+    return out;
+  }
+
+  // ---- The write-behind queue ----
+
+  static std::size_t op_bytes(const Op& op) {
+    return op.key.size() + op.record.value.size() + sizeof(Op);
+  }
+
+  // Queues op; returns false if it was dropped (the queue is full, or the tier is closed).
+  bool enqueue(Op op, bool count_drop) {
+    const std::size_t n = op_bytes(op);
+    {
+      std::lock_guard lk(qmu);
+      if (!available || stopping || queued_bytes + n > options.queue_bytes) {
+        if (count_drop) dropped.add();
+        return false;
+      }
+      queued_bytes += n;
+      op.ticket = ++enqueued;
+      queue.push_back(std::move(op));
+    }
+    qcv.notify_one();
+    return true;
+  }
+
+  void insert(std::string_view key, TierRecord record) {
+    const std::string skey = store_key(key);
+    if (charge_of(record_size(key, record), skey.size()) > options.budget) {
+      dropped.add();
+      return;
+    }
+    enqueue(Op{Op::kPut, std::string(key), std::move(record), 0}, true);
+  }
+
+  void flush() {
+    std::unique_lock lk(qmu);
+    const std::uint64_t target = enqueued;
+    applied_cv.wait(lk, [&] { return applied >= target || (queue.empty() && !busy); });
+  }
+
+  // Removes queued writes of the keys pred accepts. Caller holds write_mu.
+  template <class Pred>
+  void unqueue(Pred pred) {
+    std::lock_guard lk(qmu);
+    for (auto it = queue.begin(); it != queue.end();) {
+      if (pred(it->key)) {
+        queued_bytes -= op_bytes(*it);
+        it = queue.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (queue.empty()) applied = enqueued;
+    applied_cv.notify_all();
+  }
+
+  void write_loop() {
+    using steady = std::chrono::steady_clock;
+    auto next_sync = steady::now() + options.sync_interval;
+    auto next_sweep = steady::now() + options.sweep_interval;
+    bool dirty = false;
+    for (;;) {
+      {
+        std::unique_lock lk(qmu);
+        qcv.wait_until(lk, std::min(next_sync, next_sweep),
+                       [&] { return !queue.empty() || stopping; });
+        if (queue.empty() && stopping) break;
+      }
+      // Holding write_mu while applying keeps erase() and purge_prefix() out of the window
+      // between taking a write off the queue and committing it.
+      std::unique_lock wl(write_mu);
+      std::vector<Op> batch;
+      {
+        std::lock_guard lk(qmu);
+        std::size_t taken = 0;
+        while (!queue.empty() && batch.size() < 4096 && taken < (16u << 20)) {
+          taken += op_bytes(queue.front());
+          queued_bytes -= op_bytes(queue.front());
+          batch.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        busy = !batch.empty();
+      }
+      if (!batch.empty()) {
+        apply(batch);
+        dirty = true;
+      }
+      if (bytes.load() > options.budget) evict(options.budget / 10 * 9);
+      const auto now = steady::now();
+      if (now >= next_sweep) {
+        sweep_expired();
+        next_sweep = now + options.sweep_interval;
+      }
+      if (now >= next_sync) {
+        if (dirty) mdb_env_sync(env, 1);
+        dirty = false;
+        next_sync = now + options.sync_interval;
+      }
+      wl.unlock();
+      {
+        std::lock_guard lk(qmu);
+        if (!batch.empty()) applied = std::max(applied, batch.back().ticket);
+        busy = false;
+        if (queue.empty()) applied = enqueued;
+      }
+      applied_cv.notify_all();
+    }
+    mdb_env_sync(env, 1);
+    std::lock_guard lk(qmu);
+    applied = enqueued;
+    applied_cv.notify_all();
+  }
+
+  // ---- Writing (caller holds write_mu) ----
+
+  std::optional<Meta> read_meta(MDB_txn* txn, std::string_view skey) {
+    MDB_val k = val(skey), v{};
+    if (mdb_get(txn, metas, &k, &v) != 0 || v.mv_size != kMetaSize) return std::nullopt;
+    const char* p = static_cast<const char*>(v.mv_data);
+    return Meta{load<std::uint64_t>(p), load<std::int64_t>(p + 8), load<std::uint64_t>(p + 16)};
+  }
+
+  void write_meta(MDB_txn* txn, std::string_view skey, const Meta& m) {
+    char buf[kMetaSize];
+    store(buf, m.seq);
+    store(buf + 8, m.stale_if_error_until);
+    store(buf + 16, m.charge);
+    MDB_val k = val(skey), v{kMetaSize, buf};
+    check(mdb_put(txn, metas, &k, &v, 0), "meta");
+  }
+
+  static std::string expiry_key(std::int64_t sie, std::string_view skey) {
+    return big_endian(order(sie)) + std::string(skey);
+  }
+
+  static void del(MDB_txn* txn, MDB_dbi dbi, std::string_view key) {
+    MDB_val k = val(key);
+    const int rc = mdb_del(txn, dbi, &k, nullptr);
+    if (rc != MDB_NOTFOUND) check(rc, "delete");
+  }
+
+  // Removes the record stored under skey and its index entries. Returns whether one was there.
+  bool remove(MDB_txn* txn, std::string_view skey, std::uint64_t& staged_bytes) {
+    auto meta = read_meta(txn, skey);
+    MDB_val k = val(skey);
+    const int rc = mdb_del(txn, records, &k, nullptr);
+    if (rc != MDB_NOTFOUND) check(rc, "delete");
+    if (meta) {
+      del(txn, lru, big_endian(meta->seq));
+      del(txn, expiry, expiry_key(meta->stale_if_error_until, skey));
+      del(txn, metas, skey);
+      staged_bytes -= std::min(staged_bytes, meta->charge);
+    }
+    return rc == 0;
+  }
+
+  void put(MDB_txn* txn, const Op& op, std::uint64_t& staged_bytes, std::uint64_t& staged_seq) {
+    const std::string skey = store_key(op.key);
+    remove(txn, skey, staged_bytes);
+    const std::size_t size = record_size(op.key, op.record);
+    MDB_val k = val(skey), v{size, nullptr};
+    check(mdb_put(txn, records, &k, &v, MDB_RESERVE), "put");
+    encode_record(static_cast<char*>(v.mv_data), op.key, op.record);
+    const Meta meta{staged_seq++, to_ns(op.record.stale_if_error_until),
+                    charge_of(size, skey.size())};
+    write_meta(txn, skey, meta);
+    const std::string order_key = big_endian(meta.seq);
+    MDB_val lk = val(order_key), lv = val(skey);
+    check(mdb_put(txn, lru, &lk, &lv, 0), "lru");
+    const std::string ek = expiry_key(meta.stale_if_error_until, skey);
+    MDB_val xk = val(ek), xv{0, nullptr};
+    check(mdb_put(txn, expiry, &xk, &xv, 0), "expiry");
+    staged_bytes += meta.charge;
+  }
+
+  void touch(MDB_txn* txn, const Op& op, std::uint64_t& staged_seq) {
+    const std::string skey = store_key(op.key);
+    auto meta = read_meta(txn, skey);
+    if (!meta) return;
+    del(txn, lru, big_endian(meta->seq));
+    meta->seq = staged_seq++;
+    write_meta(txn, skey, *meta);
+    const std::string order_key = big_endian(meta->seq);
+    MDB_val lk = val(order_key), lv = val(skey);
+    check(mdb_put(txn, lru, &lk, &lv, 0), "lru");
+  }
+
+  // Commits the staged counters with the transaction, then publishes them.
+  void commit(WriteTxn& txn, std::uint64_t staged_bytes, std::uint64_t staged_seq) {
+    write_counter(txn.get(), "bytes", staged_bytes);
+    write_counter(txn.get(), "seq", staged_seq);
+    MDB_stat st{};
+    check(mdb_stat(txn.get(), records, &st), "stat");
+    txn.commit();
+    bytes = staged_bytes;
+    seq = staged_seq;
+    entries = st.ms_entries;
+  }
+
+  void apply(const std::vector<Op>& batch) {
+    std::size_t puts = 0;
+    for (const auto& op : batch)
+      puts += op.kind == Op::kPut;
+    for (int attempt = 1;; ++attempt) {
+      try {
+        WriteTxn txn(env);
+        std::uint64_t staged_bytes = bytes, staged_seq = seq;
+        for (const auto& op : batch) {
+          switch (op.kind) {
+            case Op::kPut:
+              put(txn.get(), op, staged_bytes, staged_seq);
+              break;
+            case Op::kTouch:
+              touch(txn.get(), op, staged_seq);
+              break;
+            case Op::kErase:
+              remove(txn.get(), store_key(op.key), staged_bytes);
+              break;
+          }
+        }
+        commit(txn, staged_bytes, staged_seq);
+        writes.add(puts);
+        return;
+      } catch (const LmdbError& e) {
+        if (e.code == MDB_MAP_FULL && attempt == 1) {
+          evict(bytes.load() / 10 * 7);  // the map is full before the budget: make room
+          continue;
+        }
+        dropped.add(puts);
+        warn_write_error(e.what());
+        return;
+      }
+    }
+  }
+
+  void warn_write_error(const std::string& what) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_write_warning < std::chrono::minutes(1) &&
+        last_write_warning.time_since_epoch().count() != 0) {
+      return;
+    }
+    last_write_warning = now;
+    options.warn("disk cache " + options.path + ": write failed (" + what +
+                 "); dropping disk writes, serving from memory");
+  }
+
+  // The first `limit` keys of an index, in order, and their index keys.
+  std::vector<std::pair<std::string, std::string>> first(MDB_txn* txn, MDB_dbi dbi,
+                                                         std::size_t limit) {
+    std::vector<std::pair<std::string, std::string>> out;
+    MDB_cursor* cur = nullptr;
+    check(mdb_cursor_open(txn, dbi, &cur), "cursor");
+    MDB_val k{}, v{};
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && out.size() < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      out.emplace_back(view(k), view(v));
+    }
+    mdb_cursor_close(cur);
+    return out;
+  }
+
+  // Removes records past their stale-if-error deadline, oldest first, at most `limit`.
+  std::size_t remove_expired(MDB_txn* txn, std::uint64_t& staged_bytes, std::size_t limit) {
+    const std::uint64_t now = order(to_ns(clock.wall_now()));
+    std::size_t n = 0;
+    for (auto& [k, v] : first(txn, expiry, limit)) {
+      if (from_big_endian(k) > now) break;
+      if (!remove(txn, std::string_view(k).substr(8), staged_bytes)) del(txn, expiry, k);
+      ++n;
+    }
+    return n;
+  }
+
+  void sweep_expired() {
+    try {
+      WriteTxn txn(env);
+      std::uint64_t staged_bytes = bytes;
+      const std::size_t n = remove_expired(txn.get(), staged_bytes, 10'000);
+      if (n == 0) return;
+      commit(txn, staged_bytes, seq);
+      expired.add(n);
+    } catch (const LmdbError& e) {
+      warn_write_error(e.what());
+    }
+  }
+
+  // Removes expired records, then the least recently used, until at most `target` bytes.
+  void evict(std::uint64_t target) {
+    try {
+      for (int round = 0; round < 1000 && bytes.load() > target; ++round) {
+        WriteTxn txn(env);
+        std::uint64_t staged_bytes = bytes;
+        std::size_t n_expired = remove_expired(txn.get(), staged_bytes, 1000);
+        std::size_t n_evicted = 0;
+        if (n_expired == 0) {
+          for (auto& [k, skey] : first(txn.get(), lru, 1000)) {
+            if (staged_bytes <= target) break;
+            if (!remove(txn.get(), skey, staged_bytes)) del(txn.get(), lru, k);
+            ++n_evicted;
+          }
+        }
+        if (n_expired + n_evicted == 0) return;
+        commit(txn, staged_bytes, seq);
+        expired.add(n_expired);
+        evictions.add(n_evicted);
+      }
+    } catch (const LmdbError& e) {
+      warn_write_error(e.what());
+    }
+  }
+
+  // ---- Synchronous removal ----
+
+  bool erase(std::string_view key) {
+    if (!available) return false;
+    std::lock_guard wl(write_mu);
+    unqueue([&](const std::string& k) { return k == key; });
+    try {
+      WriteTxn txn(env);
+      std::uint64_t staged_bytes = bytes;
+      const bool found = remove(txn.get(), store_key(key), staged_bytes);
+      commit(txn, staged_bytes, seq);
+      return found;
+    } catch (const LmdbError& e) {
+      warn_write_error(e.what());
+      return false;
+    }
+  }
+
+  std::size_t purge_prefix(std::string_view prefix) {
+    if (!available) return 0;
+    std::lock_guard wl(write_mu);
+    unqueue([&](const std::string& k) { return k.starts_with(prefix); });
+    const std::string from(prefix.substr(0, kPlainKey));
+    std::size_t total = 0;
+    try {
+      for (;;) {
+        WriteTxn txn(env);
+        std::vector<std::string> doomed;
+        MDB_cursor* cur = nullptr;
+        check(mdb_cursor_open(txn.get(), records, &cur), "cursor");
+        MDB_val k = val(from), v{};
+        for (int rc = mdb_cursor_get(cur, &k, &v, from.empty() ? MDB_FIRST : MDB_SET_RANGE);
+             rc == 0 && doomed.size() < 10'000; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+          const std::string_view skey = view(k);
+          if (!skey.starts_with(from)) break;
+          // Short prefixes are decided by the key; longer ones by the full key in the record
+          // (an unreadable record under the prefix goes too).
+          std::optional<Decoded> d;
+          if (prefix.size() > kPlainKey) d = decode_record(view(v));
+          if (prefix.size() <= kPlainKey || !d || d->key.starts_with(prefix)) {
+            doomed.emplace_back(skey);
+          }
+        }
+        mdb_cursor_close(cur);
+        if (doomed.empty()) break;
+        std::uint64_t staged_bytes = bytes;
+        for (const auto& skey : doomed)
+          total += remove(txn.get(), skey, staged_bytes);
+        commit(txn, staged_bytes, seq);
+        if (doomed.size() < 10'000) break;
+      }
+    } catch (const LmdbError& e) {
+      warn_write_error(e.what());
+    }
+    return total;
+  }
+};
+
+DiskTier::DiskTier(DiskTierOptions options, Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(options), clock)) {}
+
+DiskTier::~DiskTier() = default;
+
+std::optional<TierRecord> DiskTier::lookup(std::string_view key, WallTime now) {
+  return impl_->lookup(key, now);
+}
+
+void DiskTier::insert(std::string_view key, TierRecord record) {
+  impl_->insert(key, std::move(record));
+}
+
+bool DiskTier::erase(std::string_view key) {
+  return impl_->erase(key);
+}
+
+std::size_t DiskTier::purge_prefix(std::string_view prefix) {
+  return impl_->purge_prefix(prefix);
+}
+
+TierStats DiskTier::stats() const {
+  TierStats s;
+  s.hits = impl_->hits.load();
+  s.misses = impl_->misses.load();
+  s.writes = impl_->writes.load();
+  s.dropped_writes = impl_->dropped.load();
+  s.evictions = impl_->evictions.load();
+  s.expired = impl_->expired.load();
+  s.corrupt = impl_->corrupt.load();
+  s.entries = impl_->entries.load();
+  s.bytes = impl_->bytes.load();
+  s.budget = impl_->options.budget;
+  s.available = impl_->available;
+  return s;
+}
+
+void DiskTier::reset_stats() {
+  auto& i = *impl_;
+  for (auto* c : {&i.hits, &i.misses, &i.writes, &i.dropped, &i.evictions, &i.expired, &i.corrupt})
+    c->reset();
+}
+
+void DiskTier::flush() {
+  impl_->flush();
+}
+
+std::string DiskTier::moved_aside() const {
+  return impl_->moved_aside;
+}
+
+const std::string& DiskTier::path() const noexcept {
+  return impl_->options.path;
+}
+
+}  // namespace unherd

@@ -1,0 +1,280 @@
+// DiskTier against a real LMDB store in a temporary directory: restart survival, expiry,
+// checksums, broken stores set aside, the budget, the write-behind queue, purge.
+#include "unherd/disk_tier.h"
+
+#include <gtest/gtest.h>
+#include <lmdb.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "unherd/clock.h"
+
+namespace unherd {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+class DiskTierTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root = fs::temp_directory_path() /
+           ("unherd-disk-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root);
+    fs::create_directories(root);
+    path = (root / "cache").string();
+  }
+  void TearDown() override { fs::remove_all(root); }
+
+  DiskTierOptions options(std::uint64_t budget = 64ull << 20) {
+    DiskTierOptions o;
+    o.path = path;
+    o.budget = budget;
+    o.warn = [this](const std::string& m) { warnings.push_back(m); };
+    return o;
+  }
+
+  TierRecord record(std::string value, Duration fresh = 10s, Duration stale = 60s,
+                    Duration sie = 300s) {
+    const WallTime now = clock.wall_now();
+    auto w = [](Duration d) { return std::chrono::duration_cast<WallTime::duration>(d); };
+    return TierRecord{std::move(value), now, now + w(fresh), now + w(fresh + stale),
+                      now + w(fresh + std::max(stale, sie))};
+  }
+
+  fs::path root;
+  std::string path;
+  ManualClock clock;
+  std::vector<std::string> warnings;
+};
+
+TEST_F(DiskTierTest, RecordsSurviveReopeningWithTheirDeadlines) {
+  const TierRecord r = record("hello");
+  {
+    DiskTier disk(options(), clock);
+    disk.insert("/a", r);
+    disk.insert("/b", record("world"));
+    disk.flush();
+    EXPECT_EQ(disk.stats().entries, 2u);
+  }
+  DiskTier disk(options(), clock);
+  EXPECT_TRUE(disk.moved_aside().empty());
+  EXPECT_EQ(disk.stats().entries, 2u);
+  EXPECT_GT(disk.stats().bytes, 0u);
+  auto got = disk.lookup("/a", clock.wall_now());
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->value, "hello");
+  EXPECT_EQ(got->stored_at, r.stored_at);
+  EXPECT_EQ(got->fresh_until, r.fresh_until);
+  EXPECT_EQ(got->stale_until, r.stale_until);
+  EXPECT_EQ(got->stale_if_error_until, r.stale_if_error_until);
+  EXPECT_FALSE(disk.lookup("/c", clock.wall_now()));
+  EXPECT_EQ(disk.stats().hits, 1u);
+  EXPECT_EQ(disk.stats().misses, 1u);
+  EXPECT_TRUE(warnings.empty());
+}
+
+TEST_F(DiskTierTest, AWriteReplacesTheRecordAndItsAccounting) {
+  DiskTier disk(options(), clock);
+  disk.insert("/a", record(std::string(1000, 'x')));
+  disk.flush();
+  const auto big = disk.stats().bytes;
+  disk.insert("/a", record("small"));
+  disk.flush();
+  EXPECT_EQ(disk.stats().entries, 1u);
+  EXPECT_LT(disk.stats().bytes, big - 900);
+  EXPECT_EQ(disk.lookup("/a", clock.wall_now())->value, "small");
+}
+
+TEST_F(DiskTierTest, ARecordPastItsStaleIfErrorDeadlineIsNeverReturned) {
+  DiskTier disk(options(), clock);
+  disk.insert("/a", record("v", 1s, 1s, 1s));
+  disk.flush();
+  EXPECT_TRUE(disk.lookup("/a", clock.wall_now() + 1s));
+  EXPECT_FALSE(disk.lookup("/a", clock.wall_now() + 2s));
+}
+
+TEST_F(DiskTierTest, KeysLongerThanLmdbAllowsAreStoredApart) {
+  DiskTier disk(options(), clock);
+  const std::string base(600, 'k');
+  disk.insert(base + "1", record("one"));
+  disk.insert(base + "2", record("two"));
+  disk.insert("", record("empty"));
+  disk.flush();
+  EXPECT_EQ(disk.lookup(base + "1", clock.wall_now())->value, "one");
+  EXPECT_EQ(disk.lookup(base + "2", clock.wall_now())->value, "two");
+  EXPECT_EQ(disk.lookup("", clock.wall_now())->value, "empty");
+  EXPECT_FALSE(disk.lookup(base + "3", clock.wall_now()));
+  EXPECT_EQ(disk.purge_prefix(base + "2"), 1u);
+  EXPECT_TRUE(disk.lookup(base + "1", clock.wall_now()));
+  EXPECT_FALSE(disk.lookup(base + "2", clock.wall_now()));
+}
+
+// Overwrites one byte in every copy of `needle` in the store's data file (LMDB copies pages on
+// write, so older copies of a record may linger in free pages).
+void corrupt_on_disk(const std::string& dir, const std::string& needle) {
+  const fs::path file = fs::path(dir) / "data.mdb";
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::fstream out(file, std::ios::binary | std::ios::in | std::ios::out);
+  int found = 0;
+  for (auto at = bytes.find(needle); at != std::string::npos; at = bytes.find(needle, at + 1)) {
+    out.seekp(static_cast<std::streamoff>(at + needle.size() / 2));
+    out.put('#');
+    ++found;
+  }
+  ASSERT_GT(found, 0);
+}
+
+TEST_F(DiskTierTest, ACorruptRecordIsAMissAndIsRemoved) {
+  {
+    DiskTier disk(options(), clock);
+    disk.insert("/bad", record("precious-value-bytes"));
+    disk.insert("/good", record("other-value"));
+  }
+  corrupt_on_disk(path, "precious-value-bytes");
+  DiskTier disk(options(), clock);
+  EXPECT_FALSE(disk.lookup("/bad", clock.wall_now()));
+  EXPECT_EQ(disk.stats().corrupt, 1u);
+  disk.flush();
+  EXPECT_EQ(disk.stats().entries, 1u);
+  EXPECT_EQ(disk.lookup("/good", clock.wall_now())->value, "other-value");
+}
+
+TEST_F(DiskTierTest, AStoreThatCannotBeOpenedIsMovedAsideAndAFreshOneUsed) {
+  fs::create_directories(path);
+  {
+    std::ofstream garbage(fs::path(path) / "data.mdb", std::ios::binary);
+    for (int i = 0; i < 20000; ++i)
+      garbage << "not an lmdb file ";
+  }
+  DiskTier disk(options(), clock);
+  ASSERT_FALSE(disk.moved_aside().empty());
+  EXPECT_TRUE(fs::exists(fs::path(disk.moved_aside()) / "data.mdb"));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find(path), std::string::npos);
+  EXPECT_NE(warnings[0].find(disk.moved_aside()), std::string::npos);
+  EXPECT_TRUE(disk.stats().available);
+  disk.insert("/a", record("works"));
+  disk.flush();
+  EXPECT_EQ(disk.lookup("/a", clock.wall_now())->value, "works");
+}
+
+TEST_F(DiskTierTest, APathThatIsAFileIsMovedAside) {
+  { std::ofstream(path) << "a file, not a directory"; }
+  DiskTier disk(options(), clock);
+  EXPECT_FALSE(disk.moved_aside().empty());
+  EXPECT_TRUE(fs::is_regular_file(disk.moved_aside()));
+  EXPECT_TRUE(disk.stats().available);
+}
+
+TEST_F(DiskTierTest, AnLmdbStoreOfAnotherFormatIsMovedAside) {
+  fs::create_directories(path);
+  MDB_env* env = nullptr;
+  ASSERT_EQ(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  ASSERT_EQ(mdb_env_open(env, path.c_str(), 0, 0644), 0);
+  MDB_txn* txn = nullptr;
+  MDB_dbi dbi;
+  ASSERT_EQ(mdb_txn_begin(env, nullptr, 0, &txn), 0);
+  ASSERT_EQ(mdb_dbi_open(txn, "info", MDB_CREATE, &dbi), 0);
+  MDB_val k{6, const_cast<char*>("format")}, v{13, const_cast<char*>("unherd-disk 0")};
+  ASSERT_EQ(mdb_put(txn, dbi, &k, &v, 0), 0);
+  ASSERT_EQ(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+
+  DiskTier disk(options(), clock);
+  EXPECT_FALSE(disk.moved_aside().empty());
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_NE(warnings[0].find("unherd-disk 0"), std::string::npos);
+}
+
+TEST_F(DiskTierTest, AStoreInUseIsLeftAloneAndTheTierStoresNothing) {
+  DiskTier first(options(), clock);
+  DiskTier second(options(), clock);
+  EXPECT_TRUE(first.stats().available);
+  EXPECT_FALSE(second.stats().available);
+  EXPECT_TRUE(second.moved_aside().empty());
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("in use"), std::string::npos);
+  second.insert("/a", record("v"));
+  EXPECT_EQ(second.stats().dropped_writes, 1u);
+  EXPECT_FALSE(second.lookup("/a", clock.wall_now()));
+}
+
+TEST_F(DiskTierTest, TheBudgetEvictsExpiredRecordsFirstThenTheLeastRecentlyUsed) {
+  DiskTier disk(options(256 * 1024), clock);
+  const std::string kb(1024, 'v');
+  disk.insert("/expired", record(kb, 1s, 0s, 0s));
+  disk.insert("/used", record(kb));
+  for (int i = 0; i < 100; ++i)
+    disk.insert("/old/" + std::to_string(i), record(kb));
+  disk.flush();
+  clock.advance(5s);                                    // "/expired" is dead now
+  ASSERT_TRUE(disk.lookup("/used", clock.wall_now()));  // renews its recency
+  disk.flush();
+  for (int i = 0; i < 150; ++i)
+    disk.insert("/new/" + std::to_string(i), record(kb));
+  disk.flush();
+  const TierStats s = disk.stats();
+  EXPECT_LE(s.bytes, s.budget);
+  EXPECT_GT(s.evictions, 0u);
+  EXPECT_EQ(s.expired, 1u);
+  EXPECT_TRUE(disk.lookup("/used", clock.wall_now()));
+  EXPECT_FALSE(disk.lookup("/old/0", clock.wall_now()));
+  EXPECT_TRUE(disk.lookup("/new/149", clock.wall_now()));
+  EXPECT_EQ(s.entries, s.writes - s.evictions - s.expired);
+}
+
+TEST_F(DiskTierTest, AFullQueueDropsWritesInsteadOfWaiting) {
+  DiskTierOptions o = options();
+  o.queue_bytes = 4096;
+  DiskTier disk(o, clock);
+  disk.insert("/big", record(std::string(8192, 'x')));
+  EXPECT_EQ(disk.stats().dropped_writes, 1u);
+  disk.insert("/over-budget", record(std::string(100 << 20, 'x')));
+  EXPECT_EQ(disk.stats().dropped_writes, 2u);
+  disk.flush();
+  EXPECT_EQ(disk.stats().entries, 0u);
+}
+
+TEST_F(DiskTierTest, EraseAndPurgeCoverWritesStillQueued) {
+  DiskTier disk(options(), clock);
+  for (int i = 0; i < 50; ++i) {
+    disk.insert("/p/" + std::to_string(i), record("v"));
+    disk.insert("/q/" + std::to_string(i), record("v"));
+  }
+  disk.erase("/q/7");
+  disk.purge_prefix("/p/");  // no flush before: some of these are still queued
+  disk.flush();
+  for (int i = 0; i < 50; ++i)
+    EXPECT_FALSE(disk.lookup("/p/" + std::to_string(i), clock.wall_now())) << i;
+  EXPECT_FALSE(disk.lookup("/q/7", clock.wall_now()));
+  EXPECT_TRUE(disk.lookup("/q/8", clock.wall_now()));
+  EXPECT_EQ(disk.stats().entries, 49u);
+  EXPECT_EQ(disk.purge_prefix("/q/"), 49u);
+  EXPECT_EQ(disk.stats().entries, 0u);
+  EXPECT_EQ(disk.stats().bytes, 0u);
+}
+
+TEST_F(DiskTierTest, ResetZeroesCountersButNotContents) {
+  DiskTier disk(options(), clock);
+  disk.insert("/a", record("v"));
+  disk.flush();
+  disk.lookup("/a", clock.wall_now());
+  disk.reset_stats();
+  const TierStats s = disk.stats();
+  EXPECT_EQ(s.hits, 0u);
+  EXPECT_EQ(s.writes, 0u);
+  EXPECT_EQ(s.entries, 1u);
+}
+
+}  // namespace
+}  // namespace unherd
