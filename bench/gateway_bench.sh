@@ -24,6 +24,7 @@ threads = 2
 access_log = ""
 [cache]
 memory = "256MiB"
+store = "none"
 [[routes]]
 name = "bench"
 prefix = "/"

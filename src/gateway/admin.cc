@@ -47,6 +47,16 @@ Reply stats_reply(Proxy& proxy) {
   out["routes"] = std::move(routes);
   out["cache"] = json::object{
       {"entries", s.cache.entries}, {"bytes", s.cache.charge}, {"evictions", s.cache.evictions}};
+  json::object tiers;
+  for (const auto& [name, t] : s.tiers) {
+    tiers[name] = json::object{{"hits", t.hits},           {"misses", t.misses},
+                               {"writes", t.writes},       {"dropped_writes", t.dropped_writes},
+                               {"evictions", t.evictions}, {"expired", t.expired},
+                               {"corrupt", t.corrupt},     {"entries", t.entries},
+                               {"bytes", t.bytes},         {"budget", t.budget},
+                               {"available", t.available}};
+  }
+  out["tiers"] = std::move(tiers);
   return json_reply(200, out);
 }
 
@@ -55,8 +65,12 @@ Reply health_reply(Proxy& proxy, bool draining) {
   json::object breakers;
   for (const auto& [upstream, state] : s.breakers)
     breakers[upstream] = state;
+  json::object tiers;  // a tier that could not be opened does not stop serving: it is reported
+  for (const auto& [name, t] : s.tiers)
+    tiers[name] = t.available ? "ok" : "unavailable";
   return json_reply(draining ? 503 : 200, json::object{{"status", draining ? "draining" : "ok"},
                                                        {"upstreams", std::move(breakers)},
+                                                       {"tiers", std::move(tiers)},
                                                        {"in_flight", s.in_flight}});
 }
 
@@ -97,6 +111,37 @@ Reply metrics_reply(Proxy& proxy) {
   gauge("unherd_cache_bytes", "Bytes charged to the memory cache")
       .Add({})
       .Set(static_cast<double>(s.cache.charge));
+  struct TierMetric {
+    const char* name;
+    const char* help;
+    std::uint64_t TierStats::*field;
+  };
+  for (const TierMetric& m : {
+           TierMetric{"unherd_tier_hits_total", "Lookups a cache tier answered", &TierStats::hits},
+           TierMetric{"unherd_tier_misses_total", "Lookups a cache tier could not answer",
+                      &TierStats::misses},
+           TierMetric{"unherd_tier_writes_total", "Entries stored in a cache tier",
+                      &TierStats::writes},
+           TierMetric{"unherd_tier_dropped_writes_total",
+                      "Writes a cache tier did not store (queue full, too big, write error)",
+                      &TierStats::dropped_writes},
+           TierMetric{"unherd_tier_evictions_total", "Entries removed to stay within budget",
+                      &TierStats::evictions},
+           TierMetric{"unherd_tier_expired_total", "Entries removed past every window",
+                      &TierStats::expired},
+           TierMetric{"unherd_tier_corrupt_total", "Unreadable entries found and removed",
+                      &TierStats::corrupt},
+       }) {
+    auto& family = counter(m.name, m.help);
+    for (const auto& [name, t] : s.tiers)
+      family.Add({{"tier", name}}).Increment(static_cast<double>(t.*m.field));
+  }
+  auto& tier_entries = gauge("unherd_tier_entries", "Entries in a cache tier");
+  auto& tier_bytes = gauge("unherd_tier_bytes", "Bytes a cache tier counts against its budget");
+  for (const auto& [name, t] : s.tiers) {
+    tier_entries.Add({{"tier", name}}).Set(static_cast<double>(t.entries));
+    tier_bytes.Add({{"tier", name}}).Set(static_cast<double>(t.bytes));
+  }
   auto& breaker = gauge("unherd_breaker_state", "1 for the state each upstream's breaker is in");
   for (const auto& [up, state] : s.breakers) {
     for (const char* st : {"closed", "open", "half_open"}) {

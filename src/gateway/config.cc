@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <boost/url/parse.hpp>
 #include <charconv>
 #include <fstream>
@@ -90,6 +91,20 @@ class TableReader {
     if (auto* n = node(key)) {
       auto v = n->value<std::string>();
       if (!v) fail(*n, key, "expected a string");
+      out = *v;
+    }
+  }
+
+  void one_of(std::string_view key, std::string& out,
+              std::initializer_list<std::string_view> choices) {
+    if (auto* n = node(key)) {
+      auto v = n->value<std::string>();
+      if (!v || std::find(choices.begin(), choices.end(), *v) == choices.end()) {
+        std::string list;
+        for (auto c : choices)
+          list += (list.empty() ? "\"" : ", \"") + std::string(c) + "\"";
+        fail(*n, key, "expected one of " + list);
+      }
       out = *v;
     }
   }
@@ -309,6 +324,10 @@ Config parse_config(std::string_view text, const std::string& source) {
   if (auto* cache = top.table("cache")) {
     TableReader r(*cache, "cache", source);
     r.size("memory", config.cache.memory);
+    r.one_of("store", config.cache.store, {"disk", "none"});
+    r.size("disk", config.cache.disk);
+    r.string("path", config.cache.path);
+    if (config.cache.path.empty()) r.fail(*cache->get("path"), "path", "must not be empty");
     r.finish();
   }
   if (auto* n = top.node("routes")) {
@@ -357,7 +376,10 @@ std::string to_toml(const Config& c) {
       << "upstream_connections = " << c.server.upstream_connections << "\n"
       << "access_log = \"" << c.server.access_log << "\"\n\n"
       << "[cache]\n"
-      << "memory = \"" << format_size(c.cache.memory) << "\"\n";
+      << "memory = \"" << format_size(c.cache.memory) << "\"\n"
+      << "store = \"" << c.cache.store << "\"\n"
+      << "disk = \"" << format_size(c.cache.disk) << "\"\n"
+      << "path = \"" << c.cache.path << "\"\n";
   for (const auto& r : c.routes) {
     out << "\n[[routes]]\n"
         << "name = \"" << r.name << "\"\n"

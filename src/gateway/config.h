@@ -89,6 +89,10 @@ struct ServerConfig {
 
 struct CacheConfig {
   std::size_t memory = 256u << 20;
+  // The disk tier: "disk" (LMDB under `path`, within `disk` bytes) or "none" (memory only).
+  std::string store = "disk";
+  std::size_t disk = std::size_t{4} << 30;
+  std::string path = "./data/cache";  // relative to the working directory
 };
 
 struct Config {

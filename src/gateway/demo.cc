@@ -37,6 +37,7 @@ int run_demo(const DemoOptions& options) {
   config.server.threads = std::max(1u, std::thread::hardware_concurrency());
   config.server.access_log = "";
   config.server.shutdown_grace = std::chrono::seconds(2);
+  config.cache.store = "none";  // every run starts cold: a disk tier would answer from the last
   RouteConfig route;
   route.name = "products";
   route.prefix = "/";

@@ -1,5 +1,7 @@
 #include "gateway/proxy.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <boost/asio/use_awaitable.hpp>
 #include <cctype>
@@ -173,6 +175,16 @@ Proxy::Proxy(const Config& config, Clock& clock)
           clock, [](const std::string& key, const ResponsePtr& r) {
             return key.size() + (r ? r->charge() : 0);
           }) {
+  if (config.cache.store == "disk") {
+    disk_ = std::make_shared<DiskTier>(
+        DiskTierOptions{.path = config.cache.path,
+                        .budget = config.cache.disk,
+                        .warn = [](const std::string& m) { spdlog::warn("{}", m); }},
+        clock);
+    coordinator_.use_tiers(
+        {disk_}, Codec<ResponsePtr>{[](const ResponsePtr& r) { return encode_response(*r); },
+                                    decode_response});
+  }
   reload(config);
 }
 
@@ -382,6 +394,11 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
         std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer.stored_at) +
         resp->initial_age;
     reply.extra_head = "Age: " + std::to_string(std::max<long>(0, age.count())) + "\r\n";
+    if (!answer.tier.empty()) {
+      reply.extra_head += "X-Cache-Tier: ";
+      reply.extra_head += answer.tier;
+      reply.extra_head += "\r\n";
+    }
   } catch (const std::system_error& e) {
     counters->errors.add();
     reply.x_cache = "MISS";
@@ -568,8 +585,10 @@ ProxyStats Proxy::stats() const {
   for (const auto& [upstream, breaker] : breakers_) {
     out.breakers[upstream] = std::string(to_string(breaker->state()));
   }
-  out.in_flight = coordinator_.flights().in_flight();
-  out.cache = coordinator_.cache().stats();
+  CoordinatorStats c = coordinator_.stats();
+  out.in_flight = c.flight.in_flight;
+  out.cache = c.cache;
+  out.tiers = std::move(c.tiers);
   return out;
 }
 
@@ -592,13 +611,12 @@ void Proxy::reset_stats() {
 
 std::size_t Proxy::purge_key(const std::string& key) {
   // The key, and the variants stored under it for the headers its answers Vary on.
-  const std::string variants = key + '\x1f';
-  return coordinator_.purge_if(
-      [&](const std::string& k) { return k == key || k.starts_with(variants); });
+  const bool found = coordinator_.purge(key);
+  return std::size_t{found} + coordinator_.purge_prefix(key + '\x1f');
 }
 
 std::size_t Proxy::purge_prefix(const std::string& prefix) {
-  return coordinator_.purge_if([&](const std::string& k) { return k.starts_with(prefix); });
+  return coordinator_.purge_prefix(prefix);
 }
 
 }  // namespace unherd::gateway

@@ -8,6 +8,10 @@
 // upstream call. Other methods, and requests carrying Authorization or Cookie that the route
 // does not key on, pass straight through (X-Cache: PASS).
 //
+// Below memory sits the disk tier ([cache] store = "disk"): what is fetched is written behind to
+// disk, and a memory miss reads it there (once per key, however many ask) before going upstream,
+// so a restart starts warm. Hits say where they came from in X-Cache-Tier: memory or disk.
+//
 // Thread safety: handle() may run concurrently on every gateway thread; each thread passes its
 // own ThreadState (its upstream connection pools). reload() swaps the routes atomically.
 #pragma once
@@ -28,6 +32,7 @@
 #include "gateway/upstream.h"
 #include "unherd/circuit_breaker.h"
 #include "unherd/coordinator.h"
+#include "unherd/disk_tier.h"
 #include "unherd/retry.h"
 
 namespace unherd::gateway {
@@ -90,6 +95,7 @@ struct ProxyStats {
   std::map<std::string, std::string> breakers;  // upstream -> "closed" | "open" | "half_open"
   std::size_t in_flight = 0;
   CacheStats cache;
+  std::vector<std::pair<std::string, TierStats>> tiers;  // memory, then disk (if on)
 };
 
 class Proxy {
@@ -125,7 +131,8 @@ class Proxy {
 
   Clock& clock_;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
-  mutable std::mutex runtime_mu_;  // protects runtime_ (swapped on reload)
+  std::shared_ptr<DiskTier> disk_;  // null when [cache] store = "none"
+  mutable std::mutex runtime_mu_;   // protects runtime_ (swapped on reload)
   std::shared_ptr<const Runtime> runtime_;
   // Bumped (under runtime_mu_) on every reload; starts at 1 so no thread's snapshot matches.
   std::atomic<std::uint64_t> generation_{1};

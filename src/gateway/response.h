@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,5 +33,10 @@ struct CachedResponse {
 };
 
 using ResponsePtr = std::shared_ptr<const CachedResponse>;
+
+// A shareable response as bytes for the lower cache tiers, and back. decode_response returns
+// nullopt for bytes that are not one (another format version, truncated, trailing garbage).
+std::string encode_response(const CachedResponse& r);
+std::optional<ResponsePtr> decode_response(std::string_view bytes);
 
 }  // namespace unherd::gateway

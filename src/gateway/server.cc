@@ -411,6 +411,8 @@ sigset_t shutdown_signals() {
 void block_signals() {
   const sigset_t set = shutdown_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  // Past a file-size limit, a write should fail (the disk tier drops it and goes on), not kill.
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 void Gateway::run_with_signals(const std::string& config_path) {

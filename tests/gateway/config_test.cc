@@ -51,6 +51,9 @@ TEST(Config, ReadsTheDocumentedExample) {
   EXPECT_EQ(c.server.threads, 2u);
   EXPECT_EQ(c.server.admin_token, "secret");
   EXPECT_EQ(c.cache.memory, 256u << 20);
+  EXPECT_EQ(c.cache.store, "disk");  // on by default, under ./data
+  EXPECT_EQ(c.cache.disk, std::size_t{4} << 30);
+  EXPECT_EQ(c.cache.path, "./data/cache");
   ASSERT_EQ(c.routes.size(), 1u);
   const RouteConfig& r = c.routes[0];
   EXPECT_EQ(r.name, "products");
@@ -104,6 +107,10 @@ TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
       "parsecs\"\n",
       {"routes[0].fresh_ttl"});
   expect_error("[cache]\nmemory = \"lots\"\n", {"test.toml:2:", "cache.memory", "size"});
+  expect_error("[cache]\n\nstore = \"rocks\"\n",
+               {"test.toml:3:", "cache.store", "expected one of \"disk\", \"none\""});
+  expect_error("[cache]\ndisk = \"4GB\"\n", {"test.toml:2:", "cache.disk", "size"});
+  expect_error("[cache]\npath = \"\"\n", {"test.toml:2:", "cache.path", "empty"});
   expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "HOST:PORT"});
   expect_error("[server]\nthreads = -1\n", {"server.threads"});
   expect_error("[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"ftp://h\"\n",

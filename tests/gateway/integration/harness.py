@@ -30,25 +30,41 @@ def route(name, prefix, port, **extra):
 class Gateway:
     """A running `unherd serve`. `routes` is TOML text of [[routes]] tables."""
 
-    def __init__(self, routes, server_extra=""):
+    def __init__(self, routes, server_extra="", cache_extra="", store_dir=None, preexec_fn=None):
+        """store_dir: where the disk tier lives (default: this gateway's own temporary
+        directory); pass another gateway's `store_dir` to restart on its store."""
         self.dir = tempfile.mkdtemp(prefix="unherd-test-")
+        self.store_dir = store_dir or os.path.join(self.dir, "cache")
         self.config = os.path.join(self.dir, "unherd.toml")
         self.access_log = os.path.join(self.dir, "access.log")
+        self.cache_extra = cache_extra
         self.write_config(routes, server_extra)
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self._read_line(timeout=30)
-        m = re.search(r"http://[\d.]+:(\d+) \(admin http://[\d.]+:(\d+)\)", line or "")
-        if not m:
-            self.proc.kill()
-            raise RuntimeError(f"gateway did not start: {line!r} {self.proc.stderr.read()}")
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=preexec_fn)
+        self.log_lines = []  # what it printed before it said where it listens
+        m = None
+        while m is None:
+            line = self._read_line(timeout=30)
+            if not line:
+                self.proc.kill()
+                raise RuntimeError(f"gateway did not start: {self.log_lines!r} "
+                                   f"{self.proc.stderr.read()}")
+            m = re.search(r"http://[\d.]+:(\d+) \(admin http://[\d.]+:(\d+)\)", line)
+            self.log_lines.append(line)
         self.port, self.admin_port = int(m.group(1)), int(m.group(2))
 
     def write_config(self, routes, server_extra=""):
         with open(self.config, "w") as f:
             f.write('[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
                     f'threads = 2\nadmin_token = "{TOKEN}"\naccess_log = "{self.access_log}"\n'
-                    f'shutdown_grace = "5s"\n{server_extra}\n[cache]\nmemory = "64MiB"\n\n{routes}')
+                    f'shutdown_grace = "5s"\n{server_extra}\n'
+                    f'[cache]\nmemory = "64MiB"\npath = "{self.store_dir}"\n{self.cache_extra}\n'
+                    f'\n{routes}')
+
+    def stats(self):
+        import json
+        return json.loads(self.get("/stats", admin=True)[2])
 
     def _read_line(self, timeout):
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)

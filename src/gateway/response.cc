@@ -1,0 +1,93 @@
+#include "gateway/response.h"
+
+#include <cstdint>
+#include <cstring>
+
+namespace unherd::gateway {
+
+// Layout: u8 version | u16 status | u32 initial age | u16 vary count
+//         | then each string as u32 length + bytes: status_line, head, body, cache_control,
+//           etag, last_modified, and the vary names.
+namespace {
+
+constexpr std::uint8_t kVersion = 1;
+
+template <class T>
+void put(std::string& out, T v) {
+  char b[sizeof v];
+  std::memcpy(b, &v, sizeof v);
+  out.append(b, sizeof v);
+}
+
+void put_string(std::string& out, std::string_view s) {
+  put(out, static_cast<std::uint32_t>(s.size()));
+  out.append(s);
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  template <class T>
+  bool get(T& v) {
+    if (in_.size() < sizeof v) return false;
+    std::memcpy(&v, in_.data(), sizeof v);
+    in_.remove_prefix(sizeof v);
+    return true;
+  }
+  bool get_string(std::string& s) {
+    std::uint32_t n = 0;
+    if (!get(n) || in_.size() < n) return false;
+    s.assign(in_.substr(0, n));
+    in_.remove_prefix(n);
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+}  // namespace
+
+std::string encode_response(const CachedResponse& r) {
+  std::string out;
+  out.reserve(64 + r.status_line.size() + r.head.size() + r.body.size() + r.cache_control.size() +
+              r.etag.size() + r.last_modified.size());
+  put(out, kVersion);
+  put(out, static_cast<std::uint16_t>(r.status));
+  put(out, static_cast<std::uint32_t>(r.initial_age.count()));
+  put(out, static_cast<std::uint16_t>(r.vary.size()));
+  for (std::string_view s : {std::string_view(r.status_line), std::string_view(r.head),
+                             std::string_view(r.body), std::string_view(r.cache_control),
+                             std::string_view(r.etag), std::string_view(r.last_modified)}) {
+    put_string(out, s);
+  }
+  for (const auto& v : r.vary)
+    put_string(out, v);
+  return out;
+}
+
+std::optional<ResponsePtr> decode_response(std::string_view bytes) {
+  Reader in(bytes);
+  std::uint8_t version = 0;
+  std::uint16_t status = 0, vary = 0;
+  std::uint32_t age = 0;
+  if (!in.get(version) || version != kVersion || !in.get(status) || !in.get(age) || !in.get(vary)) {
+    return std::nullopt;
+  }
+  auto r = std::make_shared<CachedResponse>();
+  r->status = status;
+  r->initial_age = std::chrono::seconds(age);
+  for (std::string* s :
+       {&r->status_line, &r->head, &r->body, &r->cache_control, &r->etag, &r->last_modified}) {
+    if (!in.get_string(*s)) return std::nullopt;
+  }
+  r->vary.resize(vary);
+  for (auto& v : r->vary) {
+    if (!in.get_string(v)) return std::nullopt;
+  }
+  if (!in.done() || status < 100 || status > 999) return std::nullopt;
+  return r;
+}
+
+}  // namespace unherd::gateway
