@@ -615,6 +615,10 @@ std::size_t Proxy::purge_key(const std::string& key) {
   return std::size_t{found} + coordinator_.purge_prefix(key + '\x1f');
 }
 
+void Proxy::sync_store() {
+  if (disk_) disk_->sync();
+}
+
 std::size_t Proxy::purge_prefix(const std::string& prefix) {
   return coordinator_.purge_prefix(prefix);
 }

@@ -114,6 +114,8 @@ class Proxy {
   void reset_stats();
   std::size_t purge_key(const std::string& key);
   std::size_t purge_prefix(const std::string& prefix);
+  // Writes what the disk tier still has queued, and syncs it (at shutdown).
+  void sync_store();
 
  private:
   struct Route;

@@ -373,6 +373,7 @@ void Gateway::stop() {
     }
     if (g.access_log) g.access_log->flush();
     spdlog::drop("access");
+    g.proxy.sync_store();  // the process leaves with _Exit: no destructor will write the queue
     std::lock_guard lock(g.stop_mu);
     g.stopped = true;
     g.stopped_cv.notify_all();

@@ -858,6 +858,11 @@ void DiskTier::flush() {
   impl_->flush();
 }
 
+void DiskTier::sync() {
+  impl_->flush();
+  if (impl_->available) mdb_env_sync(impl_->env, 1);
+}
+
 std::string DiskTier::moved_aside() const {
   return impl_->moved_aside;
 }

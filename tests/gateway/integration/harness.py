@@ -103,6 +103,8 @@ class Gateway:
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.stdout.closed:  # stopped before
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -1,6 +1,8 @@
 """Integration tests: the real `unherd` binary in front of a real counting upstream."""
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -446,6 +448,189 @@ class Lifecycle(unittest.TestCase):
         time.sleep(0.3)  # give a (wrong) reload the chance to happen
         self.assertEqual(self.gw.get("/new/y")[0], 200)
         self.assertIsNone(self.gw.proc.poll())
+
+
+def corrupt_everywhere(store_dir, needle):
+    """Overwrites a byte in every copy of `needle` in the store's data file (LMDB copies pages on
+    write, so older copies can linger in free pages). Returns how many copies it found."""
+    path = os.path.join(store_dir, "data.mdb")
+    with open(path, "r+b") as f:
+        data = f.read()
+        found, at = 0, data.find(needle)
+        while at != -1:
+            f.seek(at + len(needle) // 2)
+            f.write(b"#")
+            found += 1
+            at = data.find(needle, at + 1)
+    return found
+
+
+class Store(unittest.TestCase):
+    """The disk tier: restarts, crashes, corruption, a broken store, the budget, a full disk.
+    Every gateway here runs on a store directory of the test's own."""
+
+    def setUp(self):
+        self.up = Upstream()
+        self.gateways = []
+        self.store = os.path.join(tempfile.mkdtemp(prefix="unherd-store-"), "cache")
+
+    def tearDown(self):
+        for gw in self.gateways:
+            gw.stop(signal.SIGKILL)
+        self.up.stop()
+        shutil.rmtree(os.path.dirname(self.store), ignore_errors=True)
+
+    def start(self, cache_extra="", **kw):
+        routes = (route("api", "/api", self.up.port) +
+                  route("short", "/short", self.up.port, stale_ttl='"0s"',
+                        stale_if_error='"0s"'))
+        gw = Gateway(routes, cache_extra=cache_extra, store_dir=self.store, **kw)
+        self.gateways.append(gw)
+        return gw
+
+    def disk(self, gw):
+        return gw.stats()["tiers"]["disk"]
+
+    def test_a_restart_answers_from_disk_without_calling_upstream(self):
+        targets = [f"/api/item/{i}" for i in range(100)]
+        gw = self.start()
+        first = {t: gw.get(t) for t in targets}
+        self.assertEqual({a[1]["x-cache"] for a in first.values()}, {"MISS"})
+        self.assertEqual(gw.stop(signal.SIGTERM), 0)  # no wait for the disk: shutdown drains it
+
+        calls = self.up.state.total
+        gw = self.start()
+        after = {t: gw.get(t) for t in targets}
+        self.assertEqual(self.up.state.total, calls, "0 upstream calls after the restart")
+        for t, (status, headers, body) in after.items():
+            self.assertEqual((status, headers["x-cache"], headers["x-cache-tier"]),
+                             (200, "HIT", "disk"), t)
+            self.assertEqual(body, first[t][2], t)
+            self.assertIn("age", headers)
+        again = gw.get(targets[0])
+        self.assertEqual((again[1]["x-cache"], again[1]["x-cache-tier"]), ("HIT", "memory"))
+        disk = self.disk(gw)
+        self.assertEqual((disk["hits"], disk["entries"]), (100, 100))
+
+    def test_after_a_restart_expired_entries_are_not_fresh_and_stale_rules_apply(self):
+        gone = "/short/gone" + q(cc="max-age=1")
+        stale = "/short/stale" + q(cc="max-age=1, stale-while-revalidate=300")
+        gw = self.start()
+        gw.get(gone)
+        gw.get(stale)
+        gw.stop(signal.SIGTERM)
+        time.sleep(1.5)  # real processes, real clock: let max-age=1 run out
+
+        gw = self.start()
+        status, headers, _ = gw.get(gone)
+        self.assertEqual((status, headers["x-cache"]), (200, "MISS"))
+        self.assertEqual(self.up.count(gone), 2)
+        status, headers, _ = gw.get(stale)
+        self.assertEqual((status, headers["x-cache"], headers["x-cache-tier"]),
+                         (200, "STALE", "disk"))
+        self.assertGreaterEqual(int(headers["age"]), 1)
+        self.assertTrue(eventually(lambda: self.up.count(stale) == 2), "one background refresh")
+        self.assertTrue(eventually(lambda: gw.get(stale)[1]["x-cache"] == "HIT"))
+        self.assertEqual(self.up.count(stale), 2)
+
+    def test_kill_9_under_load_then_restart_serves_whole_entries_only(self):
+        targets = [f"/api/load/{i}" + q(pad=2000) for i in range(200)]
+        gw = self.start()
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    gw.herd(targets[:100])
+                    gw.herd(targets[100:])
+                except Exception:
+                    return  # the gateway was killed under us
+
+        t = threading.Thread(target=load)
+        t.start()
+        self.assertTrue(eventually(lambda: self.disk(gw)["entries"] >= 100, timeout=30))
+        gw.proc.kill()  # SIGKILL: no drain, no sync
+        gw.proc.wait()
+        stop.set()
+        t.join(timeout=60)
+
+        calls_before = self.up.state.total
+        gw = self.start()
+        answers = gw.herd(targets)
+        tiers = [h.get("x-cache-tier") for _, h, _ in answers]
+        self.assertGreaterEqual(tiers.count("disk"), 100)
+        for target, (status, headers, body) in zip(targets, answers):
+            self.assertEqual(status, 200)
+            doc = json.loads(body)  # whole: every answer parses, and is this target's
+            self.assertEqual(doc["target"], target)
+            self.assertEqual(len(doc["pad"]), 2000)
+        self.assertEqual(self.up.state.total - calls_before, tiers.count(None))
+        self.assertEqual(self.disk(gw)["corrupt"], 0)
+
+    def test_a_corrupt_record_is_a_miss_not_garbage(self):
+        target = "/api/precious" + q(pad=300, pad_char="Q")
+        gw = self.start()
+        good = gw.get(target)[2]
+        gw.stop(signal.SIGTERM)
+        self.assertGreater(corrupt_everywhere(self.store, b"Q" * 300), 0)
+
+        gw = self.start()
+        status, headers, body = gw.get(target)
+        self.assertEqual((status, headers["x-cache"]), (200, "MISS"))
+        self.assertEqual(len(json.loads(body)["pad"]), 300)
+        self.assertNotIn(b"#", body)
+        self.assertEqual(self.up.count(target), 2)
+        self.assertEqual(self.disk(gw)["corrupt"], 1)
+        self.assertNotEqual(body, good)  # a new fetch (n = 2), not the stored bytes
+
+    def test_a_store_that_cannot_be_opened_is_moved_aside_and_the_gateway_serves(self):
+        os.makedirs(self.store)
+        with open(os.path.join(self.store, "data.mdb"), "wb") as f:
+            f.write(b"this is not a database " * 4096)
+        gw = self.start()
+        warning = "".join(gw.log_lines)
+        self.assertIn(self.store, warning)
+        self.assertIn("moved it to", warning)
+        aside = [d for d in os.listdir(os.path.dirname(self.store)) if ".broken-" in d]
+        self.assertEqual(len(aside), 1)
+        self.assertEqual(gw.get("/api/after")[1]["x-cache"], "MISS")
+        self.assertEqual(gw.get("/api/after")[1]["x-cache"], "HIT")
+        health = json.loads(gw.get("/health", admin=True)[2])
+        self.assertEqual(health["tiers"], {"memory": "ok", "disk": "ok"})
+
+    def test_the_disk_budget_is_kept(self):
+        gw = self.start(cache_extra='disk = "256KiB"')
+        for i in range(400):
+            self.assertEqual(gw.get(f"/api/budget/{i}" + q(pad=1024))[0], 200)
+        self.assertTrue(eventually(lambda: self.disk(gw)["writes"] == 400))
+        disk = self.disk(gw)
+        self.assertLessEqual(disk["bytes"], 256 * 1024)
+        self.assertGreater(disk["evictions"], 0)
+        self.assertEqual(disk["entries"], 400 - disk["evictions"])
+        self.assertEqual(disk["dropped_writes"], 0)
+        # The newest are on disk, the oldest went first.
+        gw.stop(signal.SIGTERM)
+        gw = self.start(cache_extra='disk = "256KiB"')
+        self.assertEqual(gw.get("/api/budget/399" + q(pad=1024))[1].get("x-cache-tier"), "disk")
+        self.assertEqual(gw.get("/api/budget/0" + q(pad=1024))[1]["x-cache"], "MISS")
+
+    def test_a_full_disk_drops_disk_writes_and_serving_goes_on(self):
+        limit = 2 << 20  # files this process writes stop growing at 2 MiB
+
+        def small_disk():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        gw = self.start(preexec_fn=small_disk)
+        targets = [f"/api/full/{i}" + q(pad=64 * 1024) for i in range(60)]
+        for t in targets:
+            self.assertEqual(gw.get(t)[0], 200)
+        self.assertTrue(eventually(lambda: self.disk(gw)["dropped_writes"] > 0, timeout=20))
+        for t in targets:
+            status, headers, body = gw.get(t)
+            self.assertEqual((status, headers["x-cache"], headers["x-cache-tier"]),
+                             (200, "HIT", "memory"))
+        self.assertIsNone(gw.proc.poll())
+        self.assertEqual(self.up.state.total, len(targets))
 
 
 if __name__ == "__main__":

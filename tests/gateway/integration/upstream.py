@@ -137,9 +137,11 @@ class Handler(BaseHTTPRequestHandler):
         if vary:
             headers.append(("Vary", vary))
         status = int(q.get("status", ["200"])[0])
+        pad = int(q.get("pad", ["0"])[0])  # a body of about that many more bytes
         body = json.dumps({"target": self.path, "n": number,
                            "auth": self.headers.get("Authorization"),
-                           "varied": self.headers.get(vary) if vary else None}).encode()
+                           "varied": self.headers.get(vary) if vary else None,
+                           "pad": q.get("pad_char", ["x"])[0] * pad}).encode()
         return self._send(status, body, headers)
 
     def _handle_quietly(self):
