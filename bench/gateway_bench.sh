@@ -3,6 +3,7 @@
 #   1. coalesced-waiter latency: N requests for one cold key sent at once, upstream latency 200 ms
 #      (N = 100 and 1,000; three rounds each, fresh keys) -> upstream calls, p50 / p99 / max
 #   2. cache-hit throughput and latency: wrk -t2 -c64 -d10s --latency on a cached 1 KiB answer
+#   3. the same wrk run answered by the disk tier: a gateway with no memory tier (memory = 0)
 # Prints figures; bench/RESULTS.md records them with the machine and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,4 +56,20 @@ if command -v wrk > /dev/null; then
 else
   echo "wrk not installed: scripts/install-deps bench"
 fi
-echo "## gateway RSS after the runs: $(ps -o rss= -p "$(pgrep -f "serve --config $work" | head -1)") KiB"
+echo "## gateway RSS after the runs: $(ps -o rss= -p "$(pgrep -f "serve --config $work/unherd.toml" | head -1)") KiB"
+
+echo "## disk-tier hits, 1 KiB body, no memory tier: wrk -t2 -c64 -d10s --latency"
+sed -e 's/^memory = .*/memory = "0"/' -e "s|^store = .*|store = \"disk\"\npath = \"$work/disk\"|" \
+  "$work/unherd.toml" > "$work/disk.toml"
+"$BIN" serve --config "$work/disk.toml" > "$work/disk.out" 2>&1 &
+for _ in $(seq 100); do grep -q listening "$work/disk.out" 2>/dev/null && break; sleep 0.05; done
+disk_port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\) (admin.*/\1/p' "$work/disk.out")
+curl -s -o /dev/null "http://127.0.0.1:${disk_port}/hit/1k"
+for _ in $(seq 100); do
+  curl -s -D - -o /dev/null "http://127.0.0.1:${disk_port}/hit/1k" | grep -qi "x-cache-tier: disk" && break
+  sleep 0.05
+done
+echo "check: $(curl -s -D - -o /dev/null "http://127.0.0.1:${disk_port}/hit/1k" | grep -i x-cache | tr -d '\r' | xargs)"
+if command -v wrk > /dev/null; then
+  wrk -t2 -c64 -d10s --latency "http://127.0.0.1:${disk_port}/hit/1k" | grep -E "Requests/sec|Transfer/sec|  50%|  99%|Latency "
+fi

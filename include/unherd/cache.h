@@ -143,16 +143,40 @@ class Cache {
   // charge exceeds a shard's capacity or the entry is already past all its windows at `now`.
   bool insert(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
               TimePoint now) {
+    return insert_impl(key, std::move(value), charge, deadlines, now, false);
+  }
+
+  // As insert(), but an entry stored at `stored_at` or later stays, and false is returned: for
+  // values read from a slower tier, which a fresher fetch may have overtaken.
+  bool insert_unless_newer(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
+                           TimePoint stored_at) {
+    return insert_impl(key, std::move(value), charge, deadlines, stored_at, true);
+  }
+
+  bool erase(const K& key) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end()) return false;
+    erase_locked(shard, it);
+    return true;
+  }
+
+ private:
+  bool insert_impl(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
+                   TimePoint now, bool keep_newer) {
     if (shard_capacity_ == 0 || charge > shard_capacity_ || charge > UINT32_MAX ||
         deadlines.stale_if_error_until <= now) {
       rejected_.add();
-      erase(key);  // an unstorable new value must not leave the old one behind
+      if (!keep_newer) erase(key);  // an unstorable new value must not leave the old behind
       return false;
     }
     const std::size_t h = Hash{}(key);
     Shard& shard = shard_for(h);
     std::lock_guard lock(shard.mu);
     if (auto it = shard.map.find(Prehashed{&key, h}); it != shard.map.end()) {
+      if (keep_newer && it->second.stored_at >= now) return false;
       erase_locked(shard, it);
     }
     while (shard.charge + charge > shard_capacity_) {
@@ -172,16 +196,7 @@ class Cache {
     return true;
   }
 
-  bool erase(const K& key) {
-    const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
-    std::lock_guard lock(shard.mu);
-    auto it = shard.map.find(Prehashed{&key, h});
-    if (it == shard.map.end()) return false;
-    erase_locked(shard, it);
-    return true;
-  }
-
+ public:
   // Erases every entry whose key satisfies pred. Returns how many. pred runs under shard locks.
   template <class Pred>
   std::size_t erase_if(Pred pred) {

@@ -167,7 +167,7 @@ class Coordinator {
       return *std::move(answer);
     }
     std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty()) {
+    if (!tiers_.empty() && !found.value) {
       std::optional<FlightResult<std::optional<Loaded>>> loaded;
       try {
         loaded = tier_flight_.join(
@@ -222,14 +222,15 @@ class Coordinator {
       co_return *std::move(answer);
     }
     std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty()) {
+    if (!tiers_.empty() && !found.value) {
       std::optional<FlightResult<std::optional<Loaded>>> loaded;
       auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
         return load_tiers_async(key);
       };
       try {
         auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
-        loaded = co_await std::move(joining);
+        FlightResult<std::optional<Loaded>> read = co_await std::move(joining);
+        loaded.emplace(std::move(read));
       } catch (...) {  // a read that took too long: go on as if the tiers had nothing
       }
       if (loaded && loaded->value) {
@@ -277,31 +278,36 @@ class Coordinator {
   const std::vector<std::shared_ptr<Tier>>& tiers() const noexcept { return tiers_; }
 
   // Removes key from every tier (and its cached error). Returns whether a value was there.
+  // Lowest tier first, so a concurrent memory miss cannot bring a purged value back up; fetches
+  // and tier reads that started before the purge ended do not store what they got.
   bool purge(const K& key) {
-    negative_.erase(key);
-    bool found = cache_.erase(key);
+    PurgeScope scope(purges_);
+    bool found = false;
     if constexpr (kStringKeys) {
-      for (auto& tier : tiers_)
-        found = tier->erase(key) || found;
+      for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
+        found = (*it)->erase(key) || found;
     }
-    return found;
+    negative_.erase(key);
+    return cache_.erase(key) || found;
   }
   // Removes the keys pred accepts from memory only (a lower tier cannot run a predicate over
   // its keys: purge_prefix reaches them).
   template <class Pred>
   std::size_t purge_if(Pred pred) {
+    PurgeScope scope(purges_);
     negative_.erase_if(pred);
     return cache_.erase_if(pred);
   }
   // Removes every key starting with prefix from every tier. Returns the most any tier held.
   std::size_t purge_prefix(
       std::string_view prefix) requires std::is_convertible_v<const K&, std::string_view> {
+    PurgeScope scope(purges_);
+    std::size_t n = 0;
+    for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
+      n = std::max(n, (*it)->purge_prefix(prefix));
     auto starts = [prefix](const K& k) { return std::string_view(k).starts_with(prefix); };
     negative_.erase_if(starts);
-    std::size_t n = cache_.erase_if(starts);
-    for (auto& tier : tiers_)
-      n = std::max(n, tier->purge_prefix(prefix));
-    return n;
+    return std::max(n, cache_.erase_if(starts));
   }
 
   // Stores a value directly (a warm-up, or a response learned elsewhere), in every tier.
@@ -309,7 +315,7 @@ class Coordinator {
     const TimePoint now = clock_.now();
     const std::size_t charge = charge_(key, value);
     const Deadlines deadlines = Deadlines::from(now, ttl);
-    if (deadlines.stale_if_error_until > now) write_tiers(key, value, deadlines, now);
+    write_tiers(key, value, deadlines, now);
     return cache_.insert(key, std::move(value), charge, deadlines, now);
   }
 
@@ -362,6 +368,17 @@ class Coordinator {
 
   static constexpr bool kStringKeys = std::is_convertible_v<const K&, std::string_view>;
 
+  // Purges bump the epoch as they start and as they end: a fetch or tier read that saw another
+  // epoch when it started overlapped a purge, and hands its value to its callers unstored.
+  struct PurgeScope {
+    explicit PurgeScope(std::atomic<std::uint64_t>& e) : epoch(e) { epoch.fetch_add(1); }
+    ~PurgeScope() { epoch.fetch_add(1); }
+    PurgeScope(const PurgeScope&) = delete;
+    PurgeScope& operator=(const PurgeScope&) = delete;
+    std::atomic<std::uint64_t>& epoch;
+  };
+  std::uint64_t epoch() const noexcept { return purges_.load(); }
+
   std::optional<Answer<V>> from_cache(Lookup<V>& found) {
     if (found.freshness == Freshness::kFresh) {
       hits_.add();
@@ -406,11 +423,12 @@ class Coordinator {
   }
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
-  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i) {
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i,
+                                std::uint64_t started) {
     if constexpr (kStringKeys) {
       std::optional<V> value = codec_.decode(record.value);
-      if (!value) {
-        tiers_[i]->erase(key);
+      if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
+        tiers_[i]->insert(key, TierRecord{});
         return std::nullopt;
       }
       const TimePoint now = clock_.now();
@@ -420,9 +438,10 @@ class Coordinator {
                Deadlines{local(record.fresh_until), local(record.stale_until),
                          local(record.stale_if_error_until)},
                std::min(now, local(record.stored_at)), i};
+      if (epoch() != started) return l;  // a purge ran meanwhile: answer, do not store
       for (std::size_t j = 0; j < i; ++j)
         tiers_[j]->insert(key, record);
-      cache_.insert(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
+      cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
       return l;
     } else {
       return std::nullopt;
@@ -430,21 +449,23 @@ class Coordinator {
   }
 
   std::optional<Loaded> load_tiers(const K& key) {
+    const std::uint64_t started = epoch();
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto record = tiers_[i]->lookup(key, clock_.wall_now());
       if (record) {
-        if (auto l = promote(key, *record, i)) return l;
+        if (auto l = promote(key, *record, i, started)) return l;
       }
     }
     return std::nullopt;
   }
 
   asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
+    const std::uint64_t started = epoch();
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
       std::optional<TierRecord> record = co_await std::move(reading);
       if (record) {
-        if (auto l = promote(key, *record, i)) co_return l;
+        if (auto l = promote(key, *record, i, started)) co_return l;
       }
     }
     co_return std::nullopt;
@@ -458,8 +479,9 @@ class Coordinator {
       auto at = [&](TimePoint t) {
         return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
       };
-      TierRecord record{codec_.encode(value), wall, at(d.fresh_until), at(d.stale_until),
-                        at(d.stale_if_error_until)};
+      // A dead record is a removal: no need to encode the value.
+      TierRecord record{d.stale_if_error_until > now ? codec_.encode(value) : std::string(), wall,
+                        at(d.fresh_until), at(d.stale_until), at(d.stale_if_error_until)};
       for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
         tiers_[i]->insert(key, record);
       tiers_.back()->insert(key, std::move(record));
@@ -531,7 +553,9 @@ class Coordinator {
     return delay;
   }
 
-  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy, bool background) {
+  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy, bool background,
+          std::uint64_t started) {
+    if (epoch() != started) return std::move(fetched.value);  // a purge ran meanwhile
     const TimePoint now = clock_.now();
     if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
     const Ttl ttl = fetched.ttl.value_or(policy.ttl);
@@ -539,7 +563,8 @@ class Coordinator {
       const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
       const Deadlines deadlines = Deadlines::from(now, ttl);
       cache_.insert(key, fetched.value, charge, deadlines, now);
-      if (deadlines.stale_if_error_until > now) write_tiers(key, fetched.value, deadlines, now);
+      // A value dead on arrival removes the old one from every tier, as from memory.
+      write_tiers(key, fetched.value, deadlines, now);
     } else if (background) {
       // The refresh's answer may not be stored, so the stale entry stays: without this, every
       // stale hit would start another refresh at once.
@@ -622,6 +647,7 @@ class Coordinator {
   V fetch_and_store(const K& key, F& fetcher, const CallPolicy& policy, const V* previous,
                     bool background) {
     const TimePoint started = clock_.now();
+    const std::uint64_t epoch_at_start = epoch();
     record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
       const Ctx ctx = context(policy, previous, attempt, started, background);
@@ -634,7 +660,7 @@ class Coordinator {
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) return store(key, std::move(*fetched), policy, background);
+      if (fetched) return store(key, std::move(*fetched), policy, background, epoch_at_start);
       auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
@@ -648,6 +674,7 @@ class Coordinator {
   asio::awaitable<V> fetch_and_store_async(K key, F fetcher, CallPolicy policy,
                                            std::optional<V> previous, bool background) {
     const TimePoint started = clock_.now();
+    const std::uint64_t epoch_at_start = epoch();
     record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
       const Ctx ctx =
@@ -662,7 +689,7 @@ class Coordinator {
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) co_return store(key, std::move(*fetched), policy, background);
+      if (fetched) co_return store(key, std::move(*fetched), policy, background, epoch_at_start);
       auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
@@ -727,6 +754,7 @@ class Coordinator {
   SingleFlight<K, V, Hash, KeyEq> flight_;
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
+  std::atomic<std::uint64_t> purges_{0};
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;

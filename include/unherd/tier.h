@@ -65,7 +65,8 @@ class Tier {
     co_return lookup(key, now);
   }
 
-  // Stores record under key (replacing any), eventually. Never blocks the caller.
+  // Stores record under key (replacing any), eventually. Never blocks the caller. A record
+  // already past its stale-if-error deadline removes the key instead.
   virtual void insert(std::string_view key, TierRecord record) = 0;
   virtual bool erase(std::string_view key) = 0;
   virtual std::size_t purge_prefix(std::string_view prefix) = 0;

@@ -326,6 +326,9 @@ Config parse_config(std::string_view text, const std::string& source) {
     r.size("memory", config.cache.memory);
     r.one_of("store", config.cache.store, {"disk", "none"});
     r.size("disk", config.cache.disk);
+    if (config.cache.disk == 0) {
+      r.fail(*cache->get("disk"), "disk", "must be more than 0 (store = \"none\" turns it off)");
+    }
     r.string("path", config.cache.path);
     if (config.cache.path.empty()) r.fail(*cache->get("path"), "path", "must not be empty");
     r.finish();

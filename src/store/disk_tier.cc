@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -82,6 +83,7 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0) {
 constexpr std::uint32_t kMagic = 0x31444855;  // "UHD1"
 constexpr std::size_t kHeader = 48;
 constexpr std::string_view kFormat = "unherd-disk 1";
+constexpr const char* kBrokenMarker = "unherd.broken";
 
 std::int64_t to_ns(WallTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -198,8 +200,13 @@ struct Meta {
 };
 constexpr std::size_t kMetaSize = 24;
 
+// What a record counts against the budget: its bytes, its key in three indexes and their
+// overhead; a record too big to share a 4 KiB page takes whole overflow pages.
 std::uint64_t charge_of(std::size_t record, std::size_t store_key) {
-  return record + 3 * store_key + 64;  // the record, its key in three indexes, their overhead
+  constexpr std::size_t kPage = 4096;
+  const std::size_t node = record + store_key + 16;
+  const std::size_t stored = node > kPage / 2 ? (node + kPage - 1) / kPage * kPage : node;
+  return stored + 3 * store_key + 64;
 }
 
 struct LmdbError : std::runtime_error {
@@ -239,7 +246,7 @@ struct DiskTier::Impl {
   MDB_env* env = nullptr;
   MDB_dbi records = 0, metas = 0, lru = 0, expiry = 0, info = 0;
   int lock_fd = -1;
-  bool available = false;
+  std::atomic<bool> available{false};
   std::string moved_aside;
 
   // Written by the writer (or an erase/purge) under write_mu, after each commit.
@@ -302,27 +309,56 @@ struct DiskTier::Impl {
 
   std::uint64_t map_size() const { return 2 * options.budget + (64ull << 20); }
 
-  // Opens the store at options.path. On failure, returns why (and holds nothing open).
-  std::optional<std::string> try_open(bool& in_use) {
-    in_use = false;
+  // Why a store could not be opened: set aside and replaced (kBroken), left alone (kInUse), or
+  // a problem of this process or machine that a fresh store would not fix (kOther).
+  enum class Failure { kNone, kInUse, kBroken, kOther };
+  struct Opened {
+    Failure failure = Failure::kNone;
+    std::string why;
+  };
+
+  static bool store_is_broken(int rc) {
+    return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED ||
+           rc == MDB_PAGE_NOTFOUND || rc == MDB_INCOMPATIBLE || rc == MDB_PANIC || rc == EACCES ||
+           rc == EPERM || rc == EROFS || rc == ENOTDIR;
+  }
+
+  // Opens the store at options.path; holds nothing open when it fails.
+  Opened try_open() {
     std::error_code ec;
     const fs::path dir(options.path);
-    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) return "not a directory";
+    const auto status = fs::status(dir, ec);
+    if (fs::exists(status) && !fs::is_directory(status))
+      return {Failure::kBroken, "not a directory"};
     fs::create_directories(dir, ec);
-    if (ec) return "cannot create it: " + ec.message();
+    if (ec) {
+      return {store_is_broken(ec.value()) ? Failure::kBroken : Failure::kOther,
+              "cannot create it: " + ec.message()};
+    }
+    if (fs::exists(dir / kBrokenMarker, ec)) {
+      std::ifstream in(dir / kBrokenMarker);
+      std::string why((std::istreambuf_iterator<char>(in)), {});
+      return {Failure::kBroken, "found broken while running: " + why};
+    }
     lock_fd = ::open((dir / "unherd.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd < 0) return std::string("cannot write in it: ") + std::strerror(errno);
+    if (lock_fd < 0) {
+      const int err = errno;
+      return {store_is_broken(err) ? Failure::kBroken : Failure::kOther,
+              std::string("cannot write in it: ") + std::strerror(err)};
+    }
     if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-      in_use = true;
       close_env();
-      return "in use by another process";
+      return {Failure::kInUse, "in use by another process"};
     }
     try {
       check(mdb_env_create(&env), "create");
       check(mdb_env_set_maxdbs(env, 8), "maxdbs");
       check(mdb_env_set_maxreaders(env, 1024), "maxreaders");
       check(mdb_env_set_mapsize(env, map_size()), "mapsize");
-      check(mdb_env_open(env, dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | MDB_NOSYNC, 0644), "open");
+      // Data pages are flushed at each commit, the meta page by the writer's periodic sync: a
+      // crash of the machine can lose the last commits, never the store's consistency.
+      check(mdb_env_open(env, dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | MDB_NOMETASYNC, 0644),
+            "open");
       WriteTxn txn(env);
       check(mdb_dbi_open(txn.get(), "records", MDB_CREATE, &records), "records");
       check(mdb_dbi_open(txn.get(), "meta", MDB_CREATE, &metas), "meta");
@@ -348,10 +384,13 @@ struct DiskTier::Impl {
       seq = read_counter(txn.get(), "seq");
       entries = st.ms_entries;
       txn.commit();
-      return std::nullopt;
-    } catch (const std::exception& e) {
+      return {};
+    } catch (const LmdbError& e) {
       close_env();
-      return e.what();
+      return {store_is_broken(e.code) ? Failure::kBroken : Failure::kOther, e.what()};
+    } catch (const std::exception& e) {  // not our format
+      close_env();
+      return {Failure::kBroken, e.what()};
     }
   }
 
@@ -366,39 +405,70 @@ struct DiskTier::Impl {
   }
 
   void open_or_recover() {
-    bool in_use = false;
-    auto why = try_open(in_use);
-    if (!why) {
+    while (!options.path.empty() && options.path.size() > 1 && options.path.back() == '/')
+      options.path.pop_back();
+    Opened opened = try_open();
+    if (opened.failure == Failure::kNone) {
       available = true;
       return;
     }
-    if (in_use) {
-      options.warn("disk cache " + options.path + ": " + *why + "; running without the disk tier");
+    if (opened.failure != Failure::kBroken) {
+      options.warn("disk cache " + options.path + ": " + opened.why +
+                   "; running without the disk tier");
       return;
     }
     const auto stamp = std::chrono::duration_cast<std::chrono::seconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
-    std::string aside = options.path + ".broken-" + std::to_string(stamp);
-    for (int n = 1; fs::exists(aside); ++n)
-      aside = options.path + ".broken-" + std::to_string(stamp) + "-" + std::to_string(n);
     std::error_code ec;
+    std::string aside = options.path + ".broken-" + std::to_string(stamp);
+    for (int n = 1; fs::exists(aside, ec); ++n)
+      aside = options.path + ".broken-" + std::to_string(stamp) + "-" + std::to_string(n);
     fs::rename(options.path, aside, ec);
     if (ec) {
-      options.warn("disk cache " + options.path + " cannot be opened (" + *why +
+      options.warn("disk cache " + options.path + " cannot be opened (" + opened.why +
                    ") nor moved aside (" + ec.message() + "); running without the disk tier");
       return;
     }
     moved_aside = aside;
-    options.warn("disk cache " + options.path + " cannot be opened (" + *why + "); moved it to " +
-                 aside + " and started a fresh store");
-    why = try_open(in_use);
-    if (why) {
+    options.warn("disk cache " + options.path + " cannot be opened (" + opened.why +
+                 "); moved it to " + aside + " and started a fresh store");
+    prune_broken();
+    opened = try_open();
+    if (opened.failure != Failure::kNone) {
       options.warn("disk cache " + options.path + ": a fresh store cannot be created either (" +
-                   *why + "); running without the disk tier");
+                   opened.why + "); running without the disk tier");
       return;
     }
     available = true;
+  }
+
+  // Keeps the two newest stores set aside (for a post-mortem); removes older ones.
+  void prune_broken() {
+    std::error_code ec;
+    const fs::path self(options.path);
+    const std::string stem = self.filename().string() + ".broken-";
+    std::vector<fs::path> aside;
+    for (fs::directory_iterator it(self.parent_path().empty() ? "." : self.parent_path(), ec), end;
+         !ec && it != end; it.increment(ec)) {
+      if (it->path().filename().string().starts_with(stem)) aside.push_back(it->path());
+    }
+    std::sort(aside.begin(), aside.end(), [&](const fs::path& a, const fs::path& b) {
+      return fs::last_write_time(a, ec) > fs::last_write_time(b, ec);
+    });
+    for (std::size_t i = 2; i < aside.size(); ++i) {
+      fs::remove_all(aside[i], ec);
+      options.warn("disk cache: removed an older broken store, " + aside[i].string());
+    }
+  }
+
+  // LMDB found its own pages damaged while running: stop using the store, and leave a mark so
+  // that the next start sets it aside.
+  void mark_broken(const std::string& why) {
+    if (!available.exchange(false)) return;
+    std::ofstream(fs::path(options.path) / kBrokenMarker) << why << '\n';
+    options.warn("disk cache " + options.path + " is damaged (" + why +
+                 "); disk tier off until restart, when the store is set aside");
   }
 
   // ---- Reading ----
@@ -431,6 +501,11 @@ struct DiskTier::Impl {
       bad = true;
     }
     mdb_txn_abort(txn);
+    if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_PANIC) {
+      mark_broken(mdb_strerror(rc));
+      misses.add();
+      return std::nullopt;
+    }
     if (bad) {
       corrupt.add();
       enqueue(Op{Op::kErase, std::string(key), {}, 0}, false);
@@ -468,6 +543,10 @@ struct DiskTier::Impl {
   }
 
   void insert(std::string_view key, TierRecord record) {
+    if (record.stale_if_error_until <= clock.wall_now()) {  // dead on arrival: a removal
+      enqueue(Op{Op::kErase, std::string(key), {}, 0}, false);
+      return;
+    }
     const std::string skey = store_key(key);
     if (charge_of(record_size(key, record), skey.size()) > options.budget) {
       dropped.add();
@@ -486,14 +565,11 @@ struct DiskTier::Impl {
   template <class Pred>
   void unqueue(Pred pred) {
     std::lock_guard lk(qmu);
-    for (auto it = queue.begin(); it != queue.end();) {
-      if (pred(it->key)) {
-        queued_bytes -= op_bytes(*it);
-        it = queue.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    std::erase_if(queue, [&](const Op& op) {
+      if (!pred(op.key)) return false;
+      queued_bytes -= op_bytes(op);
+      return true;
+    });
     if (queue.empty()) applied = enqueued;
     applied_cv.notify_all();
   }
@@ -525,22 +601,23 @@ struct DiskTier::Impl {
         }
         busy = !batch.empty();
       }
-      if (!batch.empty()) {
+      if (!batch.empty() && available) {
         apply(batch);
         dirty = true;
       }
-      if (bytes.load() > options.budget) evict(options.budget / 10 * 9);
+      if (available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
       const auto now = steady::now();
-      if (now >= next_sweep) {
+      if (now >= next_sweep && available) {
         sweep_expired();
         next_sweep = now + options.sweep_interval;
       }
-      if (now >= next_sync) {
-        if (dirty) mdb_env_sync(env, 1);
-        dirty = false;
-        next_sync = now + options.sync_interval;
-      }
+      const bool sync_now = now >= next_sync && dirty;
+      if (now >= next_sync) next_sync = now + options.sync_interval;
       wl.unlock();
+      if (sync_now) {  // LMDB lets a sync run beside a write transaction: erase/purge go on
+        mdb_env_sync(env, 1);
+        dirty = false;
+      }
       {
         std::lock_guard lk(qmu);
         if (!batch.empty()) applied = std::max(applied, batch.back().ticket);
@@ -667,11 +744,15 @@ struct DiskTier::Impl {
         return;
       } catch (const LmdbError& e) {
         if (e.code == MDB_MAP_FULL && attempt == 1) {
-          evict(bytes.load() / 10 * 7);  // the map is full before the budget: make room
+          evict(bytes.load() / 10 * 9);  // the map filled before the budget did: make room
           continue;
         }
         dropped.add(puts);
-        warn_write_error(e.what());
+        if (e.code == MDB_CORRUPTED || e.code == MDB_PAGE_NOTFOUND || e.code == MDB_PANIC) {
+          mark_broken(e.what());
+        } else {
+          warn_write_error(e.what());
+        }
         return;
       }
     }

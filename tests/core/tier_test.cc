@@ -133,7 +133,8 @@ TEST(Tiers, AValueKeptOutOfTheCacheIsNotWrittenBelowEither) {
   auto unstored = [] { return Fetched<std::string>{"x", std::nullopt, std::nullopt, false}; };
   f.coord.get("k", unstored, kPolicy);
   f.coord.get("z", f.fetch, CallPolicy{.ttl = Ttl{0s}});
-  EXPECT_TRUE(f.disk->records.empty());
+  EXPECT_FALSE(f.disk->lookup("k", f.clock.wall_now()));
+  EXPECT_FALSE(f.disk->lookup("z", f.clock.wall_now()));
 }
 
 TEST(Tiers, AfterARestartTheStoreAnswersAndExpiredRecordsAreNotFresh) {
@@ -250,6 +251,54 @@ TEST(Tiers, AHitInALowerTierIsCopiedToTheTiersAboveIt) {
   ASSERT_TRUE(near->get("k"));
   EXPECT_EQ(near->get("k")->value, "v:shared");
   EXPECT_EQ(near->get("k")->stored_at, far->get("k")->stored_at);
+}
+
+TEST(Tiers, AFetchThatOverlapsAPurgeIsAnsweredButNotStored) {
+  Fixture f;
+  Gate gate;
+  std::string got;
+  std::thread caller([&] {
+    got = f.coord
+              .get(
+                  "k",
+                  [&] {
+                    gate.wait();
+                    return std::string("old");
+                  },
+                  kPolicy)
+              .value;
+  });
+  ASSERT_TRUE(eventually([&] { return f.coord.flights().in_flight() == 1; }));
+  f.coord.purge("k");
+  gate.open();
+  caller.join();
+  EXPECT_EQ(got, "old");
+  EXPECT_FALSE(f.disk->get("k"));
+  EXPECT_EQ(f.coord.get("k", f.fetch, kPolicy).source, Source::kFetched);
+}
+
+TEST(Tiers, ARefreshThatMayNotBeStoredRemovesTheOldValueFromEveryTier) {
+  Fixture f;
+  f.coord.get("k", f.fetch, kPolicy);
+  f.clock.advance(11s);  // stale: the next get refreshes
+  auto unstorable = [] { return Fetched<std::string>{"new", Ttl{0s}}; };
+  EXPECT_EQ(f.coord.get("k", unstorable, kPolicy).source, Source::kStale);
+  ASSERT_TRUE(eventually([&] { return f.coord.flights().in_flight() == 0; }));
+  EXPECT_FALSE(f.disk->lookup("k", f.clock.wall_now()));
+  EXPECT_EQ(f.coord.get("k", f.fetch, kPolicy).source, Source::kFetched);
+}
+
+TEST(Tiers, ALateTierReadDoesNotReplaceANewerValueInMemory) {
+  ManualClock clock;
+  Cache<std::string, std::string> cache;
+  const Deadlines d = Deadlines::from(clock.now(), Ttl{60s});
+  cache.insert("k", "fetched", 10, d, clock.now());
+  // A tier read that began before the fetch stored its answer promotes an older value.
+  EXPECT_FALSE(cache.insert_unless_newer("k", "older", 10, d, clock.now() - 5s));
+  EXPECT_EQ(cache.lookup("k", clock.now()).value, "fetched");
+  clock.advance(1s);
+  EXPECT_TRUE(cache.insert_unless_newer("k", "newer", 10, d, clock.now()));
+  EXPECT_EQ(cache.lookup("k", clock.now()).value, "newer");
 }
 
 TEST(Tiers, PurgeReachesEveryTier) {

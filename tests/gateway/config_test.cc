@@ -110,6 +110,7 @@ TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
   expect_error("[cache]\n\nstore = \"rocks\"\n",
                {"test.toml:3:", "cache.store", "expected one of \"disk\", \"none\""});
   expect_error("[cache]\ndisk = \"4GB\"\n", {"test.toml:2:", "cache.disk", "size"});
+  expect_error("[cache]\ndisk = 0\n", {"test.toml:2:", "cache.disk", "more than 0"});
   expect_error("[cache]\npath = \"\"\n", {"test.toml:2:", "cache.path", "empty"});
   expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "HOST:PORT"});
   expect_error("[server]\nthreads = -1\n", {"server.threads"});

@@ -98,6 +98,26 @@ TEST_F(DiskTierTest, ARecordPastItsStaleIfErrorDeadlineIsNeverReturned) {
   EXPECT_FALSE(disk.lookup("/a", clock.wall_now() + 2s));
 }
 
+TEST_F(DiskTierTest, InsertingADeadRecordRemovesTheKey) {
+  DiskTier disk(options(), clock);
+  disk.insert("/a", record("v"));
+  disk.flush();
+  disk.insert("/a", TierRecord{});
+  disk.flush();
+  EXPECT_FALSE(disk.lookup("/a", clock.wall_now()));
+  EXPECT_EQ(disk.stats().entries, 0u);
+  EXPECT_EQ(disk.stats().dropped_writes, 0u);
+}
+
+TEST_F(DiskTierTest, AStoreMarkedDamagedWhileRunningIsSetAsideAtTheNextStart) {
+  { DiskTier disk(options(), clock); }
+  { std::ofstream(fs::path(path) / "unherd.broken") << "MDB_CORRUPTED"; }
+  DiskTier disk(options(), clock);
+  EXPECT_FALSE(disk.moved_aside().empty());
+  EXPECT_TRUE(disk.stats().available);
+  EXPECT_FALSE(fs::exists(fs::path(path) / "unherd.broken"));
+}
+
 TEST_F(DiskTierTest, KeysLongerThanLmdbAllowsAreStoredApart) {
   DiskTier disk(options(), clock);
   const std::string base(600, 'k');
