@@ -253,6 +253,7 @@ struct DiskTier::Impl {
   std::mutex write_mu;
   std::atomic<std::uint64_t> bytes{0}, entries{0};
   std::uint64_t seq = 0;  // next recency number; under write_mu
+  std::atomic<std::uint64_t> next_seq{0};  // seq, for readers
 
   detail::StripedCounter hits, misses, writes, dropped, evictions, expired, corrupt;
 
@@ -382,6 +383,7 @@ struct DiskTier::Impl {
       }
       bytes = read_counter(txn.get(), "bytes");
       seq = read_counter(txn.get(), "seq");
+      next_seq = seq;
       entries = st.ms_entries;
       txn.commit();
       return {};
@@ -487,7 +489,7 @@ struct DiskTier::Impl {
     MDB_val k = val(skey), v{};
     const int rc = mdb_get(txn, records, &k, &v);
     std::optional<TierRecord> out;
-    bool bad = false;
+    bool bad = false, renew = false;
     if (rc == 0) {
       auto d = decode_record(view(v));
       if (!d) {
@@ -496,6 +498,7 @@ struct DiskTier::Impl {
         out.emplace(TierRecord{std::string(d->value), from_ns(d->stored_at),
                                from_ns(d->fresh_until), from_ns(d->stale_until),
                                from_ns(d->stale_if_error_until)});
+        renew = due_for_renewal(txn, skey);
       }
     } else if (rc != MDB_NOTFOUND) {
       bad = true;
@@ -515,8 +518,19 @@ struct DiskTier::Impl {
       return out;
     }
     hits.add();
-    enqueue(Op{Op::kTouch, std::string(key), {}, 0}, false);
+    if (renew) enqueue(Op{Op::kTouch, std::string(key), {}, 0}, false);
     return out;
+  }
+
+  // Whether a hit should renew the record's recency. Records among the most recent quarter are
+  // left where they are: eviction takes from the other end, and a hot record would otherwise
+  // cost a write on every hit.
+  bool due_for_renewal(MDB_txn* txn, const std::string& skey) {
+    MDB_val k = val(skey), v{};
+    if (mdb_get(txn, metas, &k, &v) != 0 || v.mv_size != kMetaSize) return false;
+    const auto record_seq = load<std::uint64_t>(static_cast<const char*>(v.mv_data));
+    const std::uint64_t newest = next_seq.load(std::memory_order_relaxed);
+    return newest - std::min(newest, record_seq) > entries.load(std::memory_order_relaxed) / 4;
   }
 
   // ---- The write-behind queue ----
@@ -715,6 +729,7 @@ struct DiskTier::Impl {
     txn.commit();
     bytes = staged_bytes;
     seq = staged_seq;
+    next_seq = staged_seq;
     entries = st.ms_entries;
   }
 
