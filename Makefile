@@ -1,6 +1,6 @@
 # The front door. Every target installs what it needs first (scripts/install-deps is a no-op
 # when everything is present) and builds with at most two jobs.
-.PHONY: all deps build test test-asan test-tsan bench demo example format clean
+.PHONY: all deps build test test-asan test-tsan bench compare demo example format clean
 
 JOBS ?= 2
 
@@ -29,6 +29,12 @@ test-tsan: deps
 bench: build
 	@scripts/install-deps bench
 	@bench/run
+
+# unherd, nginx and Varnish side by side (bench/compare/): installs nginx, Varnish and wrk if
+# missing, prints a table and appends it to bench/RESULTS.md.
+compare: build
+	@scripts/install-deps compare
+	@bench/compare/compare.py
 
 # The gateway on 127.0.0.1:8080 (admin 9901) in front of a simulated slow, flaky upstream, a herd
 # of clients and a table of what happened; then it keeps serving until Ctrl-C.

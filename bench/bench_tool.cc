@@ -2,8 +2,9 @@
 // gateway, the upstream and the clients are measured as they would run in production.
 //   unherd-bench upstream [--latency-ms 200] [--body-bytes 1024] [--cache-control ...]
 //       runs a simulated upstream on 127.0.0.1 and a free port; prints "port N"; runs until killed
-//   unherd-bench herd --port P --n N --target T
-//       opens N connections, sends N requests at once, prints one line of figures
+//   unherd-bench herd --port P --n N --target T [--keys K]
+//       opens N connections, sends N requests at once, prints one line of figures; with K keys,
+//       request i asks for T/(i mod K) instead of T
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
@@ -33,6 +34,8 @@ int main(int argc, char** argv) {
   herd->add_option("--target", target);
   unsigned threads = 1;
   herd->add_option("--threads", threads, "client threads");
+  int keys = 0;
+  herd->add_option("--keys", keys, "spread the requests over this many keys: TARGET/0 ...");
   CLI11_PARSE(app, argc, argv);
 
   raise_file_limit();
@@ -53,12 +56,24 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::vector<std::string> targets(static_cast<std::size_t>(n), target);
+  if (keys > 0) {
+    // A query string stays at the end: TARGET/i?QUERY.
+    const auto q = target.find('?');
+    const std::string path = target.substr(0, q);
+    const std::string query = q == std::string::npos ? "" : target.substr(q);
+    for (int i = 0; i < n; ++i)
+      targets[static_cast<std::size_t>(i)] = path + "/" + std::to_string(i % keys) + query;
+  }
   HerdResult r = run_herd("127.0.0.1", port, targets, std::chrono::seconds(30), threads);
   std::string xc;
   for (const auto& [k, c] : r.x_cache)
     xc += k + "=" + std::to_string(c) + " ";
-  std::printf("n=%d answered=%zu errors=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f x_cache=%s\n", n,
-              r.latencies_ms.size(), r.errors, r.percentile(50), r.percentile(99),
-              r.latencies_ms.empty() ? 0.0 : r.latencies_ms.back(), xc.c_str());
+  std::string statuses;
+  for (const auto& [code, c] : r.statuses)
+    statuses += std::to_string(code) + "x" + std::to_string(c) + " ";
+  std::printf(
+      "n=%d answered=%zu errors=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f x_cache=%s statuses=%s\n", n,
+      r.latencies_ms.size(), r.errors, r.percentile(50), r.percentile(99),
+      r.latencies_ms.empty() ? 0.0 : r.latencies_ms.back(), xc.c_str(), statuses.c_str());
   return r.errors == 0 ? 0 : 1;
 }

@@ -186,6 +186,8 @@ class Coordinator {
         }
         found = l.as_lookup();
         found_in = tiers_[l.tier]->name();
+      } else if (auto answer = fresh_after_read(key, found)) {
+        return *std::move(answer);
       }
     }
     std::exception_ptr error = negative_hit(key, now);
@@ -247,6 +249,8 @@ class Coordinator {
         }
         found = l.as_lookup();
         found_in = tiers_[l.tier]->name();
+      } else if (auto answer = fresh_after_read(key, found)) {
+        co_return *std::move(answer);
       }
     }
     std::exception_ptr error = negative_hit(key, now);
@@ -388,6 +392,15 @@ class Coordinator {
       stale_.add();
       return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
     }
+    return std::nullopt;
+  }
+
+  // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
+  // memory meanwhile, and joining the flight now would start a second one.
+  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found) {
+    Lookup<V> again = cache_.lookup(key, clock_.now());
+    if (again.freshness == Freshness::kFresh) return from_cache(again);
+    if (again.value) found = std::move(again);
     return std::nullopt;
   }
 

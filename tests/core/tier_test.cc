@@ -203,6 +203,21 @@ TEST(Tiers, ConcurrentMissesShareOneTierRead) {
   EXPECT_EQ(f.fetches, 0);
 }
 
+TEST(Tiers, AValueFetchedWhileTheTierWasReadIsUsedInsteadOfASecondFetch) {
+  Fixture f;
+  Gate gate;
+  f.disk->gate = &gate;
+  Answer<std::string> answer;
+  std::thread caller([&] { answer = f.coord.get("k", f.fetch, kPolicy); });
+  ASSERT_TRUE(eventually([&] { return f.disk->lookups == 1; }));
+  f.coord.put("k", "fetched-meanwhile", Ttl{10s});  // another caller's fetch lands
+  gate.open();
+  caller.join();
+  EXPECT_EQ(answer.value, "fetched-meanwhile");
+  EXPECT_EQ(answer.source, Source::kHit);
+  EXPECT_EQ(f.fetches, 0);
+}
+
 TEST(Tiers, CoroutineCallersReadTheTierAndPromote) {
   Fixture f;
   f.disk->insert("k", record(f.clock, "stored", 1s, Ttl{10s}));
@@ -256,19 +271,17 @@ TEST(Tiers, AHitInALowerTierIsCopiedToTheTiersAboveIt) {
 TEST(Tiers, AFetchThatOverlapsAPurgeIsAnsweredButNotStored) {
   Fixture f;
   Gate gate;
+  std::atomic<bool> fetching{false};
   std::string got;
   std::thread caller([&] {
-    got = f.coord
-              .get(
-                  "k",
-                  [&] {
-                    gate.wait();
-                    return std::string("old");
-                  },
-                  kPolicy)
-              .value;
+    auto fetch = [&] {
+      fetching = true;
+      gate.wait();
+      return std::string("old");
+    };
+    got = f.coord.get("k", fetch, kPolicy).value;
   });
-  ASSERT_TRUE(eventually([&] { return f.coord.flights().in_flight() == 1; }));
+  ASSERT_TRUE(eventually([&] { return fetching.load(); }));
   f.coord.purge("k");
   gate.open();
   caller.join();
