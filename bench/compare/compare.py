@@ -94,7 +94,7 @@ def render(template, **values):
 class System:
     def __init__(self, name, work, up_port, fill_port):
         self.name, self.work = name, os.path.join(work, name)
-        os.makedirs(self.work)
+        os.makedirs(self.work, exist_ok=True)
         self.port = free_port()
         self.proc = None
         getattr(self, "start_" + name)(up_port, fill_port)
@@ -286,8 +286,13 @@ def main():
         with open(lua, "w") as f:
             f.write(render("fill.lua", LIMIT=args.fill // 2))
         for name in SYSTEMS:
+            results[name]["rss_hits"] = memory_kib(systems[name].proc.pid, "VmHWM")
+            # A fresh process: memory freed by earlier runs but kept by the allocator would
+            # otherwise absorb the new entries and hide their cost.
+            systems[name].stop()
+            systems[name] = System(name, os.path.join(work, "fresh"), up.port, fill_port)
+            systems[name].get("/fill/warm")
             pid = systems[name].proc.pid
-            results[name]["rss_hits"] = memory_kib(pid, "VmHWM")
             before = memory_kib(pid, *HELD)
             wrk(systems[name], "/fill/", max(10, args.fill // 5000), script=lua, connections=32)
             time.sleep(1.0)
