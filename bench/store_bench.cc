@@ -106,8 +106,9 @@ void lmdb_raw(const fs::path& dir) {
       mdb_txn_abort(txn);
     }
   }
-  std::printf("| LMDB 0.9.24, raw (txn per get, value copied) | %.2f | %.2f | %.0f MiB | %zu/%zu |\n",
-              us_since(t, kGets), put_us, dir_bytes(dir) / 1048576.0, found / 2, kGets);
+  std::printf(
+      "| LMDB 0.9.24, raw (txn per get, value copied) | %.2f | %.2f | %.0f MiB | %zu/%zu |\n",
+      us_since(t, kGets), put_us, dir_bytes(dir) / 1048576.0, found / 2, kGets);
   mdb_env_close(env);
 }
 
@@ -234,9 +235,8 @@ void open_time(const fs::path& dir, std::size_t entries) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const fs::path root =
-      fs::path(argc > 1 ? argv[1] : fs::temp_directory_path().string()) /
-      ("unherd-store-bench-" + std::to_string(::getpid()));
+  const fs::path root = fs::path(argc > 1 ? argv[1] : fs::temp_directory_path().string()) /
+                        ("unherd-store-bench-" + std::to_string(::getpid()));
   const std::size_t entries = argc > 2 ? std::stoull(argv[2]) : 1'000'000;
   fs::remove_all(root);
   std::printf("100k keys like \"%s\", 1 KiB values; 100k random gets, second (warm) pass\n\n",

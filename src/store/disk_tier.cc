@@ -252,7 +252,7 @@ struct DiskTier::Impl {
   // Written by the writer (or an erase/purge) under write_mu, after each commit.
   std::mutex write_mu;
   std::atomic<std::uint64_t> bytes{0}, entries{0};
-  std::uint64_t seq = 0;  // next recency number; under write_mu
+  std::uint64_t seq = 0;                   // next recency number; under write_mu
   std::atomic<std::uint64_t> next_seq{0};  // seq, for readers
 
   detail::StripedCounter hits, misses, writes, dropped, evictions, expired, corrupt;
