@@ -109,34 +109,13 @@ class Cache {
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
 
-  Lookup<V> lookup(const K& key, TimePoint now) {
-    const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
-    Memo& memo = memo_for(h);
-    if (memo_ && memo.owner == id_ && memo.hash == h &&
-        memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
-        (++memo.uses % kMemoUsesBeforeTouch) != 0 && now < memo.entry.deadlines.stale_until) {
-      return answer(memo.entry, now);
-    }
-    Lookup<V> result;
-    std::lock_guard lock(shard.mu);
-    auto it = shard.map.find(Prehashed{&key, h});
-    if (it == shard.map.end()) {
-      misses_.add();
-      return result;
-    }
-    Entry& e = it->second;
-    if (now >= e.deadlines.stale_if_error_until) {
-      erase_locked(shard, it);
-      misses_.add();
-      return result;
-    }
-    result = answer(e, now);
-    if (result.freshness != Freshness::kMiss) {
-      shard.policy->accessed(&e);
-      if (memo_) remember(memo, h, key, result, shard.version.load(std::memory_order_relaxed));
-    }
-    return result;
+  Lookup<V> lookup(const K& key, TimePoint now) { return *lookup_impl<false>(key, now); }
+
+  // A Fresh lookup (counted as a hit), or nullopt, counting nothing, when the entry is stale,
+  // kept only for errors, or absent: for callers with a faster path for fresh hits, who then
+  // ask lookup() for the rest.
+  std::optional<Lookup<V>> lookup_fresh(const K& key, TimePoint now) {
+    return lookup_impl<true>(key, now);
   }
 
   // Stores value under key, replacing any entry there. Returns false (and stores nothing) if the
@@ -343,6 +322,41 @@ class Cache {
     memo.key = key;
     memo.entry = MemoEntry{*found.value, found.deadlines, found.stored_at, found.refresh_after,
                            found.refresh_failures};
+  }
+
+  template <bool kFreshOnly>
+  std::optional<Lookup<V>> lookup_impl(const K& key, TimePoint now) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    Memo& memo = memo_for(h);
+    if (memo_ && memo.owner == id_ && memo.hash == h &&
+        memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
+        (++memo.uses % kMemoUsesBeforeTouch) != 0 &&
+        now < (kFreshOnly ? memo.entry.deadlines.fresh_until : memo.entry.deadlines.stale_until)) {
+      return answer(memo.entry, now);
+    }
+    Lookup<V> result;
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end()) {
+      if constexpr (kFreshOnly) return std::nullopt;
+      misses_.add();
+      return result;
+    }
+    Entry& e = it->second;
+    if constexpr (kFreshOnly) {
+      if (now >= e.deadlines.fresh_until) return std::nullopt;
+    } else if (now >= e.deadlines.stale_if_error_until) {
+      erase_locked(shard, it);
+      misses_.add();
+      return result;
+    }
+    result = answer(e, now);
+    if (result.freshness != Freshness::kMiss) {
+      shard.policy->accessed(&e);
+      if (memo_) remember(memo, h, key, result, shard.version.load(std::memory_order_relaxed));
+    }
+    return result;
   }
 
   static Freshness freshness_at(const Deadlines& d, TimePoint now) {

@@ -205,6 +205,15 @@ class Coordinator {
     return fallback(std::move(found), found_in, error);
   }
 
+  // A fresh answer from memory, without a coroutine or a fetcher: the fast path for hits.
+  // nullopt, counting nothing, when memory has no fresh value; get() or async_get() then
+  // answers (stale values, lower tiers, fetches).
+  std::optional<Answer<V>> try_hit(const K& key) {
+    std::optional<Lookup<V>> found = cache_.lookup_fresh(key, clock_.now());
+    if (!found) return std::nullopt;
+    return from_cache(*found);
+  }
+
   // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
   template <class F>
   asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy) {

@@ -1,7 +1,9 @@
 #include "gateway/cache_key.h"
 
 #include <algorithm>
+#include <array>
 #include <boost/url/parse.hpp>
+#include <span>
 
 namespace unherd::gateway {
 namespace {
@@ -15,21 +17,35 @@ void append_header(std::string& key, std::string_view name, const HeaderGetter& 
 
 }  // namespace
 
-std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::string_view target,
-                                     const HeaderGetter& headers,
-                                     const std::vector<std::string>& vary) {
+bool cache_key_into(std::string& key, const std::vector<KeyPart>& parts, std::string_view target,
+                    const HeaderGetter& headers, const std::vector<std::string>& vary) {
   auto url = boost::urls::parse_origin_form(target);
-  if (!url) return std::nullopt;
-  std::string key(url->encoded_path());
+  if (!url) return false;
+  key.assign(url->encoded_path());
   if (parts.empty()) {
-    std::vector<std::pair<std::string, std::string>> params;
-    for (auto p : url->encoded_params()) {
-      params.emplace_back(std::string(p.key), p.has_value ? std::string(p.value) : "");
+    // The whole query, parameters in order of name (stable: repeated names keep their order).
+    // Sorted in place by insertion: queries are short, and this allocates nothing.
+    using Param = std::pair<std::string_view, std::string_view>;
+    std::array<Param, 32> small;
+    std::vector<Param> large;
+    const std::size_t n = url->encoded_params().size();
+    std::span<Param> params;
+    if (n <= small.size()) {
+      params = std::span<Param>(small.data(), n);
+    } else {
+      large.resize(n);
+      params = large;
     }
-    std::stable_sort(params.begin(), params.end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::size_t i = 0;
+    for (auto p : url->encoded_params()) {
+      Param param{p.key, p.has_value ? std::string_view(p.value) : std::string_view{}};
+      std::size_t j = i++;
+      for (; j > 0 && param.first < params[j - 1].first; --j)
+        params[j] = params[j - 1];
+      params[j] = param;
+    }
     char sep = '?';
-    for (auto& [k, v] : params) {
+    for (const auto& [k, v] : params) {
       key += sep;
       key += k;
       key += '=';
@@ -48,7 +64,7 @@ std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::str
           key += '=';
           auto params = url->params();
           if (auto it = params.find(part.name); it != params.end()) {
-            key += (*it).has_value ? (*it).value : std::string("");
+            if ((*it).has_value) key += (*it).value;
           }
           break;
         }
@@ -61,6 +77,14 @@ std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::str
   for (const auto& name : vary) {
     if (!keys_on_header(parts, name)) append_header(key, name, headers);
   }
+  return true;
+}
+
+std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::string_view target,
+                                     const HeaderGetter& headers,
+                                     const std::vector<std::string>& vary) {
+  std::string key;
+  if (!cache_key_into(key, parts, target, headers, vary)) return std::nullopt;
   return key;
 }
 

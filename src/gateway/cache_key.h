@@ -27,6 +27,11 @@ std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::str
                                      const HeaderGetter& headers,
                                      const std::vector<std::string>& vary = {});
 
+// As cache_key(), written into `key` (its capacity is reused: no allocation once it is large
+// enough). Returns false for a target that is not a valid origin-form URI.
+bool cache_key_into(std::string& key, const std::vector<KeyPart>& parts, std::string_view target,
+                    const HeaderGetter& headers, const std::vector<std::string>& vary = {});
+
 // Whether the route's key names a header (so requests carrying it may still share entries).
 bool keys_on_header(const std::vector<KeyPart>& parts, std::string_view lower_name);
 

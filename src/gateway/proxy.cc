@@ -111,8 +111,8 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   return b;
 }
 
-std::string path_of(std::string_view target) {
-  return std::string(target.substr(0, target.find('?')));
+std::string_view path_of(std::string_view target) {
+  return target.substr(0, target.find('?'));
 }
 
 }  // namespace
@@ -120,6 +120,13 @@ std::string path_of(std::string_view target) {
 std::optional<std::string_view> Request::header(std::string_view name) const {
   for (const auto& [n, v] : headers) {
     if (iequals(n, name)) return std::string_view(v);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string_view> RequestHead::header(std::string_view name) const {
+  for (const auto& f : headers) {
+    if (iequals(f.name, name)) return f.value;
   }
   return std::nullopt;
 }
@@ -235,26 +242,61 @@ void Proxy::reload(const Config& config) {
   generation_.fetch_add(1, std::memory_order_release);
 }
 
-std::shared_ptr<const Proxy::Runtime> Proxy::runtime() const {
-  // Each thread keeps the routes it last saw and takes the lock only after a reload.
-  thread_local struct {
-    std::uint64_t owner = 0;  // the Proxy's id_: addresses may be reused, ids are not
-    std::uint64_t generation = 0;
-    std::shared_ptr<const Runtime> runtime;
-  } seen;
+// Each thread keeps the routes it last saw and takes the lock only after a reload.
+struct Proxy::SeenRuntime {
+  std::uint64_t owner = 0;  // the Proxy's id_: addresses may be reused, ids are not
+  std::uint64_t generation = 0;
+  std::shared_ptr<const Runtime> runtime;
+};
+
+Proxy::SeenRuntime& Proxy::seen_runtime() const {
+  thread_local SeenRuntime seen;
   const std::uint64_t generation = generation_.load(std::memory_order_acquire);
   if (seen.owner != id_ || seen.generation != generation) {
     std::lock_guard lock(runtime_mu_);
     seen = {id_, generation_.load(std::memory_order_relaxed), runtime_};
   }
-  return seen.runtime;
+  return seen;
+}
+
+std::shared_ptr<const Proxy::Runtime> Proxy::runtime() const {
+  return seen_runtime().runtime;
+}
+
+bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
+  // The thread's snapshot stays alive until this thread sees a reload: no reference counting.
+  const Runtime& rt = *seen_runtime().runtime;
+  const Route* route = rt.match(path_of(head.target));
+  if (route == nullptr || (head.method != "GET" && head.method != "HEAD")) return false;
+  const auto& key_parts = route->config.key;
+  for (std::string_view credential : {"authorization", "cookie"}) {
+    if (head.header(credential) && !keys_on_header(key_parts, credential)) return false;
+  }
+  thread_local std::string key;
+  auto getter = [&head](std::string_view name) { return head.header(name); };
+  if (!cache_key_into(key, key_parts, head.target, getter)) return false;
+  if (vary_count_.load(std::memory_order_relaxed) > 0 && !learned_vary(key).empty()) return false;
+  if (pass_count_.load(std::memory_order_relaxed) > 0 && passing(key)) return false;
+  auto answer = coordinator_.try_hit(key);
+  if (!answer) return false;
+  // Stored answers are shareable ones; anything else takes the general path.
+  if (!answer->value->shareable) return false;
+  route->counters->total.add();
+  route->counters->hits.add();
+  reply.cached = std::move(answer->value);
+  reply.x_cache = to_string(answer->source);
+  reply.age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer->stored_at) +
+              reply.cached->initial_age;
+  reply.tier = answer->tier;
+  reply.head_only = head.method == "HEAD";
+  return true;
 }
 
 asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
   auto rt = runtime();
   const Route* route = rt->match(path_of(request.target));
   if (route == nullptr) {
-    co_return Reply::text(404, "no route for " + path_of(request.target));
+    co_return Reply::text(404, "no route for " + std::string(path_of(request.target)));
   }
   route->counters->total.add();
   const bool cacheable_method = request.method == "GET" || request.method == "HEAD";
@@ -374,7 +416,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
       }
     }
     reply.cached = resp;
-    reply.x_cache = std::string(to_string(answer.source));
+    reply.x_cache = to_string(answer.source);
     switch (answer.source) {
       case Source::kHit:
         counters->hits.add();
@@ -390,15 +432,9 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
         counters->misses.add();
         break;
     }
-    const auto age =
-        std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer.stored_at) +
-        resp->initial_age;
-    reply.extra_head = "Age: " + std::to_string(std::max<long>(0, age.count())) + "\r\n";
-    if (!answer.tier.empty()) {
-      reply.extra_head += "X-Cache-Tier: ";
-      reply.extra_head += answer.tier;
-      reply.extra_head += "\r\n";
-    }
+    reply.age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer.stored_at) +
+                resp->initial_age;
+    reply.tier = answer.tier;
   } catch (const std::system_error& e) {
     counters->errors.add();
     reply.x_cache = "MISS";
@@ -512,11 +548,13 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, T
 }
 
 bool Proxy::passing(const std::string& key) {
+  if (pass_count_.load(std::memory_order_relaxed) == 0) return false;
   std::lock_guard lock(pass_mu_);
   auto it = pass_until_.find(key);
   if (it == pass_until_.end()) return false;
   if (clock_.now() < it->second) return true;
   pass_until_.erase(it);
+  pass_count_.store(pass_until_.size(), std::memory_order_relaxed);
   return false;
 }
 
@@ -524,9 +562,11 @@ void Proxy::remember_pass(const std::string& key) {
   std::lock_guard lock(pass_mu_);
   if (pass_until_.size() > 100'000) pass_until_.clear();  // bounded; forgetting only costs a queue
   pass_until_[key] = clock_.now() + 30s;
+  pass_count_.store(pass_until_.size(), std::memory_order_relaxed);
 }
 
 std::vector<std::string> Proxy::learned_vary(const std::string& primary_key) {
+  if (vary_count_.load(std::memory_order_relaxed) == 0) return {};
   std::lock_guard lock(vary_mu_);
   auto it = vary_.find(primary_key);
   return it == vary_.end() ? std::vector<std::string>{} : it->second;
@@ -536,6 +576,7 @@ void Proxy::learn_vary(const std::string& primary_key, std::vector<std::string> 
   std::lock_guard lock(vary_mu_);
   if (vary_.size() > 100'000) vary_.clear();  // bounded; forgetting costs one unstored answer
   vary_[primary_key] = std::move(headers);
+  vary_count_.store(vary_.size(), std::memory_order_relaxed);
 }
 
 namespace {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -49,16 +50,30 @@ struct Request {
   std::optional<std::string_view> header(std::string_view name) const;
 };
 
+// A request's head as the server parsed it: views into the parser's buffers, valid during the
+// call they are passed to. Enough to answer a cache hit without copying the request.
+struct RequestHead {
+  struct Field {
+    std::string_view name, value;
+  };
+  std::string_view method, target;
+  std::span<const Field> headers;
+
+  std::optional<std::string_view> header(std::string_view name) const;
+};
+
 // What to send back. Either a stored/fetched upstream response (`cached`) or a reply the
-// gateway made itself (`status`, `body`); `extra_head` holds per-request header lines.
+// gateway made itself (`status`, `body`); `extra_head` holds other per-request header lines.
 struct Reply {
   ResponsePtr cached;
   unsigned status = 200;
   std::string content_type = "text/plain";
   std::string body;
   std::string extra_head;
-  std::string x_cache;     // X-Cache; also for the access log
-  double upstream_ms = 0;  // time this request waited on the upstream (access log)
+  std::string_view x_cache;                 // X-Cache (static text); also for the access log
+  std::optional<std::chrono::seconds> age;  // Age, for answers from the cache
+  std::string_view tier;                    // X-Cache-Tier: where a cached answer came from
+  double upstream_ms = 0;                   // time this request waited on the upstream (access log)
   bool head_only = false;
 
   static Reply text(unsigned status, std::string body);
@@ -105,6 +120,11 @@ class Proxy {
 
   boost::asio::awaitable<Reply> handle(Request request, ThreadState& thread);
 
+  // The fast path for cache hits: fills `reply` and returns true when `head` is a GET or HEAD
+  // that memory answers fresh, with no coroutine, lock or allocation on the way. Returns false,
+  // having counted nothing, for everything else; handle() then answers the request.
+  bool try_hit(const RequestHead& head, Reply& reply);
+
   // Installs the routes of `config` (listeners, threads and cache size are not changed).
   void reload(const Config& config);
 
@@ -120,6 +140,8 @@ class Proxy {
  private:
   struct Route;
   struct Runtime;
+  struct SeenRuntime;
+  SeenRuntime& seen_runtime() const;
   std::shared_ptr<const Runtime> runtime() const;
 
   boost::asio::awaitable<Reply> cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
@@ -149,11 +171,15 @@ class Proxy {
   std::map<std::string, std::shared_ptr<RetryBudget>> budgets_;
   std::map<std::string, std::shared_ptr<RouteCounters>> counters_;
   // Keys whose responses turned out not shareable: requests pass until the time given.
+  // Both maps are looked up on every cacheable request, and are empty almost always: their sizes
+  // are kept in atomics so that the common case takes no lock shared between threads.
   std::mutex pass_mu_;
   std::map<std::string, TimePoint> pass_until_;
+  std::atomic<std::size_t> pass_count_{0};
   // The request headers each primary key's answers vary on (learned from Vary).
   std::mutex vary_mu_;
   std::unordered_map<std::string, std::vector<std::string>> vary_;
+  std::atomic<std::size_t> vary_count_{0};
 };
 
 }  // namespace unherd::gateway

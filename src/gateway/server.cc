@@ -4,6 +4,7 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <array>
 #include <boost/asio/co_spawn.hpp>
@@ -15,8 +16,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <charconv>
 #include <condition_variable>
 #include <csignal>
 #include <random>
@@ -38,21 +39,92 @@ namespace {
 
 using ReusePort = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
 
-std::string new_request_id() {
+// A random 16-hex-digit request id, for requests that bring none.
+using RequestIdBuffer = std::array<char, 16>;
+std::string_view new_request_id(RequestIdBuffer& id) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   static constexpr char kHex[] = "0123456789abcdef";
   std::uint64_t v = rng();
-  std::string id(16, '0');
   for (auto& c : id) {
     c = kHex[v & 15];
     v >>= 4;
   }
-  return id;
+  return {id.data(), id.size()};
 }
 
-std::string reason_of(unsigned status) {
-  return std::string(http::obsolete_reason(static_cast<http::status>(status)));
+void append_number(std::string& out, std::uint64_t n) {
+  char digits[20];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  out.append(digits, end);
 }
+
+// Idle and write deadlines for one thread's client connections, checked once a second. A
+// connection states its deadline (a counter store, no system call) and the sweep cancels the
+// socket operations of any that passed it. A timer per connection would be re-armed on every
+// read and write: two timer-queue updates and a cancelled-wait handler per operation.
+class Sweeper {
+ public:
+  struct Watch {
+    Watch(Sweeper& sweeper, tcp::socket& socket) : sweeper(sweeper), socket(socket) {
+      next = sweeper.head_;
+      if (next) next->prev = this;
+      sweeper.head_ = this;
+    }
+    ~Watch() {
+      if (prev)
+        prev->next = next;
+      else
+        sweeper.head_ = next;
+      if (next) next->prev = prev;
+    }
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+
+    // Operations on the socket from now on end (with operation_aborted) once `limit` passed;
+    // the limit is kept to within a second.
+    void expire_after(std::chrono::seconds limit) {
+      deadline = sweeper.tick_ + static_cast<std::uint64_t>(limit.count()) + 1;
+      expired = false;
+    }
+    void never() { deadline = kNever; }
+
+    Sweeper& sweeper;
+    tcp::socket& socket;
+    Watch* prev = nullptr;
+    Watch* next = nullptr;
+    std::uint64_t deadline = kNever;
+    bool expired = false;  // the sweep cancelled this connection's operations
+  };
+
+  explicit Sweeper(asio::io_context& context) : timer_(std::in_place, context) {}
+
+  void start() { arm(); }
+  // Before the io_context goes: its pending wait is dropped with the context, never run.
+  void release() { timer_.reset(); }
+
+ private:
+  static constexpr std::uint64_t kNever = ~std::uint64_t{0};
+
+  void arm() {
+    timer_->expires_after(1s);
+    timer_->async_wait([this](boost::system::error_code ec) {
+      if (ec) return;
+      ++tick_;
+      for (Watch* w = head_; w != nullptr; w = w->next) {
+        if (w->deadline <= tick_ && !w->expired) {
+          w->expired = true;
+          boost::system::error_code ignored;
+          w->socket.cancel(ignored);
+        }
+      }
+      arm();
+    });
+  }
+
+  std::optional<asio::steady_timer> timer_;
+  std::uint64_t tick_ = 0;
+  Watch* head_ = nullptr;
+};
 
 void json_escape(std::string& out, std::string_view s) {
   for (char c : s) {
@@ -91,8 +163,12 @@ struct Gateway::Impl {
 
   Config config;
   Proxy proxy;
+  // Declared before the contexts: sessions (destroyed with their context) unlink themselves.
+  std::vector<std::unique_ptr<Sweeper>> sweepers;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<std::unique_ptr<ThreadState>> states;
+  // Open client connections per thread: a new connection goes to the thread with the fewest.
+  std::unique_ptr<std::atomic<int>[]> sessions;
   std::vector<std::unique_ptr<tcp::acceptor>> listeners;
   std::unique_ptr<tcp::acceptor> admin;
   std::vector<std::thread> threads;
@@ -120,7 +196,12 @@ struct Gateway::Impl {
     a.listen(asio::socket_base::max_listen_connections);
   }
 
-  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, ThreadState& state, bool is_admin) {
+  // Accepts on thread `self`'s listener. SO_REUSEPORT spreads connections over the listeners by
+  // a hash of their addresses, which leaves threads unevenly loaded when connections are few and
+  // long-lived (64 keep-alive clients split 40/24 as easily as 32/32), and the busier thread's
+  // queue is everyone's tail latency. So each accepted connection is handed to the thread with
+  // the fewest open connections (this one on a tie).
+  asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::size_t self, bool is_admin) {
     for (;;) {
       boost::system::error_code ec;
       tcp::socket socket =
@@ -133,31 +214,75 @@ struct Gateway::Impl {
         continue;
       }
       socket.set_option(tcp::no_delay(true), ec);
-      asio::co_spawn(acceptor.get_executor(), session(std::move(socket), state, is_admin),
-                     asio::detached);
+      std::size_t target = self;
+      if (!is_admin) {
+        for (std::size_t i = 0; i < contexts.size(); ++i) {
+          if (sessions[i].load(std::memory_order_relaxed) <
+              sessions[target].load(std::memory_order_relaxed)) {
+            target = i;
+          }
+        }
+      }
+      sessions[target].fetch_add(1, std::memory_order_relaxed);
+      if (target == self) {
+        asio::co_spawn(acceptor.get_executor(), session(std::move(socket), target, is_admin),
+                       asio::detached);
+        continue;
+      }
+      // The descriptor moves to the other thread's reactor, registered there by that thread.
+      const int fd = socket.release(ec);
+      if (ec) {
+        sessions[target].fetch_sub(1, std::memory_order_relaxed);
+        continue;  // release failed: the socket closes here; the client sees a reset
+      }
+      asio::post(*contexts[target], [this, fd, target,
+                                     protocol = acceptor.local_endpoint().protocol()] {
+        boost::system::error_code aec;
+        tcp::socket moved(*contexts[target]);
+        moved.assign(protocol, fd, aec);
+        if (aec) {
+          ::close(fd);
+          sessions[target].fetch_sub(1, std::memory_order_relaxed);
+          return;
+        }
+        asio::co_spawn(*contexts[target], session(std::move(moved), target, false), asio::detached);
+      });
     }
   }
 
-  // Writes a reply: the status line and header block, the per-request headers, the body.
+  // The head of a reply, in `head` (reused: no allocation once it has grown), and the buffers
+  // to write: the stored status line and header block of a cached response as they are, the
+  // per-request lines (X-Cache, Age, X-Request-Id, Content-Length) from `head`, the body.
   // HTTP/1.0 clients are told when the connection stays open; 1xx, 204 and 304 carry neither a
   // body nor a Content-Length.
-  static asio::awaitable<void> write_reply(beast::tcp_stream& stream, const Reply& reply,
-                                           const std::string& request_id, bool keep_alive,
-                                           unsigned version, boost::system::error_code& ec) {
+  static std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string& head,
+                                                         std::string_view request_id,
+                                                         bool keep_alive, unsigned version) {
     const std::string& body = reply.cached ? reply.cached->body : reply.body;
-    std::string head;
-    head.reserve(256);
-    if (reply.cached) {
-      head += reply.cached->status_line;
-      head += reply.cached->head;
-    } else {
-      head += "HTTP/1.1 " + std::to_string(reply.status) + " " + reason_of(reply.status) + "\r\n";
-      head += "Content-Type: " + reply.content_type + "\r\n";
+    head.clear();
+    if (!reply.cached) {
+      head += "HTTP/1.1 ";
+      append_number(head, reply.status);
+      head += ' ';
+      head += http::obsolete_reason(static_cast<http::status>(reply.status));
+      head += "\r\nContent-Type: ";
+      head += reply.content_type;
+      head += "\r\n";
     }
     head += reply.extra_head;
     if (!reply.x_cache.empty()) {
       head += "X-Cache: ";
       head += reply.x_cache;
+      head += "\r\n";
+    }
+    if (reply.age) {
+      head += "Age: ";
+      append_number(head, static_cast<std::uint64_t>(std::max<long>(0, reply.age->count())));
+      head += "\r\n";
+    }
+    if (!reply.tier.empty()) {
+      head += "X-Cache-Tier: ";
+      head += reply.tier;
       head += "\r\n";
     }
     head += "X-Request-Id: ";
@@ -167,7 +292,7 @@ struct Gateway::Impl {
     const bool bodiless = status < 200 || status == 204 || status == 304;
     if (!bodiless) {
       head += "Content-Length: ";
-      head += std::to_string(body.size());
+      append_number(head, body.size());
       head += "\r\n";
     }
     if (!keep_alive) {
@@ -177,26 +302,38 @@ struct Gateway::Impl {
     }
     head += "\r\n";
     const bool send_body = !reply.head_only && !bodiless;
-    std::array<asio::const_buffer, 2> buffers{
-        asio::buffer(head), asio::buffer(send_body ? std::string_view(body) : std::string_view{})};
-    co_await asio::async_write(stream, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    std::array<asio::const_buffer, 4> buffers{};
+    if (reply.cached) {
+      buffers[0] = asio::buffer(reply.cached->status_line);
+      buffers[1] = asio::buffer(reply.cached->head);
+    }
+    buffers[2] = asio::buffer(head);
+    if (send_body) buffers[3] = asio::buffer(body);
+    return buffers;
   }
 
-  asio::awaitable<void> session(tcp::socket socket, ThreadState& state, bool is_admin) {
-    beast::tcp_stream stream(std::move(socket));
+  asio::awaitable<void> session(tcp::socket socket, std::size_t thread, bool is_admin) {
+    struct Count {
+      std::atomic<int>& n;
+      ~Count() { n.fetch_sub(1, std::memory_order_relaxed); }
+    } count{sessions[thread]};
+    ThreadState& state = *states[thread];
+    Sweeper::Watch watch(*sweepers[thread], socket);
     beast::flat_buffer buffer;
+    std::string head;                        // a reply's head, reused
+    std::vector<RequestHead::Field> fields;  // a request's header fields, reused
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.header_limit(static_cast<std::uint32_t>(config.server.max_header_bytes));
       parser.body_limit(config.server.max_body_bytes);
-      stream.expires_after(60s);
+      watch.expire_after(60s);
       boost::system::error_code ec;
-      co_await http::async_read_header(stream, buffer, parser,
+      co_await http::async_read_header(socket, buffer, parser,
                                        asio::redirect_error(asio::use_awaitable, ec));
       const auto started = std::chrono::steady_clock::now();
       std::optional<Reply> refusal;
-      if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
-          ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+      if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
+          ec == asio::error::operation_aborted || watch.expired) {
         break;
       } else if (ec == http::error::header_limit) {
         refusal = Reply::text(431, "request header fields too large");
@@ -210,67 +347,74 @@ struct Gateway::Impl {
             h.count(http::field::content_length) > 0) {
           refusal = Reply::text(400, "Content-Length with Transfer-Encoding is refused");
         } else if (!parser.is_done()) {
-          co_await http::async_read(stream, buffer, parser,
+          co_await http::async_read(socket, buffer, parser,
                                     asio::redirect_error(asio::use_awaitable, ec));
-          if (ec == http::error::body_limit) {
+          if (watch.expired) {
+            break;
+          } else if (ec == http::error::body_limit) {
             refusal = Reply::text(413, "request body too large");
           } else if (ec) {
             refusal = Reply::text(400, "malformed request body: " + ec.message());
           }
         }
       }
+      RequestIdBuffer id_buffer;
       if (refusal) {
         boost::system::error_code wec;
-        stream.expires_after(5s);
-        const std::string refusal_id = new_request_id();
-        co_await write_reply(stream, *refusal, refusal_id, false, 11, wec);
+        watch.expire_after(5s);
+        const std::string_view refusal_id = new_request_id(id_buffer);
+        const auto buffers = prepare_reply(*refusal, head, refusal_id, false, 11);
+        co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, wec));
         log(*refusal, refusal_id, "-", "-", started);
         break;
       }
-      auto msg = parser.release();
-      Request request;
-      request.method = std::string(msg.method_string());
-      request.target = std::string(msg.target());
-      request.version = msg.version();
-      request.keep_alive = msg.keep_alive();
-      request.headers.reserve(16);
-      for (const auto& field : msg) {
-        request.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
-      }
-      request.body = std::move(msg.body());
-      std::string request_id;
-      if (auto id = request.header("x-request-id"); id && !id->empty() && id->size() <= 200) {
-        request_id = std::string(*id);
-      } else {
-        request_id = new_request_id();
-        request.headers.emplace_back("X-Request-Id", request_id);
-      }
-      const std::string method = request.method, target = request.target;
-      const unsigned version = request.version;
-      const bool keep_alive = request.keep_alive;
+      watch.never();  // no deadline while the request is answered (the route's timeouts apply)
+      auto& msg = parser.get();
+      fields.clear();
+      for (const auto& field : msg)
+        fields.push_back({field.name_string(), field.value()});
+      RequestHead request_head{msg.method_string(), msg.target(), fields};
+      std::string_view request_id;
+      const auto given_id = request_head.header("x-request-id");
+      const bool generated_id = !given_id || given_id->empty() || given_id->size() > 200;
+      request_id = generated_id ? new_request_id(id_buffer) : *given_id;
+      const unsigned version = msg.version();
+      const bool keep = msg.keep_alive() && !draining;
       active++;
-      // No co_await inside a conditional expression or beside temporaries: GCC 12 miscompiles
-      // both. Each awaitable is built in a statement of its own.
       Reply reply;
-      if (is_admin) {
-        reply = admin_reply(request, proxy, config.server.admin_token, draining);
-      } else {
-        auto handling = proxy.handle(std::move(request), state);
-        reply = co_await std::move(handling);
+      if (is_admin || !proxy.try_hit(request_head, reply)) {
+        Request request;
+        request.method = std::string(msg.method_string());
+        request.target = std::string(msg.target());
+        request.version = version;
+        request.keep_alive = msg.keep_alive();
+        request.headers.reserve(fields.size() + 1);
+        for (const auto& f : fields)
+          request.headers.emplace_back(std::string(f.name), std::string(f.value));
+        if (generated_id) request.headers.emplace_back("X-Request-Id", std::string(request_id));
+        request.body = std::move(msg.body());
+        // No co_await inside a conditional expression or beside temporaries: GCC 12
+        // miscompiles both. Each awaitable is built in a statement of its own.
+        if (is_admin) {
+          reply = admin_reply(request, proxy, config.server.admin_token, draining);
+        } else {
+          auto handling = proxy.handle(std::move(request), state);
+          reply = co_await std::move(handling);
+        }
+        reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
       }
-      const bool keep = keep_alive && !draining;
-      reply.head_only = reply.head_only || method == "HEAD";  // gateway-made replies too
-      stream.expires_after(30s);
-      co_await write_reply(stream, reply, request_id, keep, version, ec);
+      watch.expire_after(30s);
+      const auto buffers = prepare_reply(reply, head, request_id, keep, version);
+      co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
       active--;
-      if (!is_admin) log(reply, request_id, method, target, started);
-      if (ec || !keep) break;
+      if (!is_admin) log(reply, request_id, msg.method_string(), msg.target(), started);
+      if (ec || watch.expired || !keep) break;
     }
     boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    socket.shutdown(tcp::socket::shutdown_send, ignored);
   }
 
-  void log(const Reply& reply, const std::string& id, std::string_view method,
+  void log(const Reply& reply, std::string_view id, std::string_view method,
            std::string_view target, std::chrono::steady_clock::time_point started) {
     if (!access_log) return;
     const double total_ms =
@@ -314,8 +458,11 @@ void Gateway::start() {
     g.access_log->set_pattern("%v");
     spdlog::flush_every(std::chrono::seconds(1));
   }
+  g.sessions = std::make_unique<std::atomic<int>[]>(server.threads);
   for (unsigned i = 0; i < server.threads; ++i) {
     g.contexts.push_back(std::make_unique<asio::io_context>(1));
+    g.sweepers.push_back(std::make_unique<Sweeper>(*g.contexts.back()));
+    g.sweepers.back()->start();
     g.states.push_back(std::make_unique<ThreadState>(g.contexts.back()->get_executor(), server));
     g.guards.emplace_back(g.contexts.back()->get_executor());
   }
@@ -331,10 +478,9 @@ void Gateway::start() {
   g.open_listener(*g.admin, resolve_endpoint(server.admin_listen));
   g.admin_bound = Endpoint{server.admin_listen.host, g.admin->local_endpoint().port()};
   for (unsigned i = 0; i < server.threads; ++i) {
-    asio::co_spawn(*g.contexts[i], g.accept_loop(*g.listeners[i], *g.states[i], false),
-                   asio::detached);
+    asio::co_spawn(*g.contexts[i], g.accept_loop(*g.listeners[i], i, false), asio::detached);
   }
-  asio::co_spawn(*g.contexts[0], g.accept_loop(*g.admin, *g.states[0], true), asio::detached);
+  asio::co_spawn(*g.contexts[0], g.accept_loop(*g.admin, 0, true), asio::detached);
   for (unsigned i = 0; i < server.threads; ++i) {
     g.threads.emplace_back([ctx = g.contexts[i].get()] { ctx->run(); });
   }
@@ -371,6 +517,8 @@ void Gateway::stop() {
     for (auto& t : g.threads) {
       if (t.joinable()) t.join();
     }
+    for (auto& sweeper : g.sweepers)
+      sweeper->release();
     if (g.access_log) g.access_log->flush();
     spdlog::drop("access");
     g.proxy.sync_store();  // the process leaves with _Exit: no destructor will write the queue
