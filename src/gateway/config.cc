@@ -317,6 +317,11 @@ Config parse_config(std::string_view text, const std::string& source) {
     r.size("max_header_bytes", config.server.max_header_bytes);
     r.size("max_body_bytes", config.server.max_body_bytes);
     r.duration("shutdown_grace", config.server.shutdown_grace);
+    for (auto [key, value] : {std::pair{"idle_timeout", &config.server.idle_timeout},
+                              std::pair{"send_timeout", &config.server.send_timeout}}) {
+      r.duration(key, *value);
+      if (*value < std::chrono::seconds(1)) r.fail(*server->get(key), key, "must be at least 1s");
+    }
     r.integer("upstream_connections", config.server.upstream_connections, 1, 100'000);
     r.string("access_log", config.server.access_log);
     r.finish();
@@ -376,6 +381,8 @@ std::string to_toml(const Config& c) {
       << "max_header_bytes = \"" << format_size(c.server.max_header_bytes) << "\"\n"
       << "max_body_bytes = \"" << format_size(c.server.max_body_bytes) << "\"\n"
       << "shutdown_grace = \"" << format_millis(c.server.shutdown_grace) << "\"\n"
+      << "idle_timeout = \"" << format_millis(c.server.idle_timeout) << "\"\n"
+      << "send_timeout = \"" << format_millis(c.server.send_timeout) << "\"\n"
       << "upstream_connections = " << c.server.upstream_connections << "\n"
       << "access_log = \"" << c.server.access_log << "\"\n\n"
       << "[cache]\n"

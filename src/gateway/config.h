@@ -83,6 +83,10 @@ struct ServerConfig {
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_body_bytes = 1024 * 1024;
   Millis shutdown_grace{10'000};
+  // A client connection is closed when its next request has not arrived (head and body) within
+  // idle_timeout, or when a reply has not been taken within send_timeout. Kept to the second.
+  Millis idle_timeout{60'000};
+  Millis send_timeout{30'000};
   std::size_t upstream_connections = 128;  // open at once to one upstream, per thread
   std::string access_log = "-";            // "-": stdout; "": off; else a file path
 };

@@ -58,6 +58,49 @@ void append_number(std::string& out, std::uint64_t n) {
   out.append(digits, end);
 }
 
+// Memory for one request's parsed header fields: the parser allocates an element per field and
+// one string for the method and target. Served from a block inside the connection, reset for
+// each request; a request with larger headers than the block takes the rest from the heap.
+class HeaderArena {
+ public:
+  void* allocate(std::size_t n) {
+    n = (n + kAlign - 1) & ~(kAlign - 1);
+    if (n <= sizeof(block_) - used_) {
+      void* p = block_ + used_;
+      used_ += n;
+      return p;
+    }
+    return ::operator new(n);
+  }
+  void deallocate(void* p) noexcept {
+    if (p >= static_cast<void*>(block_) && p < static_cast<void*>(block_ + sizeof(block_))) return;
+    ::operator delete(p);
+  }
+  // Only when nothing allocated from the block is alive (the previous request's parser is gone).
+  void reset() noexcept { used_ = 0; }
+
+ private:
+  static constexpr std::size_t kAlign = alignof(std::max_align_t);
+  alignas(kAlign) std::byte block_[2048];
+  std::size_t used_ = 0;
+};
+
+template <class T>
+struct ArenaAllocator {
+  using value_type = T;
+  explicit ArenaAllocator(HeaderArena& a) noexcept : arena(&a) {}
+  template <class U>
+  ArenaAllocator(const ArenaAllocator<U>& other) noexcept : arena(other.arena) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(arena->allocate(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) noexcept { arena->deallocate(p); }
+  friend bool operator==(const ArenaAllocator& a, const ArenaAllocator& b) noexcept {
+    return a.arena == b.arena;
+  }
+  HeaderArena* arena;
+};
+
+using RequestParser = http::request_parser<http::string_body, ArenaAllocator<char>>;
+
 // Idle and write deadlines for one thread's client connections, checked once a second. A
 // connection states its deadline (a counter store, no system call) and the sweep cancels the
 // socket operations of any that passed it. A timer per connection would be re-armed on every
@@ -82,8 +125,9 @@ class Sweeper {
 
     // Operations on the socket from now on end (with operation_aborted) once `limit` passed;
     // the limit is kept to within a second.
-    void expire_after(std::chrono::seconds limit) {
-      deadline = sweeper.tick_ + static_cast<std::uint64_t>(limit.count()) + 1;
+    void expire_after(std::chrono::milliseconds limit) {
+      const auto seconds = std::chrono::ceil<std::chrono::seconds>(limit);
+      deadline = sweeper.tick_ + static_cast<std::uint64_t>(seconds.count()) + 1;
       expired = false;
     }
     void never() { deadline = kNever; }
@@ -319,14 +363,19 @@ struct Gateway::Impl {
     } count{sessions[thread]};
     ThreadState& state = *states[thread];
     Sweeper::Watch watch(*sweepers[thread], socket);
+    const auto idle_timeout = config.server.idle_timeout;
+    const auto send_timeout = config.server.send_timeout;
     beast::flat_buffer buffer;
+    HeaderArena arena;
     std::string head;                        // a reply's head, reused
     std::vector<RequestHead::Field> fields;  // a request's header fields, reused
     for (;;) {
-      http::request_parser<http::string_body> parser;
+      arena.reset();  // the previous request's parser is gone
+      RequestParser parser(std::piecewise_construct, std::make_tuple(),
+                           std::make_tuple(ArenaAllocator<char>(arena)));
       parser.header_limit(static_cast<std::uint32_t>(config.server.max_header_bytes));
       parser.body_limit(config.server.max_body_bytes);
-      watch.expire_after(60s);
+      watch.expire_after(idle_timeout);
       boost::system::error_code ec;
       co_await http::async_read_header(socket, buffer, parser,
                                        asio::redirect_error(asio::use_awaitable, ec));
@@ -403,7 +452,7 @@ struct Gateway::Impl {
         }
         reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
       }
-      watch.expire_after(30s);
+      watch.expire_after(send_timeout);
       const auto buffers = prepare_reply(reply, head, request_id, keep, version);
       co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
       active--;

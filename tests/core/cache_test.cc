@@ -152,6 +152,30 @@ TEST(Cache, StatsCountHitsStaleAndMissesAndReset) {
   EXPECT_EQ(s.entries, 1u);  // state, not a counter
 }
 
+TEST(Cache, LookupFreshAnswersOnlyFreshEntriesAndCountsNothingElse) {
+  for (bool memo : {true, false}) {
+    ManualClock clock;
+    StringCache cache(CacheOptions{.thread_memo = memo});
+    const TimePoint t0 = clock.now();
+    cache.insert("k", "v", 1, Deadlines::from(t0, Ttl{10s, 10s, 60s}), t0);
+    for (int i = 0; i < 40; ++i) {  // repeated hits: through the memo, and through the shard
+      auto fresh = cache.lookup_fresh("k", t0 + 5s);
+      ASSERT_TRUE(fresh.has_value());
+      EXPECT_EQ(fresh->value, "v");
+      EXPECT_EQ(fresh->stored_at, t0);
+    }
+    EXPECT_FALSE(cache.lookup_fresh("k", t0 + 10s));  // stale: left to lookup()
+    EXPECT_FALSE(cache.lookup_fresh("k", t0 + 30s));  // kept for errors only
+    EXPECT_FALSE(cache.lookup_fresh("nope", t0));
+    auto s = cache.stats();
+    EXPECT_EQ(s.hits, 40u);
+    EXPECT_EQ(s.stale_hits + s.misses, 0u);
+    EXPECT_EQ(s.entries, 1u);  // lookup() removes dead entries; lookup_fresh leaves them to it
+    EXPECT_EQ(cache.lookup("k", t0 + 10s).freshness, Freshness::kStale);
+    EXPECT_EQ(cache.stats().stale_hits, 1u);
+  }
+}
+
 TEST(Cache, DeferRefreshIsReportedByLookup) {
   ManualClock clock;
   StringCache cache;

@@ -48,6 +48,31 @@ TEST(Coordinator, HitInsideTtlThenNewFetchAfterIt) {
   EXPECT_EQ(calls, 2);
 }
 
+TEST(Coordinator, TryHitAnswersFreshValuesAndLeavesTheRestToGet) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  int calls = 0;
+  auto fetch = [&] { return "data" + std::to_string(++calls); };
+  const CallPolicy policy{.ttl = Ttl{10s, 30s}};
+  EXPECT_FALSE(coord.try_hit("k"));  // nothing yet: get() fetches
+  coord.get("k", fetch, policy);
+  clock.advance(4s);
+  auto hit = coord.try_hit("k");
+  ASSERT_TRUE(hit.has_value());
+  EXPECT_EQ(hit->value, "data1");
+  EXPECT_EQ(hit->source, Source::kHit);
+  EXPECT_EQ(hit->tier, kMemoryTier);
+  EXPECT_EQ(clock.now() - hit->stored_at, 4s);
+  clock.advance(10s);  // stale: only get() may answer, because only it starts the refresh
+  EXPECT_FALSE(coord.try_hit("k"));
+  auto stale = coord.get("k", fetch, policy);
+  EXPECT_EQ(stale.source, Source::kStale);
+  auto s = coord.stats();
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.stale_served, 1u);
+  EXPECT_EQ(s.cache.misses, 1u);  // the first get(); try_hit counted none
+}
+
 TEST(Coordinator, ZeroTtlValueReachesTheCallerButIsNotStored) {
   ManualClock clock;
   Coord coord({}, clock);

@@ -81,6 +81,23 @@ TEST(CacheKey, DefaultKeySortsQueryParameters) {
   EXPECT_FALSE(cache_key({}, "http://evil/p", none).has_value());  // not origin-form
 }
 
+TEST(CacheKey, SortingKeepsTheOrderOfRepeatedNamesAndHandlesLongQueries) {
+  auto none = headers({});
+  EXPECT_EQ(cache_key({}, "/p?b=1&a=2&b=3&a", none), "/p?a=2&a=&b=1&b=3");
+  EXPECT_NE(cache_key({}, "/p?a=1&a=2", none), cache_key({}, "/p?a=2&a=1", none));
+  std::string forward = "/p", backward = "/p";
+  for (int i = 0; i < 50; ++i) {  // more parameters than the in-place sort's fixed room
+    forward += (i == 0 ? "?" : "&") + std::string("k") + std::to_string(100 + i) + "=1";
+    backward += (i == 0 ? "?" : "&") + std::string("k") + std::to_string(149 - i) + "=1";
+  }
+  EXPECT_EQ(cache_key({}, forward, none), forward);
+  EXPECT_EQ(cache_key({}, backward, none), forward);
+  std::string reused = "left over from another request";
+  ASSERT_TRUE(cache_key_into(reused, {}, "/p?b=2&a=1", none));
+  EXPECT_EQ(reused, "/p?a=1&b=2");
+  EXPECT_FALSE(cache_key_into(reused, {}, "p", none));
+}
+
 TEST(CacheKey, RouteKeyIgnoresWhatItDoesNotName) {
   const std::vector<KeyPart> parts = {{KeyPart::Kind::kPath, ""},
                                       {KeyPart::Kind::kQuery, "productId"}};

@@ -80,6 +80,8 @@ TEST(Config, DefaultsFillWhatIsLeftOut) {
   Config c = parse_config(
       "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1/base/\"\n", "t");
   EXPECT_GE(c.server.threads, 1u);
+  EXPECT_EQ(c.server.idle_timeout, 60s);
+  EXPECT_EQ(c.server.send_timeout, 30s);
   EXPECT_EQ(c.routes[0].fresh_ttl, 10s);
   EXPECT_EQ(c.routes[0].upstream.base_path, "/base");
   EXPECT_TRUE(c.routes[0].key.empty());
@@ -114,6 +116,9 @@ TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
   expect_error("[cache]\npath = \"\"\n", {"test.toml:2:", "cache.path", "empty"});
   expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "HOST:PORT"});
   expect_error("[server]\nthreads = -1\n", {"server.threads"});
+  expect_error("[server]\n\nidle_timeout = \"500ms\"\n",
+               {"test.toml:3:", "server.idle_timeout", "at least 1s"});
+  expect_error("[server]\nsend_timeout = \"soon\"\n", {"test.toml:2:", "server.send_timeout"});
   expect_error("[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"ftp://h\"\n",
                {"routes[0].upstream", "http URL"});
   expect_error("[[routes]]\nname = \"a\"\nprefix = \"nope\"\nupstream = \"http://h\"\n",

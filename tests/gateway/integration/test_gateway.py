@@ -3,7 +3,9 @@ import json
 import os
 import resource
 import shutil
+import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -82,6 +84,28 @@ class Coalescing(GatewayCase):
         status, h, body = self.gw.get("/api/head", method="HEAD")
         self.assertEqual((status, h["x-cache"], body), (200, "HIT", b""))
         self.assertGreater(int(h["content-length"]), 0)
+
+    def test_a_hit_is_the_stored_answer_with_this_requests_id_and_is_counted(self):
+        target = "/api/fast" + q(cc="max-age=60", etag="v7")
+        before = self.gw.stats()["routes"]["api"]
+        s1, h1, b1 = self.gw.get(target)
+        s2, h2, b2 = self.gw.get(target, {"X-Request-Id": "hit-id-9"})
+        self.assertEqual((s2, h2["x-cache"], h2["x-request-id"], b2), (200, "HIT", "hit-id-9", b1))
+        self.assertEqual(h2["x-cache-tier"], "memory")
+        self.assertEqual(int(h2["content-length"]), len(b1))
+        for name in ("content-type", "cache-control", "etag"):
+            self.assertEqual(h2[name], h1[name])
+        after = self.gw.stats()["routes"]["api"]
+        self.assertEqual(after["cache_hits"] - before["cache_hits"], 1)
+        self.assertEqual(after["total_requests"] - before["total_requests"], 2)
+        self.assertEqual(self.up.count(target), 1)
+
+    def test_a_cached_key_asked_with_a_cookie_still_passes(self):
+        target = "/api/fast-cookie"
+        self.gw.get(target)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+        self.assertEqual(self.gw.get(target, {"Cookie": "session=1"})[1]["x-cache"], "PASS")
+        self.assertEqual(self.up.count(target), 2)
 
     def test_other_methods_pass_through_uncached(self):
         for _ in range(2):
@@ -415,6 +439,72 @@ class BadInput(GatewayCase):
             self.assertIn(":5:", r.stderr)
             self.assertIn("routes[0].fresh_tll", r.stderr)
         os.unlink(f.name)
+
+
+class Connections(unittest.TestCase):
+    """Keep-alive, pipelining and the idle and send deadlines of client connections."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.gw = Gateway(route("api", "/api", cls.up.port),
+                         server_extra='idle_timeout = "1s"\nsend_timeout = "1s"')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        cls.up.stop()
+
+    def connect(self):
+        return socket.create_connection(("127.0.0.1", self.gw.port), timeout=10)
+
+    @staticmethod
+    def read_until_closed(sock):
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        return data
+
+    def test_an_idle_connection_is_closed_after_idle_timeout(self):
+        with self.connect() as sock:
+            started = time.monotonic()
+            self.assertEqual(self.read_until_closed(sock), b"")
+            self.assertLess(time.monotonic() - started, 5)
+
+    def test_a_request_head_that_stalls_is_closed(self):
+        with self.connect() as sock:
+            sock.sendall(b"GET /api/stall HTTP/1.1\r\nHost: t\r\nX-Half: ")
+            self.assertEqual(self.read_until_closed(sock), b"")
+        self.assertEqual(self.up.count("/api/stall"), 0)
+
+    def test_pipelined_requests_are_answered_in_order_on_one_connection(self):
+        self.gw.get("/api/pipe/a")  # cached: the pipeline mixes hits and a miss
+        with self.connect() as sock:
+            sock.sendall(b"GET /api/pipe/a HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /api/pipe/b HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /api/pipe/a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = self.read_until_closed(sock)
+        caches = re.findall(rb"X-Cache: (\w+)", data)
+        self.assertEqual(caches, [b"HIT", b"MISS", b"HIT"])
+        self.assertEqual(data.count(b"HTTP/1.1 200"), 3)
+        self.assertIn(b"/api/pipe/b", data.split(b"HTTP/1.1 200")[2])
+
+    def test_many_connections_opened_at_once_are_all_served(self):
+        # New connections go to the least-loaded thread: some change threads on the way.
+        socks = [self.connect() for _ in range(24)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(f"GET /api/many/{i % 3} HTTP/1.1\r\nHost: t\r\n"
+                             "Connection: close\r\n\r\n".encode())
+            answers = [self.read_until_closed(sock) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        self.assertTrue(all(a.startswith(b"HTTP/1.1 200") for a in answers))
+        self.assertEqual(sum(self.up.count(f"/api/many/{i}") for i in range(3)), 3)
 
 
 class Lifecycle(unittest.TestCase):
