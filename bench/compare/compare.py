@@ -4,7 +4,9 @@
 Each system runs with a private configuration from this directory on 127.0.0.1 ports chosen at
 run time (never a system service), in front of the same counting upstream. Every workload runs
 against the three in turn, rounds rotating the order (A B C, B C A, C A B) so that machine noise
-does not favour one. Prints one markdown table and appends it to bench/RESULTS.md.
+does not favour one. Hit runs also report each server's CPU time per answer, and one paced run
+(pace.lua) measures hit latency below saturation, where client and server do not queue for the
+same cores. Prints one markdown table and appends it to bench/RESULTS.md.
 
 Usage: bench/compare/compare.py [--rounds 3] [--wrk-seconds 10] [--fill 100000] [--no-append]
 """
@@ -76,6 +78,19 @@ def memory_kib(pid, *fields):
         except OSError:
             pass
     return total
+
+
+def cpu_seconds(pid):
+    """User + system CPU time used so far by a process tree."""
+    ticks = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # Memory a cache holds for its entries: anonymous and shared memory (nginx's keys zone), not
@@ -161,8 +176,10 @@ def wrk(system, target, seconds, script=None, connections=64):
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         cmd += ["-s", script]
+    cpu_before = cpu_seconds(system.proc.pid)
     out = subprocess.run(cmd + [system.url(target)], capture_output=True, text=True,
                          timeout=seconds + 60).stdout
+    cpu = cpu_seconds(system.proc.pid) - cpu_before
 
     def ms(label):
         m = re.search(label + r"\s+([\d.]+)(us|ms|s)\b", out)
@@ -172,8 +189,12 @@ def wrk(system, target, seconds, script=None, connections=64):
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    done = re.search(r"(\d+) requests in", out)
+    requests = int(done.group(1)) if done else 0
     return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms(" 50%"), "p99": ms(" 99%"),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0}
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            # the server's CPU time per answer: what a hit costs, whoever got the cores
+            "cpu_us": cpu * 1e6 / requests if requests else float("nan")}
 
 
 def rotations(rounds):
@@ -281,6 +302,14 @@ def main():
                                args.wrk_seconds))
             print(f"compare: hits {size} done", flush=True)
 
+        # 5b. Latency of hits at a paced load, the same for every system (see pace.lua).
+        pace = os.path.join(HERE, "pace.lua")
+        for r, order in rotations(args.rounds):
+            for name in order:
+                record(name, "paced", wrk(systems[name], "/hit/1k" + q(pad=900, cc="max-age=3600"),
+                                          args.wrk_seconds, script=pace))
+        print("compare: paced hits done", flush=True)
+
         # 6. Memory: after the hit runs, then with `fill` more cached 1 KiB entries.
         lua = os.path.join(work, "fill.lua")
         with open(lua, "w") as f:
@@ -337,11 +366,22 @@ def make_table(results, args):
             ws = results[s][key]
             rps = median([w["rps"] for w in ws])
             cell = (f"{rps / 1000:.1f}k req/s; p50 {median([w['p50'] for w in ws]):.2f}"
-                    f" / p99 {median([w['p99'] for w in ws]):.2f} ms")
+                    f" / p99 {median([w['p99'] for w in ws]):.2f} ms;"
+                    f" {median([w['cpu_us'] for w in ws]):.1f} µs CPU/req")
             bad = sum(w["non2xx"] for w in ws)
             if bad:
                 cell += f"; {bad} non-2xx"
             out.append(f"**{cell}**" if rps == best else cell)
+        return out
+
+    def paced_cells():
+        p99 = {s: median([w["p99"] for w in results[s]["paced"]]) for s in SYSTEMS}
+        out = []
+        for s in SYSTEMS:
+            ws = results[s]["paced"]
+            cell = (f"{median([w['rps'] for w in ws]) / 1000:.1f}k req/s;"
+                    f" p50 {median([w['p50'] for w in ws]):.2f} / p99 {p99[s]:.2f} ms")
+            out.append(f"**{cell}**" if p99[s] == min(p99.values()) else cell)
         return out
 
     now = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")
@@ -375,6 +415,8 @@ def make_table(results, args):
              for s in SYSTEMS]),
         row("5. hits, 1 KiB, `wrk -t2 -c64`", wrk_cells("wrk1k")),
         row("5. hits, 64 KiB, `wrk -t2 -c64`", wrk_cells("wrk64k")),
+        row("5b. hits, 1 KiB, paced (each connection waits 1 ms between requests)",
+            paced_cells()),
         row("6. peak RSS after the hit runs", [f"{results[s]['rss_hits'] / 1024:.1f} MiB"
                                               for s in SYSTEMS]),
         row(f"6. with {args.fill:,} more cached 1 KiB entries: RSS; anon+shm; per entry",
