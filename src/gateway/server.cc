@@ -207,12 +207,13 @@ struct Gateway::Impl {
 
   Config config;
   Proxy proxy;
-  // Declared before the contexts: sessions (destroyed with their context) unlink themselves.
+  // Declared before the contexts: sessions, destroyed with their context, unlink themselves
+  // from their thread's sweeper and count themselves out.
   std::vector<std::unique_ptr<Sweeper>> sweepers;
-  std::vector<std::unique_ptr<asio::io_context>> contexts;
-  std::vector<std::unique_ptr<ThreadState>> states;
   // Open client connections per thread: a new connection goes to the thread with the fewest.
   std::unique_ptr<std::atomic<int>[]> sessions;
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::vector<std::unique_ptr<ThreadState>> states;
   std::vector<std::unique_ptr<tcp::acceptor>> listeners;
   std::unique_ptr<tcp::acceptor> admin;
   std::vector<std::thread> threads;
