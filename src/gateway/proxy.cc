@@ -115,6 +115,28 @@ std::string_view path_of(std::string_view target) {
   return target.substr(0, target.find('?'));
 }
 
+// Whether a request may be answered from the cache: GET or HEAD, without credentials the route's
+// key does not name (requests carrying them pass).
+template <class Headers>
+bool may_use_cache(std::string_view method, const std::vector<KeyPart>& key_parts,
+                   const Headers& request) {
+  if (method != "GET" && method != "HEAD") return false;
+  for (std::string_view credential : {"authorization", "cookie"}) {
+    if (request.header(credential) && !keys_on_header(key_parts, credential)) return false;
+  }
+  return true;
+}
+
+// The cached answer's part of a reply: the response, X-Cache, Age and X-Cache-Tier.
+template <class Answer>
+void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
+  reply.cached = answer.value;
+  reply.x_cache = to_string(answer.source);
+  reply.age = std::chrono::duration_cast<std::chrono::seconds>(now - answer.stored_at) +
+              reply.cached->initial_age;
+  reply.tier = answer.tier;
+}
+
 }  // namespace
 
 std::optional<std::string_view> Request::header(std::string_view name) const {
@@ -267,27 +289,18 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   // The thread's snapshot stays alive until this thread sees a reload: no reference counting.
   const Runtime& rt = *seen_runtime().runtime;
   const Route* route = rt.match(path_of(head.target));
-  if (route == nullptr || (head.method != "GET" && head.method != "HEAD")) return false;
-  const auto& key_parts = route->config.key;
-  for (std::string_view credential : {"authorization", "cookie"}) {
-    if (head.header(credential) && !keys_on_header(key_parts, credential)) return false;
-  }
+  if (route == nullptr || !may_use_cache(head.method, route->config.key, head)) return false;
   thread_local std::string key;
   auto getter = [&head](std::string_view name) { return head.header(name); };
-  if (!cache_key_into(key, key_parts, head.target, getter)) return false;
-  if (vary_count_.load(std::memory_order_relaxed) > 0 && !learned_vary(key).empty()) return false;
-  if (pass_count_.load(std::memory_order_relaxed) > 0 && passing(key)) return false;
+  if (!cache_key_into(key, route->config.key, head.target, getter)) return false;
+  // Both read an atomic count first: no lock unless something was learned.
+  if (!learned_vary(key).empty() || passing(key)) return false;
   auto answer = coordinator_.try_hit(key);
-  if (!answer) return false;
   // Stored answers are shareable ones; anything else takes the general path.
-  if (!answer->value->shareable) return false;
+  if (!answer || !answer->value->shareable) return false;
   route->counters->total.add();
   route->counters->hits.add();
-  reply.cached = std::move(answer->value);
-  reply.x_cache = to_string(answer->source);
-  reply.age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer->stored_at) +
-              reply.cached->initial_age;
-  reply.tier = answer->tier;
+  fill_cached(reply, *answer, clock_.now());
   reply.head_only = head.method == "HEAD";
   return true;
 }
@@ -299,13 +312,7 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
     co_return Reply::text(404, "no route for " + std::string(path_of(request.target)));
   }
   route->counters->total.add();
-  const bool cacheable_method = request.method == "GET" || request.method == "HEAD";
-  const auto& key_parts = route->config.key;
-  bool passes = !cacheable_method;
-  for (std::string_view credential : {"authorization", "cookie"}) {
-    if (request.header(credential) && !keys_on_header(key_parts, credential)) passes = true;
-  }
-  if (passes) {
+  if (!may_use_cache(request.method, route->config.key, request)) {
     auto passing = pass(*route, request, thread, "method or credentials");
     Reply reply = co_await std::move(passing);
     co_return reply;
@@ -415,8 +422,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
         co_return own;
       }
     }
-    reply.cached = resp;
-    reply.x_cache = to_string(answer.source);
+    fill_cached(reply, answer, clock_.now());
     switch (answer.source) {
       case Source::kHit:
         counters->hits.add();
@@ -432,9 +438,6 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
         counters->misses.add();
         break;
     }
-    reply.age = std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - answer.stored_at) +
-                resp->initial_age;
-    reply.tier = answer.tier;
   } catch (const std::system_error& e) {
     counters->errors.add();
     reply.x_cache = "MISS";
