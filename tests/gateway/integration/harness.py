@@ -96,6 +96,32 @@ class Gateway:
         m = re.match(rb"HTTP/1\.1 (\d{3})", buf)
         return int(m.group(1)) if m else 0
 
+    def exchange(self, data, timeout=10):
+        """Sends raw bytes on one connection; once the first answer is in, sends a probe (a
+        `Connection: close` request no route serves, X-Request-Id `probe`). Returns (answers,
+        closed): every answer before the probe's, as (status, headers, body) with lower-case
+        header names, and whether the gateway closed the connection instead of answering the
+        probe. Answers are read by Content-Length (none for 1xx, 204, 304): not for HEAD."""
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            reader = _AnswerReader(s)
+            answers, closed = [], False
+            first = reader.next()
+            if first is None:
+                return answers, True
+            answers.append(first)
+            try:
+                s.sendall(b"GET /__no-route-probe HTTP/1.1\r\nHost: t\r\nX-Request-Id: probe\r\n"
+                          b"Connection: close\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            while (answer := reader.next()) is not None:
+                if answer[1].get("x-request-id") == "probe":
+                    return answers, False
+                answers.append(answer)
+            return answers, True
+
     def herd(self, targets, headers=""):
         return asyncio.run(_herd(self.port, targets, headers))
 
@@ -116,6 +142,43 @@ class Gateway:
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode
+
+
+class _AnswerReader:
+    """HTTP/1.1 answers off a socket, one at a time, framed by Content-Length."""
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.eof = sock, b"", False
+
+    def _fill(self):
+        if self.eof:
+            return False
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        self.buf += chunk
+        self.eof = not chunk
+        return bool(chunk)
+
+    def next(self):
+        """The next answer, or None when the connection ends first. Raises socket.timeout."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                return None
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+        length = 0 if status < 200 or status in (204, 304) else int(headers.get("content-length", 0))
+        while len(self.buf) < length:
+            if not self._fill():
+                break
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
 
 
 async def _one(port, target, headers):

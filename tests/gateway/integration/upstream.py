@@ -11,6 +11,7 @@ and for the whole server, by control calls:
   POST /__fail?n=N&status=S   the next N requests answer S (default 503)
   POST /__down?on=1|0         every request answers 503 while on
 Counters: GET /__count?target=T (requests for T), /__total, /__304s; POST /__reset.
+What it saw: GET /__headers (the last 20 requests' headers); `state.bodies_seen` in process.
 """
 import json
 import socket
@@ -30,6 +31,7 @@ class State:
         self.fail_status = 503
         self.down = False
         self.headers_seen = []
+        self.bodies_seen = []  # request bodies, in the order of headers_seen
 
     def reset(self):
         with self.lock:
@@ -85,13 +87,13 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__"):
             return self._control(url, q)
         length = int(self.headers.get("Content-Length", "0") or 0)
-        if length:
-            self.rfile.read(length)
+        request_body = self.rfile.read(length) if length else b""
         st = self.state
         with st.lock:
             st.counts[self.path] = st.counts.get(self.path, 0) + 1
             st.total += 1
             st.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
+            st.bodies_seen.append(request_body)
             fail = st.down or st.fail_next > 0
             if st.fail_next > 0:
                 st.fail_next -= 1
