@@ -41,14 +41,12 @@ class FaultCase(unittest.TestCase):
 
     def setUp(self):
         self.up = RawUpstream()
+        self.addCleanup(self.up.stop)
         self.gw = Gateway(route("api", "/api", self.up.port, retry="{ attempts = 1 }",
                                 stale_ttl='"0s"'), server_extra=self.server_extra)
+        self.addCleanup(self.gw.stop)
         self.client = Client(self.gw)
-
-    def tearDown(self):
-        self.client.close()
-        self.gw.stop()
-        self.up.stop()
+        self.addCleanup(self.client.close)
 
     def assert_own_answer_and_cached(self, target):
         """A request for `target` after the fault gets its own answer from the upstream, and
@@ -126,6 +124,25 @@ class UpstreamFaults(FaultCase):
         posts = self.up.requests("/api/post")
         self.assertEqual([(s.method, s.body) for s in posts], [("POST", b"payload")], "exactly once")
         self.assertNotEqual(posts[0].conn, 1, "on a new connection")
+
+
+    def test_headers_an_answer_names_in_connection_are_not_forwarded(self):
+        # RFC 9110 7.6.1: a field named in Connection belongs to that connection only.
+        self.up.script("/api/conn", Script(ok(b"C", "Connection: X-Internal",
+                                              "X-Internal: secret")))
+        status, headers, body = self.client.request("GET", "/api/conn")
+        self.assertEqual((status, body), (200, b"C"))
+        self.assertNotIn("x-internal", headers)
+
+    def test_trailer_fields_of_an_answer_are_not_its_header_fields(self):
+        # RFC 9110 6.5.1: trailer fields are not merged into the header section.
+        self.up.script("/api/trailers", Script(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=600\r\n\r\n"
+            b"1\r\nT\r\n0\r\nX-Trailer: t\r\nCache-Control: no-store\r\n\r\n"))
+        status, headers, body = self.client.request("GET", "/api/trailers")
+        self.assertEqual((status, body, headers.get("cache-control")), (200, b"T", "max-age=600"))
+        self.assertNotIn("x-trailer", headers)
+        self.assertEqual(self.client.request("GET", "/api/trailers")[1]["x-cache"], "HIT")
 
 
 class UpstreamIdleTimeout(FaultCase):
