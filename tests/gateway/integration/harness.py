@@ -96,6 +96,22 @@ class Gateway:
         m = re.match(rb"HTTP/1\.1 (\d{3})", buf)
         return int(m.group(1)) if m else 0
 
+    def raw_exchange(self, data, timeout=10):
+        """Sends raw bytes; returns every byte the gateway sent back until it closed."""
+        import socket
+        out = b""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except (ConnectionResetError, socket.timeout):
+                pass
+        return out
+
     def herd(self, targets, headers=""):
         return asyncio.run(_herd(self.port, targets, headers))
 
