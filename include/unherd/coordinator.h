@@ -556,8 +556,8 @@ class Coordinator {
     if (policy.breaker == nullptr) return;
     if (!error) {
       policy.breaker->on_success(permit);
-    } else if (holds_error(error, Errc::cancelled)) {
-      policy.breaker->release(permit);
+    } else if (holds_error(error, Errc::cancelled) || holds_error(error, Errc::local_failure)) {
+      policy.breaker->release(permit);  // neither tells anything about the upstream
     } else {
       policy.breaker->on_failure(permit);
     }

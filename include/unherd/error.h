@@ -23,6 +23,10 @@ enum class Errc {
   attempt_timeout,
   // A waiter was cancelled by its caller (for example an asio cancellation slot).
   cancelled,
+  // The call failed on this side, before the upstream was involved (out of file descriptors,
+  // buffers or memory). Not the upstream's fault: the breaker does not count it, and it is not
+  // retried — it fails the one call.
+  local_failure,
 };
 
 const std::error_category& error_category() noexcept;

@@ -20,6 +20,8 @@ class Category final : public std::error_category {
         return "upstream attempt timed out";
       case Errc::cancelled:
         return "cancelled";
+      case Errc::local_failure:
+        return "failed on this side (out of descriptors, buffers or memory)";
     }
     return "unknown unherd error";
   }

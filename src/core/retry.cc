@@ -14,7 +14,8 @@ RetryVerdict classify_default(const std::exception_ptr& error) {
   } catch (const std::system_error& e) {
     const auto& c = e.code();
     const bool refusal = c == Errc::circuit_open || c == Errc::wait_timeout ||
-                         c == Errc::too_many_waiters || c == Errc::cancelled;
+                         c == Errc::too_many_waiters || c == Errc::cancelled ||
+                         c == Errc::local_failure;
     return {!refusal, std::nullopt};
   } catch (const std::exception&) {
     return {true, std::nullopt};

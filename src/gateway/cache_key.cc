@@ -1,3 +1,4 @@
+// CacheKey: builds keys from a request's target and headers (see cache_key.h).
 #include "gateway/cache_key.h"
 
 #include <algorithm>
@@ -8,48 +9,100 @@
 namespace unherd::gateway {
 namespace {
 
-void append_header(std::string& key, std::string_view name, const HeaderGetter& headers) {
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// The next decoded byte of `s` at `i`, advancing `i`.
+unsigned char next_decoded(std::string_view s, std::size_t& i) {
+  const char c = s[i++];
+  if (c == '+') return ' ';
+  if (c == '%' && i + 2 <= s.size()) {
+    const int hi = hex_digit(s[i]), lo = hex_digit(s[i + 1]);
+    if (hi >= 0 && lo >= 0) {
+      i += 2;
+      return static_cast<unsigned char>(hi * 16 + lo);
+    }
+  }
+  return static_cast<unsigned char>(c);
+}
+
+void append_header(std::string& key, std::string_view name, const HeaderValues& headers) {
   key += '\x1f';
   key += name;
+  const std::size_t mark = key.size();
   key += '=';
-  if (auto v = headers(name)) key += *v;
+  if (!headers(name, key)) key.resize(mark);  // absent: no '=' (an empty value has one)
+}
+
+using Param = std::pair<std::string_view, std::optional<std::string_view>>;
+
+Param param_of(const boost::urls::param_pct_view& p) {
+  return {p.key, p.has_value ? std::optional<std::string_view>(p.value) : std::nullopt};
 }
 
 }  // namespace
 
-bool cache_key_into(std::string& key, const std::vector<KeyPart>& parts, std::string_view target,
-                    const HeaderGetter& headers, const std::vector<std::string>& vary) {
+int compare_decoded(std::string_view a, std::string_view b) {
+  std::size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    const unsigned char x = next_decoded(a, i), y = next_decoded(b, j);
+    if (x != y) return x < y ? -1 : 1;
+  }
+  if (i < a.size()) return 1;
+  if (j < b.size()) return -1;
+  return 0;
+}
+
+KeyBuild cache_key_into(std::string& key, const std::vector<KeyPart>& parts,
+                        std::string_view target, const HeaderValues& headers,
+                        const std::vector<std::string>& vary, std::size_t max_params) {
   auto url = boost::urls::parse_origin_form(target);
-  if (!url) return false;
+  if (!url) return KeyBuild::kMalformedTarget;
+  const auto params = url->encoded_params();
+  const std::size_t n = params.size();
+  if (n > max_params) return KeyBuild::kTooManyParams;
   key.assign(url->encoded_path());
   if (parts.empty()) {
-    // The whole query, parameters in order of name (stable: repeated names keep their order).
-    // Sorted in place by insertion: queries are short, and this allocates nothing.
-    using Param = std::pair<std::string_view, std::string_view>;
+    // The whole query, parameters in order of decoded name; a stable sort keeps repeated names
+    // in the order the upstream reads them. Short queries sort in a fixed array (no allocation).
     std::array<Param, 32> small;
     std::vector<Param> large;
-    const std::size_t n = url->encoded_params().size();
-    std::span<Param> params;
+    std::span<Param> sorted;
     if (n <= small.size()) {
-      params = std::span<Param>(small.data(), n);
+      sorted = std::span<Param>(small.data(), n);
     } else {
       large.resize(n);
-      params = large;
+      sorted = large;
     }
     std::size_t i = 0;
-    for (auto p : url->encoded_params()) {
-      Param param{p.key, p.has_value ? std::string_view(p.value) : std::string_view{}};
-      std::size_t j = i++;
-      for (; j > 0 && param.first < params[j - 1].first; --j)
-        params[j] = params[j - 1];
-      params[j] = param;
+    for (auto p : params)
+      sorted[i++] = param_of(p);
+    auto by_name = [](const Param& a, const Param& b) {
+      return compare_decoded(a.first, b.first) < 0;
+    };
+    if (n <= small.size()) {
+      for (std::size_t k = 1; k < n; ++k) {  // insertion: no allocation, and n is small
+        Param moving = sorted[k];
+        std::size_t j = k;
+        for (; j > 0 && by_name(moving, sorted[j - 1]); --j)
+          sorted[j] = sorted[j - 1];
+        sorted[j] = moving;
+      }
+    } else {
+      std::stable_sort(sorted.begin(), sorted.end(), by_name);
     }
     char sep = '?';
-    for (const auto& [k, v] : params) {
+    for (const auto& [k, v] : sorted) {
       key += sep;
       key += k;
-      key += '=';
-      key += v;
+      if (v) {  // `?a` and `?a=` differ to some upstreams: they differ here too
+        key += '=';
+        key += *v;
+      }
       sep = '&';
     }
   } else {
@@ -57,17 +110,21 @@ bool cache_key_into(std::string& key, const std::vector<KeyPart>& parts, std::st
       switch (part.kind) {
         case KeyPart::Kind::kPath:
           break;  // the path always leads the key
-        case KeyPart::Kind::kQuery: {
+        case KeyPart::Kind::kQuery:
           key += '\x1f';
           key += "q:";
           key += part.name;
-          key += '=';
-          auto params = url->params();
-          if (auto it = params.find(part.name); it != params.end()) {
-            if ((*it).has_value) key += (*it).value;
+          // Every occurrence, in order: `&=value` each, `&` for one without a value. An
+          // encoded value holds no '&', so no two different lists read the same.
+          for (auto p : params) {
+            if (compare_decoded(p.key, part.name) != 0) continue;
+            key += '&';
+            if (p.has_value) {
+              key += '=';
+              key += p.value;
+            }
           }
           break;
-        }
         case KeyPart::Kind::kHeader:
           append_header(key, part.name, headers);
           break;
@@ -77,14 +134,16 @@ bool cache_key_into(std::string& key, const std::vector<KeyPart>& parts, std::st
   for (const auto& name : vary) {
     if (!keys_on_header(parts, name)) append_header(key, name, headers);
   }
-  return true;
+  return KeyBuild::kOk;
 }
 
 std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::string_view target,
-                                     const HeaderGetter& headers,
-                                     const std::vector<std::string>& vary) {
+                                     const HeaderValues& headers,
+                                     const std::vector<std::string>& vary, std::size_t max_params) {
   std::string key;
-  if (!cache_key_into(key, parts, target, headers, vary)) return std::nullopt;
+  if (cache_key_into(key, parts, target, headers, vary, max_params) != KeyBuild::kOk) {
+    return std::nullopt;
+  }
   return key;
 }
 

@@ -316,6 +316,7 @@ Config parse_config(std::string_view text, const std::string& source) {
     r.string("admin_token", config.server.admin_token);
     r.size("max_header_bytes", config.server.max_header_bytes);
     r.size("max_body_bytes", config.server.max_body_bytes);
+    r.integer("max_query_params", config.server.max_query_params, 1, 100'000);
     r.duration("shutdown_grace", config.server.shutdown_grace);
     for (auto [key, value] : {std::pair{"idle_timeout", &config.server.idle_timeout},
                               std::pair{"send_timeout", &config.server.send_timeout}}) {
@@ -323,6 +324,10 @@ Config parse_config(std::string_view text, const std::string& source) {
       if (*value < std::chrono::seconds(1)) r.fail(*server->get(key), key, "must be at least 1s");
     }
     r.integer("upstream_connections", config.server.upstream_connections, 1, 100'000);
+    r.duration("upstream_idle_timeout", config.server.upstream_idle_timeout);
+    if (config.server.upstream_idle_timeout <= Millis::zero()) {
+      r.fail(*server->get("upstream_idle_timeout"), "upstream_idle_timeout", "must be more than 0");
+    }
     r.string("access_log", config.server.access_log);
     r.finish();
   }
@@ -380,10 +385,12 @@ std::string to_toml(const Config& c) {
       << "admin_token = \"" << (c.server.admin_token.empty() ? "" : "(set)") << "\"\n"
       << "max_header_bytes = \"" << format_size(c.server.max_header_bytes) << "\"\n"
       << "max_body_bytes = \"" << format_size(c.server.max_body_bytes) << "\"\n"
+      << "max_query_params = " << c.server.max_query_params << "\n"
       << "shutdown_grace = \"" << format_millis(c.server.shutdown_grace) << "\"\n"
       << "idle_timeout = \"" << format_millis(c.server.idle_timeout) << "\"\n"
       << "send_timeout = \"" << format_millis(c.server.send_timeout) << "\"\n"
       << "upstream_connections = " << c.server.upstream_connections << "\n"
+      << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
       << "access_log = \"" << c.server.access_log << "\"\n\n"
       << "[cache]\n"
       << "memory = \"" << format_size(c.cache.memory) << "\"\n"

@@ -82,13 +82,19 @@ struct ServerConfig {
   std::string admin_token;
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_body_bytes = 1024 * 1024;
+  // A cacheable request with more query parameters than this is answered 414 (its key would
+  // cost a sort of them all).
+  std::size_t max_query_params = 256;
   Millis shutdown_grace{10'000};
   // A client connection is closed when its next request has not arrived (head and body) within
   // idle_timeout, or when a reply has not been taken within send_timeout. Kept to the second.
   Millis idle_timeout{60'000};
   Millis send_timeout{30'000};
   std::size_t upstream_connections = 128;  // open at once to one upstream, per thread
-  std::string access_log = "-";            // "-": stdout; "": off; else a file path
+  // An idle upstream connection is closed after this: shorter than common upstream keep-alive
+  // timeouts (5 s and more), so a request is never sent on a connection the upstream is closing.
+  Millis upstream_idle_timeout{4'000};
+  std::string access_log = "-";  // "-": stdout; "": off; else a file path
 };
 
 struct CacheConfig {

@@ -32,14 +32,27 @@ bool hop_by_hop(std::string_view name) {
 
 // An upstream answer that counts as a failure (5xx, 429): retried, breaker-counted, and
 // replaced by a stale copy when one may be served.
+// `owner` names the request whose fetch received it: coalesced waiters get the same exception,
+// and an answer that may not be shared (Set-Cookie, private) is given to its owner only.
 struct UpstreamStatusError : std::runtime_error {
-  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after)
+  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after, const void* owner = nullptr)
       : std::runtime_error("upstream answered " + std::to_string(r->status)),
         response(std::move(r)),
-        retry_after(after) {}
+        retry_after(after),
+        owner(owner) {}
   ResponsePtr response;
   std::optional<Duration> retry_after;
+  const void* owner;
 };
+
+// Headers only the gateway may set on its answers: an upstream's copies are dropped, never
+// stored or replayed to other clients as theirs.
+bool gateway_own(std::string_view name) {
+  for (std::string_view h : {"x-cache", "x-cache-tier", "x-request-id"}) {
+    if (iequals(name, h)) return true;
+  }
+  return false;
+}
 
 RetryVerdict classify_upstream(const std::exception_ptr& error) {
   try {
@@ -82,7 +95,7 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
       }
       continue;
     }
-    if (hop_by_hop(name)) continue;
+    if (hop_by_hop(name) || gateway_own(name)) continue;
     if (iequals(name, "cache-control")) cache_control += (cache_control.empty() ? "" : ",") + value;
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
     if (iequals(name, "vary")) vary += (vary.empty() ? "" : ",") + value;
@@ -153,6 +166,33 @@ std::optional<std::string_view> RequestHead::header(std::string_view name) const
   return std::nullopt;
 }
 
+namespace {
+template <class Lines, class Name, class Value>
+bool append_values(const Lines& lines, std::string_view name, std::string& out, Name name_of,
+                   Value value_of) {
+  bool found = false;
+  for (const auto& line : lines) {
+    if (!iequals(name_of(line), name)) continue;
+    if (found) out += ", ";
+    out += value_of(line);
+    found = true;
+  }
+  return found;
+}
+}  // namespace
+
+bool Request::header_values(std::string_view name, std::string& out) const {
+  return append_values(
+      headers, name, out, [](const auto& l) -> std::string_view { return l.first; },
+      [](const auto& l) -> std::string_view { return l.second; });
+}
+
+bool RequestHead::header_values(std::string_view name, std::string& out) const {
+  return append_values(
+      headers, name, out, [](const auto& l) { return l.name; },
+      [](const auto& l) { return l.value; });
+}
+
 Reply Reply::text(unsigned status, std::string body) {
   Reply r;
   r.status = status;
@@ -164,11 +204,15 @@ Reply Reply::text(unsigned status, std::string body) {
 ThreadState::ThreadState(asio::any_io_executor executor, const ServerConfig& server)
     : executor_(std::move(executor)),
       max_connections_(server.upstream_connections),
-      max_body_(64u << 20) {}
+      max_body_(64u << 20),
+      idle_timeout_(server.upstream_idle_timeout) {}
 
 UpstreamClient& ThreadState::client(const UpstreamUrl& upstream) {
   auto& c = clients_[upstream.to_string()];
-  if (!c) c = std::make_unique<UpstreamClient>(executor_, upstream, max_connections_, max_body_);
+  if (!c) {
+    c = std::make_unique<UpstreamClient>(executor_, upstream, max_connections_, max_body_,
+                                         idle_timeout_);
+  }
   return *c;
 }
 
@@ -199,6 +243,7 @@ struct Proxy::Runtime {
 
 Proxy::Proxy(const Config& config, Clock& clock)
     : clock_(clock),
+      max_query_params_(config.server.max_query_params),
       coordinator_(
           CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
           clock, [](const std::string& key, const ResponsePtr& r) {
@@ -291,8 +336,13 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   const Route* route = rt.match(path_of(head.target));
   if (route == nullptr || !may_use_cache(head.method, route->config.key, head)) return false;
   thread_local std::string key;
-  auto getter = [&head](std::string_view name) { return head.header(name); };
-  if (!cache_key_into(key, route->config.key, head.target, getter)) return false;
+  auto values = [&head](std::string_view name, std::string& out) {
+    return head.header_values(name, out);
+  };
+  if (cache_key_into(key, route->config.key, head.target, values, {}, max_query_params_) !=
+      KeyBuild::kOk) {
+    return false;
+  }
   // Both read an atomic count first: no lock unless something was learned.
   if (!learned_vary(key).empty() || passing(key)) return false;
   auto answer = coordinator_.try_hit(key);
@@ -324,11 +374,20 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
 
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
                                          Request request, ThreadState& thread) {
-  auto getter = [&request](std::string_view name) { return request.header(name); };
-  auto primary = cache_key(route.config.key, request.target, getter);
-  if (!primary) co_return Reply::text(400, "malformed request target");
+  auto values = [&request](std::string_view name, std::string& out) {
+    return request.header_values(name, out);
+  };
+  std::optional<std::string> primary{std::in_place};
+  const KeyBuild built =
+      cache_key_into(*primary, route.config.key, request.target, values, {}, max_query_params_);
+  if (built == KeyBuild::kTooManyParams) {
+    co_return Reply::text(414, "too many query parameters (max_query_params)");
+  }
+  if (built != KeyBuild::kOk) co_return Reply::text(400, "malformed request target");
   std::vector<std::string> vary = learned_vary(*primary);
-  auto key = vary.empty() ? primary : cache_key(route.config.key, request.target, getter, vary);
+  auto key = vary.empty()
+                 ? primary
+                 : cache_key(route.config.key, request.target, values, vary, max_query_params_);
   const bool head_only = request.method == "HEAD";
   if (passing(*key)) {
     auto passing_call = pass(route, request, thread, "hit-for-pass");
@@ -385,7 +444,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     }
     Built built = build_response(res, r->ttl);
     if (built.response->status >= 500 || built.response->status == 429) {
-      throw UpstreamStatusError(built.response, retry_after);
+      throw UpstreamStatusError(built.response, retry_after, shared_request.get());
     }
     if (built.response->shareable && built.response->vary != vary) {
       // It varies on headers this key did not include: it is this request's variant only.
@@ -403,6 +462,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
   reply.head_only = head_only;
   const std::string request_key = *key;
   const auto started = std::chrono::steady_clock::now();
+  std::optional<std::string_view> ask_alone;  // why this caller must ask for its own answer
   try {
     auto getting = coordinator_.async_get(request_key, fetch, route.policy);
     auto answer = co_await std::move(getting);
@@ -450,15 +510,21 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
           "Retry-After: " + std::to_string(std::max<long>(1, after.count())) + "\r\n";
     } else if (e.code() == Errc::too_many_waiters) {
       reply = Reply::text(503, "too many requests waiting for this resource");
+    } else if (e.code() == Errc::local_failure) {
+      reply = Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
     } else {
       reply = Reply::text(502, std::string("bad gateway: ") + e.what());
     }
     reply.head_only = head_only;
     reply.x_cache = "MISS";
   } catch (const UpstreamStatusError& e) {
-    counters->errors.add();
-    reply.cached = e.response;
-    reply.x_cache = "MISS";
+    if (!e.response->shareable && e.owner != shared_request.get()) {
+      ask_alone = e.response->not_shareable_reason;  // another request's private error answer
+    } else {
+      counters->errors.add();
+      reply.cached = e.response;
+      reply.x_cache = "MISS";
+    }
   } catch (const UpstreamError& e) {
     counters->errors.add();
     reply = Reply::text(e.kind == UpstreamError::Kind::kTimeout ? 504 : 502,
@@ -470,6 +536,12 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     reply = Reply::text(502, std::string("bad gateway: ") + e.what());
     reply.head_only = head_only;
     reply.x_cache = "MISS";
+  }
+  if (ask_alone) {
+    auto own_call = pass(route, *shared_request, thread, *ask_alone);
+    Reply own = co_await std::move(own_call);
+    own.head_only = head_only;
+    co_return own;
   }
   co_return reply;
 }

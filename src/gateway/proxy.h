@@ -48,6 +48,8 @@ struct Request {
 
   // The first value of a header, by case-insensitive name.
   std::optional<std::string_view> header(std::string_view name) const;
+  // Appends every line of a header, in order, joined by ", ". False if there is none.
+  bool header_values(std::string_view name, std::string& out) const;
 };
 
 // A request's head as the server parsed it: views into the parser's buffers, valid during the
@@ -60,6 +62,8 @@ struct RequestHead {
   std::span<const Field> headers;
 
   std::optional<std::string_view> header(std::string_view name) const;
+  // Appends every line of a header, in order, joined by ", ". False if there is none.
+  bool header_values(std::string_view name, std::string& out) const;
 };
 
 // What to send back. Either a stored/fetched upstream response (`cached`) or a reply the
@@ -90,6 +94,7 @@ class ThreadState {
   boost::asio::any_io_executor executor_;
   std::size_t max_connections_;
   std::size_t max_body_;
+  std::chrono::milliseconds idle_timeout_;
   std::map<std::string, std::unique_ptr<UpstreamClient>> clients_;
 };
 
@@ -154,6 +159,7 @@ class Proxy {
   void learn_vary(const std::string& primary_key, std::vector<std::string> headers);
 
   Clock& clock_;
+  const std::size_t max_query_params_;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
   std::shared_ptr<DiskTier> disk_;  // null when [cache] store = "none"
   mutable std::mutex runtime_mu_;   // protects runtime_ (swapped on reload)

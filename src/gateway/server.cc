@@ -26,6 +26,7 @@
 #include "gateway/admin.h"
 #include "gateway/gateway.h"
 #include "gateway/proxy.h"
+#include "gateway/request_framing.h"
 
 namespace unherd::gateway {
 
@@ -382,6 +383,7 @@ struct Gateway::Impl {
                                        asio::redirect_error(asio::use_awaitable, ec));
       const auto started = std::chrono::steady_clock::now();
       std::optional<Reply> refusal;
+      std::size_t head_fields = 0;
       if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
           ec == asio::error::operation_aborted || watch.expired) {
         break;
@@ -391,12 +393,13 @@ struct Gateway::Impl {
         refusal = Reply::text(413, "request body too large");
       } else if (ec) {
         refusal = Reply::text(400, "malformed request: " + ec.message());
+      } else if (auto refused = refuse_framing(parser.get(), parser.chunked())) {
+        refusal = Reply::text(refused->status, std::string(refused->reason));
       } else {
-        const auto& h = parser.get();
-        if (h.count(http::field::transfer_encoding) > 0 &&
-            h.count(http::field::content_length) > 0) {
-          refusal = Reply::text(400, "Content-Length with Transfer-Encoding is refused");
-        } else if (!parser.is_done()) {
+        // Fields after these are a chunked body's trailers: never forwarded as headers.
+        head_fields =
+            static_cast<std::size_t>(std::distance(parser.get().begin(), parser.get().end()));
+        if (!parser.is_done()) {
           co_await http::async_read(socket, buffer, parser,
                                     asio::redirect_error(asio::use_awaitable, ec));
           if (watch.expired) {
@@ -421,8 +424,10 @@ struct Gateway::Impl {
       watch.never();  // no deadline while the request is answered (the route's timeouts apply)
       auto& msg = parser.get();
       fields.clear();
-      for (const auto& field : msg)
+      for (const auto& field : msg) {
+        if (fields.size() == head_fields) break;
         fields.push_back({field.name_string(), field.value()});
+      }
       RequestHead request_head{msg.method_string(), msg.target(), fields};
       std::string_view request_id;
       const auto given_id = request_head.header("x-request-id");

@@ -1,6 +1,8 @@
 // Beast translation unit: the upstream HTTP client and its connection pool.
 #include "gateway/upstream.h"
 
+#include <sys/socket.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -8,7 +10,10 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <deque>
+
+#include "unherd/error.h"
 
 namespace unherd::gateway {
 
@@ -23,7 +28,26 @@ struct Connection {
   explicit Connection(asio::any_io_executor ex) : stream(ex) {}
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
+  std::chrono::steady_clock::time_point idle_since;  // when it went back to the pool
 };
+
+// Whether an idle connection may carry another request: nothing has arrived on it since its
+// last answer ended, and the upstream has not closed it. Bytes there would be read as the next
+// request's answer (one request late, forever), and a closed one would fail a request that
+// could not be resent if it is not idempotent.
+bool quiet(Connection& conn) {
+  if (conn.buffer.size() != 0) return false;
+  char byte;
+  const ssize_t n = ::recv(conn.stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+// Errors of this machine, not of the upstream: out of descriptors, buffers or memory.
+bool local_failure(const boost::system::error_code& ec) {
+  return ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
+         ec == asio::error::no_memory ||
+         ec == boost::system::error_code(ENFILE, boost::system::system_category());
+}
 
 UpstreamError to_error(const boost::system::error_code& ec, const char* step) {
   using Kind = UpstreamError::Kind;
@@ -46,12 +70,17 @@ static bool idempotent(std::string_view method) {
          method == "OPTIONS" || method == "TRACE";
 }
 
+// Interim answers (100, 103) a response may be preceded by; more is a misbehaving upstream.
+constexpr int kMaxInterim = 8;
+
 struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
-  Impl(asio::any_io_executor ex, UpstreamUrl up, std::size_t max, std::size_t body_limit)
+  Impl(asio::any_io_executor ex, UpstreamUrl up, std::size_t max, std::size_t body_limit,
+       std::chrono::milliseconds idle)
       : executor(std::move(ex)),
         upstream(std::move(up)),
         max_connections(std::max<std::size_t>(max, 1)),
         max_body(body_limit),
+        idle_timeout(idle),
         host_header(upstream.port == 80 ? upstream.host
                                         : upstream.host + ":" + std::to_string(upstream.port)) {}
 
@@ -59,10 +88,11 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
   UpstreamUrl upstream;
   std::size_t max_connections;
   std::size_t max_body;
+  std::chrono::milliseconds idle_timeout;
   std::string host_header;
-  std::vector<std::unique_ptr<Connection>> idle;
-  std::size_t open = 0;                     // connections open, idle ones included
-  std::deque<asio::steady_timer*> waiting;  // callers waiting for a connection slot
+  std::vector<std::unique_ptr<Connection>> idle;  // oldest first
+  std::size_t open = 0;                           // connections open, idle ones included
+  std::deque<asio::steady_timer*> waiting;        // callers waiting for a connection slot
   std::optional<tcp::resolver::results_type> endpoints;
 
   // A caller's place in `waiting`, removed however the wait ends (a cancelled coroutine unwinds
@@ -114,10 +144,12 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
         throw UpstreamError(UpstreamError::Kind::kTimeout, "waiting for a connection");
       }
     }
-    if (!idle.empty() && !fresh) {
+    close_expired();
+    while (!idle.empty() && !fresh) {
       auto conn = std::move(idle.back());
       idle.pop_back();
-      co_return Slot(self, std::move(conn), true);
+      if (quiet(*conn)) co_return Slot(self, std::move(conn), true);
+      open--;  // it spoke out of turn or was closed: never reused
     }
     if (!idle.empty()) {  // a fresh one is wanted and the pool is full of idle ones: close one
       idle.pop_back();
@@ -143,6 +175,10 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
     boost::system::error_code ec;
     co_await slot.conn->stream.async_connect(*endpoints,
                                              asio::redirect_error(asio::use_awaitable, ec));
+    if (local_failure(ec)) {
+      throw std::system_error(make_error_code(Errc::local_failure),
+                              "connect to " + upstream.to_string() + ": " + ec.message());
+    }
     if (ec) {
       throw UpstreamError(ec == beast::error::timeout ? UpstreamError::Kind::kTimeout
                                                       : UpstreamError::Kind::kConnect,
@@ -155,18 +191,34 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
   // Returns a connection to the pool (null: closes its slot) and wakes a waiter.
   void release(std::unique_ptr<Connection> conn) {
     if (conn) {
+      conn->idle_since = std::chrono::steady_clock::now();
       idle.push_back(std::move(conn));
     } else {
       open--;
     }
+    close_expired();
     wake_one();
+  }
+
+  // Closes the connections idle for idle_timeout or longer: shorter than common upstream
+  // keep-alive timeouts, so the gateway, not the upstream, closes an idle connection, and a
+  // request is never written into one the upstream is closing.
+  void close_expired() {
+    const auto limit = std::chrono::steady_clock::now() - idle_timeout;
+    std::size_t n = 0;
+    while (n < idle.size() && idle[n]->idle_since <= limit)
+      ++n;
+    if (n == 0) return;
+    idle.erase(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(n));
+    open -= n;
   }
 };
 
 UpstreamClient::UpstreamClient(asio::any_io_executor executor, UpstreamUrl upstream,
-                               std::size_t max_connections, std::size_t max_body_bytes)
+                               std::size_t max_connections, std::size_t max_body_bytes,
+                               std::chrono::milliseconds idle_timeout)
     : impl_(std::make_shared<Impl>(std::move(executor), std::move(upstream), max_connections,
-                                   max_body_bytes)) {}
+                                   max_body_bytes, idle_timeout)) {}
 
 UpstreamClient::~UpstreamClient() = default;
 
@@ -204,15 +256,23 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     co_await http::async_write(conn.stream, req, asio::redirect_error(asio::use_awaitable, ec));
     bool got_some = false;
     std::optional<http::response_parser<http::string_body>> parser;
-    while (!ec) {  // informational answers (100, 103) come before the real one
+    for (int interim = 0; !ec; ++interim) {  // interim answers (100, 103) come first
       parser.emplace();
       parser->body_limit(impl->max_body);
-      parser->skip(head);
+      parser->skip(head);  // an answer to HEAD has no body, whatever its header says
       co_await http::async_read(conn.stream, conn.buffer, *parser,
                                 asio::redirect_error(asio::use_awaitable, ec));
       got_some = got_some || parser->got_some();
       const unsigned status = parser->get().result_int();
-      if (ec || status < 100 || status >= 200 || status == 101) break;
+      if (ec || status < 100 || status >= 200) break;
+      // The gateway never asks to switch protocols: a 101 is an answer to a request not sent.
+      if (status == 101) {
+        throw UpstreamError(UpstreamError::Kind::kBadResponse,
+                            "101 Switching Protocols to a request without Upgrade");
+      }
+      if (interim == kMaxInterim) {
+        throw UpstreamError(UpstreamError::Kind::kBadResponse, "too many interim answers");
+      }
     }
     if (ec) {
       // An idle keep-alive connection the upstream had closed: nothing was answered, so an
@@ -225,7 +285,9 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     UpstreamResponse out;
     out.status = res.result_int();
     out.reason = std::string(res.reason());
-    out.keep_alive = res.keep_alive() && out.status != 101;
+    // Reused only when the answer ended exactly where its framing said and nothing followed:
+    // surplus bytes would be taken for the next request's answer.
+    out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;
     for (const auto& field : res) {
       out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }

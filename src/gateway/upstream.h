@@ -2,9 +2,13 @@
 //
 // Each gateway thread has its own client per upstream (sockets belong to one io_context), so
 // the pool needs no lock. At most `max_connections` connections are open at once; callers past
-// that wait for one to come back. A request that fails on a reused keep-alive connection before
-// any response byte arrived (the upstream closed it while idle) is sent once more on a fresh
-// connection. Failures surface as UpstreamError with a kind the retry classifier understands.
+// that wait for one to come back. A connection goes back to the pool only when its answer ended
+// exactly where its framing said and nothing else arrived; before reuse it is checked for bytes
+// sent unasked or a close, and after `idle_timeout` it is closed. An idempotent request that
+// still fails on a reused connection before any response byte arrived is sent once more on a
+// fresh one; a non-idempotent one never is. Failures surface as UpstreamError with a kind the
+// retry classifier understands, or as Errc::local_failure when this machine ran out of
+// descriptors or memory (not the upstream's fault).
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -43,8 +47,11 @@ struct UpstreamResponse {
 
 class UpstreamClient {
  public:
+  // Idle connections are closed after `idle_timeout`, and never reused once the upstream has
+  // closed them or sent anything unasked.
   UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream,
-                 std::size_t max_connections, std::size_t max_body_bytes);
+                 std::size_t max_connections, std::size_t max_body_bytes,
+                 std::chrono::milliseconds idle_timeout);
   ~UpstreamClient();
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;

@@ -65,12 +65,22 @@ TEST(CacheRules, ParsingIsTolerant) {
             (std::vector<std::string>{"accept", "accept-encoding"}));
 }
 
-HeaderGetter headers(std::map<std::string, std::string> h) {
-  return [h = std::move(h)](std::string_view name) -> std::optional<std::string_view> {
-    auto it = h.find(std::string(name));
-    if (it == h.end()) return std::nullopt;
-    return std::string_view(it->second);
+// A request's header lines, in order (a name may repeat).
+HeaderValues lines(std::vector<std::pair<std::string, std::string>> h) {
+  return [h = std::move(h)](std::string_view name, std::string& out) {
+    bool found = false;
+    for (const auto& [n, v] : h) {
+      if (n != name) continue;
+      out += found ? ", " : "";
+      out += v;
+      found = true;
+    }
+    return found;
   };
+}
+
+HeaderValues headers(std::map<std::string, std::string> h) {
+  return lines({h.begin(), h.end()});
 }
 
 TEST(CacheKey, DefaultKeySortsQueryParameters) {
@@ -83,7 +93,7 @@ TEST(CacheKey, DefaultKeySortsQueryParameters) {
 
 TEST(CacheKey, SortingKeepsTheOrderOfRepeatedNamesAndHandlesLongQueries) {
   auto none = headers({});
-  EXPECT_EQ(cache_key({}, "/p?b=1&a=2&b=3&a", none), "/p?a=2&a=&b=1&b=3");
+  EXPECT_EQ(cache_key({}, "/p?b=1&a=2&b=3&a", none), "/p?a=2&a&b=1&b=3");
   EXPECT_NE(cache_key({}, "/p?a=1&a=2", none), cache_key({}, "/p?a=2&a=1", none));
   std::string forward = "/p", backward = "/p";
   for (int i = 0; i < 50; ++i) {  // more parameters than the in-place sort's fixed room
@@ -93,9 +103,9 @@ TEST(CacheKey, SortingKeepsTheOrderOfRepeatedNamesAndHandlesLongQueries) {
   EXPECT_EQ(cache_key({}, forward, none), forward);
   EXPECT_EQ(cache_key({}, backward, none), forward);
   std::string reused = "left over from another request";
-  ASSERT_TRUE(cache_key_into(reused, {}, "/p?b=2&a=1", none));
+  ASSERT_EQ(cache_key_into(reused, {}, "/p?b=2&a=1", none), KeyBuild::kOk);
   EXPECT_EQ(reused, "/p?a=1&b=2");
-  EXPECT_FALSE(cache_key_into(reused, {}, "p", none));
+  EXPECT_EQ(cache_key_into(reused, {}, "p", none), KeyBuild::kMalformedTarget);
 }
 
 TEST(CacheKey, RouteKeyIgnoresWhatItDoesNotName) {
@@ -125,6 +135,60 @@ TEST(CacheKey, VaryAddsTheNamedRequestHeaders) {
             cache_key({}, "/p", headers({{"accept-encoding", "br"}}), vary));
   EXPECT_EQ(cache_key({}, "/p", headers({{"accept-encoding", "gzip"}, {"x", "1"}}), vary),
             cache_key({}, "/p", headers({{"accept-encoding", "gzip"}, {"x", "2"}}), vary));
+}
+
+// Two requests the upstream can tell apart never share a key.
+TEST(CacheKey, RepeatedHeaderLinesAreAllKeyedInOrder) {
+  const std::vector<KeyPart> by_tenant = {{KeyPart::Kind::kPath, ""},
+                                          {KeyPart::Kind::kHeader, "x-tenant"}};
+  const auto victim = cache_key(by_tenant, "/p", lines({{"x-tenant", "en"}}));
+  // The upstream receives both lines: `en, evil`.
+  const auto attacker =
+      cache_key(by_tenant, "/p", lines({{"x-tenant", "en"}, {"x-tenant", "evil"}}));
+  EXPECT_NE(victim, attacker);
+  EXPECT_EQ(attacker, cache_key(by_tenant, "/p", lines({{"x-tenant", "en, evil"}})));
+  EXPECT_NE(attacker,
+            cache_key(by_tenant, "/p", lines({{"x-tenant", "evil"}, {"x-tenant", "en"}})));
+  // A header present but empty is not the header absent.
+  EXPECT_NE(cache_key(by_tenant, "/p", lines({})),
+            cache_key(by_tenant, "/p", lines({{"x-tenant", ""}})));
+  const std::vector<std::string> vary = {"accept-language"};
+  EXPECT_NE(
+      cache_key({}, "/p", lines({{"accept-language", "en"}}), vary),
+      cache_key({}, "/p", lines({{"accept-language", "en"}, {"accept-language", "de"}}), vary));
+}
+
+TEST(CacheKey, RepeatedKeyedQueryParameterIsKeyedOnEveryValue) {
+  const std::vector<KeyPart> parts = {{KeyPart::Kind::kPath, ""},
+                                      {KeyPart::Kind::kQuery, "productId"}};
+  auto none = headers({});
+  const auto victim = cache_key(parts, "/products?productId=1", none);
+  EXPECT_NE(victim, cache_key(parts, "/products?productId=1&productId=666", none));
+  EXPECT_NE(victim, cache_key(parts, "/products?productId=1&product%49d=666", none));
+  EXPECT_NE(cache_key(parts, "/products?productId=1&productId=666", none),
+            cache_key(parts, "/products?productId=1=666", none));
+  EXPECT_NE(cache_key(parts, "/products?productId", none),
+            cache_key(parts, "/products?productId=", none));
+  EXPECT_NE(cache_key(parts, "/products", none), cache_key(parts, "/products?productId", none));
+  EXPECT_EQ(victim, cache_key(parts, "/products?utm=1&productId=1", none));
+}
+
+TEST(CacheKey, SortKeepsTheOrderOfNamesThatDecodeAlike) {
+  auto none = headers({});
+  // The upstream decodes both names to `a`: which comes first decides what it reads.
+  EXPECT_NE(cache_key({}, "/p?a=1&%61=2", none), cache_key({}, "/p?%61=2&a=1", none));
+  EXPECT_NE(cache_key({}, "/p?a+b=1&a%20b=2", none), cache_key({}, "/p?a%20b=2&a+b=1", none));
+  EXPECT_NE(cache_key({}, "/p?a", none), cache_key({}, "/p?a=", none));
+}
+
+TEST(CacheKey, TooManyParametersGetNoKey) {
+  std::string target = "/p";
+  for (int i = 0; i < 3200; ++i)  // descending: the worst order for an insertion sort
+    target += (i == 0 ? "?" : "&") + std::string("k") + std::to_string(9999 - i) + "=1";
+  std::string key;
+  EXPECT_EQ(cache_key_into(key, {}, target, headers({}), {}, 256), KeyBuild::kTooManyParams);
+  ASSERT_EQ(cache_key_into(key, {}, target, headers({}), {}, 5000), KeyBuild::kOk);
+  EXPECT_TRUE(key.starts_with("/p?k6800=1&k6801=1"));
 }
 
 }  // namespace

@@ -122,6 +122,22 @@ class Gateway:
                 answers.append(answer)
             return answers, True
 
+    def raw_exchange(self, data, timeout=10):
+        """Sends raw bytes; returns every byte the gateway sent back until it closed."""
+        import socket
+        out = b""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except (ConnectionResetError, socket.timeout):
+                pass
+        return out
+
     def herd(self, targets, headers=""):
         return asyncio.run(_herd(self.port, targets, headers))
 

@@ -441,6 +441,98 @@ class BadInput(GatewayCase):
         os.unlink(f.name)
 
 
+class Poisoning(GatewayCase):
+    """No request may be answered with what another request was answered, unless the upstream
+    could not tell the two apart; no one's private answer goes to anyone else."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.failing = Upstream()  # its own breaker: the error answers below must not trip ours
+        cls.gw = Gateway(
+            route("api", "/api", cls.up.port) +
+            route("err", "/err", cls.failing.port, retry='{ attempts = 1 }',
+                  breaker='{ window = 1000, min_calls = 1000 }') +
+            route("tenant", "/tenant", cls.up.port, key='["path", "header:X-Tenant"]') +
+            route("product", "/product", cls.up.port, key='["path", "query:productId"]'),
+            server_extra='max_header_bytes = "64KiB"')
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.failing.stop()
+
+    def test_repeated_header_lines_do_not_share_a_key_with_the_first_line(self):
+        target = "/tenant/t" + q(echo="X-Tenant")
+        attacker = self.gw.raw_exchange(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n"
+                                        b"X-Tenant: en\r\nX-Tenant: evil\r\n"
+                                        b"Connection: close\r\n\r\n")
+        self.assertIn(b'"echo": ["en", "evil"]', attacker)
+        s, h, body = self.gw.get(target, {"X-Tenant": "en"})
+        self.assertEqual(json.loads(body)["echo"], ["en"])
+        self.assertEqual(h["x-cache"], "MISS")
+
+    def test_learned_vary_keys_on_every_line(self):
+        target = "/api/v" + q(vary="X-Lang", echo="X-Lang", cc="max-age=600")
+        self.gw.get(target, {"X-Lang": "en"})  # learns the Vary
+        attack = (b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\nX-Lang: en\r\n"
+                  b"X-Lang: evil\r\nConnection: close\r\n\r\n")
+        for _ in range(2):
+            self.assertIn(b'"echo": ["en", "evil"]', self.gw.raw_exchange(attack))
+        for _ in range(2):
+            s, h, body = self.gw.get(target, {"X-Lang": "en"})
+            self.assertEqual(json.loads(body)["echo"], ["en"])
+
+    def test_a_repeated_keyed_query_parameter_is_keyed_on_every_value(self):
+        for attack in ("productId=1&productId=666", "productId=1&product%49d=666"):
+            with self.subTest(attack=attack):
+                base = f"/product/p{len(attack)}"
+                s, h, body = self.gw.get(base + "?" + attack)
+                self.assertEqual(h["x-cache"], "MISS")
+                s, h, body = self.gw.get(base + "?productId=1")
+                self.assertEqual(h["x-cache"], "MISS")
+                self.assertEqual(json.loads(body)["query"], {"productId": ["1"]})
+
+    def test_names_that_decode_alike_keep_their_order_in_the_key(self):
+        first = self.gw.get("/api/order?a=1&%61=2")
+        second = self.gw.get("/api/order?%61=2&a=1")
+        self.assertEqual(second[1]["x-cache"], "MISS")
+        self.assertNotEqual(json.loads(first[2])["target"], json.loads(second[2])["target"])
+
+    def test_thousands_of_query_parameters_are_refused_with_414(self):
+        target = "/api/many?" + "&".join(f"k{9999 - i}=1" for i in range(3200))
+        s, h, body = self.gw.get(target)
+        self.assertEqual(s, 414)
+        self.assertEqual(self.up.count(target), 0)
+
+    def test_a_private_error_answer_is_never_shared_with_the_herd(self):
+        for params in ({"status": 500, "cookie": 1}, {"status": 429, "cookie": 1},
+                       {"status": 503, "cc": "private"}):
+            with self.subTest(**params):
+                target = "/err/e" + q(delay_ms=300, **params)
+                answers = self.gw.herd([target] * 30)
+                self.assertEqual({a[0] for a in answers}, {params["status"]})
+                self.assertEqual(self.failing.count(target), 30, "each waiter asks for its own")
+                if "cookie" in params:
+                    cookies = [a[1]["set-cookie"] for a in answers]
+                    self.assertEqual(len(set(cookies)), 30, "one session cookie per client")
+
+    def test_the_upstreams_copies_of_the_gateways_own_headers_are_dropped(self):
+        target = "/api/own?" + urllib.parse.urlencode(
+            {"cc": "max-age=600",
+             "hdr": ["X-Request-Id:upstream-id", "X-Cache:HIT", "X-Cache-Tier:disk"]}, doseq=True)
+        for expected in ("MISS", "HIT"):
+            raw = self.gw.raw_exchange(f"GET {target} HTTP/1.1\r\nHost: t\r\n"
+                                       f"X-Request-Id: mine-{expected}\r\n"
+                                       "Connection: close\r\n\r\n".encode())
+            head = raw.split(b"\r\n\r\n")[0].decode().lower()
+            self.assertEqual(head.count("x-request-id:"), 1, head)
+            self.assertIn(f"x-request-id: mine-{expected}".lower(), head)
+            self.assertEqual(head.count("x-cache:"), 1, head)
+            self.assertIn(f"x-cache: {expected}".lower(), head)
+            self.assertNotIn("x-cache-tier: disk", head)
+
+
 class Connections(unittest.TestCase):
     """Keep-alive, pipelining and the idle and send deadlines of client connections."""
 

@@ -4,7 +4,9 @@ Behaviour is chosen per request by query parameters, so one server serves every 
   cc=...        Cache-Control of the answer        delay_ms=N   answer after N ms
   vary=H        Vary: H, and the value of request header H echoed in the body
   status=N      status code                        etag=E       ETag (If-None-Match: E -> 304)
-  cookie=1      add Set-Cookie                     lm=...       Last-Modified
+  cookie=1      add Set-Cookie (a value of its own per request)       lm=...  Last-Modified
+  hdr=Name:Value  add that header line (repeatable)
+  echo=H        the values of request header H, every line, echoed in the body
   mode=garbage|truncate|reset   answer with junk, a short body, or by closing the socket
   mode=early_hints              send a 103 before the answer
 and for the whole server, by control calls:
@@ -117,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
+        extra = [tuple(h.split(":", 1)) for h in q.get("hdr", []) if ":" in h]
         if fail:
             return self._send(fail_status, b'{"error":"down"}', [("Content-Type", "application/json")])
         if mode == "early_hints":  # an informational answer before the real one
@@ -134,7 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         if "lm" in q:
             headers.append(("Last-Modified", q["lm"][0]))
         if q.get("cookie", ["0"])[0] == "1":
-            headers.append(("Set-Cookie", "session=abc"))
+            headers.append(("Set-Cookie", f"session=abc-{number}"))
+        headers.extend(extra)
         vary = q.get("vary", [None])[0]
         if vary:
             headers.append(("Vary", vary))
@@ -143,6 +147,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps({"target": self.path, "n": number,
                            "auth": self.headers.get("Authorization"),
                            "varied": self.headers.get(vary) if vary else None,
+                           "echo": self.headers.get_all(q["echo"][0]) if "echo" in q else None,
+                           "query": q,
                            "pad": q.get("pad_char", ["x"])[0] * pad}).encode()
         return self._send(status, body, headers)
 

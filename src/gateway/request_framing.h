@@ -1,0 +1,66 @@
+// RequestFraming: which parsed request heads the gateway refuses to forward (RFC 9112 §6, §3.2).
+//
+// Beast's parser accepts some heads whose body length another server along the way could read
+// differently: a Transfer-Encoding whose final coding is not chunked (Beast then reads no body,
+// so the body would be parsed as the next request: request smuggling), unknown or repeated
+// codings, a Transfer-Encoding on HTTP/1.0, HTTP/1.1 without exactly one Host, and versions
+// other than 1.0 and 1.1. The gateway
+// answers each with a 4xx (501 for a coding it does not implement) and closes the connection.
+// Header-only; no I/O.
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <optional>
+#include <string_view>
+
+#include "gateway/text.h"
+
+namespace unherd::gateway {
+
+struct FramingRefusal {
+  unsigned status;
+  std::string_view reason;
+};
+
+// The last coding of a Transfer-Encoding value ("gzip, chunked" -> "chunked"), trimmed; "" for
+// an empty last element.
+inline std::string_view last_coding(std::string_view value) {
+  const auto comma = value.rfind(',');
+  return trim(comma == std::string_view::npos ? value : value.substr(comma + 1));
+}
+
+// `parser_chunked`: whether the parser took the body as chunked. Returns the refusal, or nullopt
+// when the head may be forwarded.
+template <class Fields>
+std::optional<FramingRefusal> refuse_framing(const boost::beast::http::header<true, Fields>& head,
+                                             bool parser_chunked) {
+  namespace http = boost::beast::http;
+  if (head.version() != 10 && head.version() != 11) {
+    return FramingRefusal{505, "only HTTP/1.0 and HTTP/1.1 are spoken here"};
+  }
+  const std::size_t codings = head.count(http::field::transfer_encoding);
+  if (codings > 0) {
+    if (head.count(http::field::content_length) > 0) {
+      return FramingRefusal{400, "Content-Length with Transfer-Encoding is refused"};
+    }
+    if (head.version() < 11) {
+      return FramingRefusal{400, "Transfer-Encoding in an HTTP/1.0 request is refused"};
+    }
+    const std::string_view value = head[http::field::transfer_encoding];
+    if (codings > 1 || !iequals(last_coding(value), "chunked")) {
+      return FramingRefusal{400, "the final transfer coding must be chunked, once"};
+    }
+    if (!iequals(trim(value), "chunked")) {
+      return FramingRefusal{501, "transfer codings other than chunked are not implemented"};
+    }
+    // The parser must agree that the body is chunked, or the two would frame it differently.
+    if (!parser_chunked) return FramingRefusal{400, "malformed Transfer-Encoding"};
+  }
+  const std::size_t hosts = head.count(http::field::host);
+  if (hosts > 1 || (hosts == 0 && head.version() >= 11)) {
+    return FramingRefusal{400, "an HTTP/1.1 request needs exactly one Host"};
+  }
+  return std::nullopt;
+}
+
+}  // namespace unherd::gateway
