@@ -8,6 +8,8 @@
 #include <boost/json.hpp>
 #include <boost/url/parse.hpp>
 
+#include "gateway/text.h"
+
 namespace unherd::gateway {
 namespace {
 
@@ -33,10 +35,12 @@ Reply json_reply(unsigned status, const json::value& v) {
   return r;
 }
 
-Reply stats_reply(Proxy& proxy) {
+Reply stats_reply(Proxy& proxy, const ServerStats& server) {
   ProxyStats s = proxy.stats();
   json::object out = route_json(s.total);
   out["in_flight"] = s.in_flight;
+  out["access_log_dropped"] = server.access_log_dropped;
+  out["connections_shed"] = server.connections_shed;
   json::object breakers;
   for (const auto& [upstream, state] : s.breakers)
     breakers[upstream] = state;
@@ -74,7 +78,7 @@ Reply health_reply(Proxy& proxy, bool draining) {
                                                        {"in_flight", s.in_flight}});
 }
 
-Reply metrics_reply(Proxy& proxy) {
+Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
   ProxyStats s = proxy.stats();
   prometheus::Registry registry;
   auto counter = [&](const char* name, const char* help) -> auto& {
@@ -99,6 +103,12 @@ Reply metrics_reply(Proxy& proxy) {
     errors.Add({{"route", name}}).Increment(static_cast<double>(r.errors));
     saved.Add({{"route", name}}).Increment(static_cast<double>(r.api_calls_saved));
   }
+  counter("unherd_access_log_dropped_total", "Access log lines dropped: the log's queue was full")
+      .Add({})
+      .Increment(static_cast<double>(server.access_log_dropped));
+  counter("unherd_connections_shed_total", "Client connections closed at accept: few descriptors")
+      .Add({})
+      .Increment(static_cast<double>(server.connections_shed));
   auto gauge = [&](const char* name, const char* help) -> auto& {
     return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
   };
@@ -156,21 +166,37 @@ Reply metrics_reply(Proxy& proxy) {
 bool authorized(const Request& request, const std::string& token) {
   if (token.empty()) return false;
   auto h = request.header("authorization");
-  return h && *h == "Bearer " + token;
+  if (!h) return false;
+  std::string_view value = trim(*h);
+  const auto space = value.find(' ');
+  if (space == std::string_view::npos || !iequals(value.substr(0, space), "bearer")) return false;
+  const std::string_view given = trim(value.substr(space + 1));
+  // Compared in time independent of where the first difference is.
+  unsigned char diff = given.size() == token.size() ? 0 : 1;
+  for (std::size_t i = 0; i < token.size(); ++i) {
+    diff |= static_cast<unsigned char>(token[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return diff == 0;
+}
+
+// The purge key of `?key=...`: the rest of the query as sent, or decoded if it was encoded.
+std::string purge_target(std::string_view encoded_query, std::string_view decoded) {
+  const std::string_view raw = encoded_query.substr(4);  // after "key="
+  return raw.starts_with('/') ? std::string(raw) : std::string(decoded);
 }
 
 }  // namespace
 
 Reply admin_reply(const Request& request, Proxy& proxy, const std::string& admin_token,
-                  bool draining) {
+                  bool draining, const ServerStats& server) {
   auto url = boost::urls::parse_origin_form(request.target);
   if (!url) return Reply::text(400, "malformed request target");
   const std::string path(url->path());
   const bool get = request.method == "GET" || request.method == "HEAD";
   const bool post = request.method == "POST";
   if (path == "/health" && get) return health_reply(proxy, draining);
-  if (path == "/stats" && get) return stats_reply(proxy);
-  if (path == "/metrics" && get) return metrics_reply(proxy);
+  if (path == "/stats" && get) return stats_reply(proxy, server);
+  if (path == "/metrics" && get) return metrics_reply(proxy, server);
   if (path == "/stats/reset" || path == "/purge") {
     if (!post) return Reply::text(405, "use POST");
     if (!authorized(request, admin_token)) {
@@ -183,8 +209,9 @@ Reply admin_reply(const Request& request, Proxy& proxy, const std::string& admin
       return json_reply(200, json::object{{"reset", true}});
     }
     auto params = url->params();
-    if (auto k = params.find("key"); k != params.end()) {
-      return json_reply(200, json::object{{"purged", proxy.purge_key((*k).value)}});
+    if (url->encoded_query().starts_with("key=")) {
+      const std::string target = purge_target(url->encoded_query(), (*params.find("key")).value);
+      return json_reply(200, json::object{{"purged", proxy.purge_target(target)}});
     }
     if (auto p = params.find("prefix"); p != params.end() && !(*p).value.empty()) {
       return json_reply(200, json::object{{"purged", proxy.purge_prefix((*p).value)}});

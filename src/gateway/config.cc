@@ -3,8 +3,10 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <boost/asio/ip/address.hpp>
 #include <boost/url/parse.hpp>
 #include <charconv>
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -29,7 +31,10 @@ std::optional<double> scaled(std::string_view text, std::initializer_list<Unit> 
   double value = 0;
   const char* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc() || p == text.data() || value < 0) return std::nullopt;
+  // from_chars reads "nan" and "inf" too: no duration or size is either.
+  if (ec != std::errc() || p == text.data() || !std::isfinite(value) || value < 0) {
+    return std::nullopt;
+  }
   const std::string_view unit(p, static_cast<std::size_t>(end - p));
   for (const Unit& u : units) {
     if (unit == u.name) {
@@ -146,7 +151,7 @@ class TableReader {
   void number(std::string_view key, double& out, double lo, double hi) {
     if (auto* n = node(key)) {
       auto v = n->value<double>();
-      if (!v || *v < lo || *v > hi) {
+      if (!v || !std::isfinite(*v) || *v < lo || *v > hi) {
         std::ostringstream what;
         what << "expected a number from " << lo << " to " << hi;
         fail(*n, key, what.str());
@@ -174,8 +179,19 @@ class TableReader {
         auto [p, ec] = std::from_chars(b, e, port);
         ok = ec == std::errc() && p == e && b != e;
       }
-      if (!ok) fail(*n, key, "expected \"HOST:PORT\", such as \"127.0.0.1:8080\"");
-      out = Endpoint{v->substr(0, colon), port};
+      std::string host = ok ? v->substr(0, colon) : "";
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);  // [::1]
+      }
+      // serve binds to an address, never a name it would have to look up ("localhost" aside).
+      boost::system::error_code ec;
+      if (ok && host != "localhost") boost::asio::ip::make_address(host, ec);
+      if (!ok || ec) {
+        fail(*n, key,
+             "expected \"ADDRESS:PORT\" with an IP address, such as \"127.0.0.1:8080\" or "
+             "\"[::1]:8080\"");
+      }
+      out = Endpoint{host, port};
     }
   }
 
@@ -329,6 +345,7 @@ Config parse_config(std::string_view text, const std::string& source) {
       r.fail(*server->get("upstream_idle_timeout"), "upstream_idle_timeout", "must be more than 0");
     }
     r.string("access_log", config.server.access_log);
+    r.one_of("log_level", config.server.log_level, {"error", "warn", "info", "debug"});
     r.finish();
   }
   if (auto* cache = top.table("cache")) {
@@ -359,6 +376,15 @@ Config parse_config(std::string_view text, const std::string& source) {
     }
   }
   top.finish();
+  if (same_socket(config.server.listen, config.server.admin_listen)) {
+    const auto* server = root.get_as<toml::table>("server");
+    const toml::node& at = server && server->get("admin_listen")
+                               ? *server->get("admin_listen")
+                               : static_cast<const toml::node&>(root);
+    top.fail(at, "server.admin_listen",
+             "must differ from server.listen (" + config.server.listen.to_string() +
+                 "): the admin API and the public listener never share a port");
+  }
   if (config.server.threads == 0) {
     config.server.threads = std::max(1u, std::thread::hardware_concurrency());
   }
@@ -366,6 +392,13 @@ Config parse_config(std::string_view text, const std::string& source) {
     if (const char* env = std::getenv("UNHERD_ADMIN_TOKEN")) config.server.admin_token = env;
   }
   return config;
+}
+
+bool same_socket(const Endpoint& a, const Endpoint& b) {
+  if (a.port == 0 || a.port != b.port) return false;  // port 0: each gets its own
+  auto any = [](const std::string& h) { return h == "0.0.0.0" || h == "::"; };
+  auto canonical = [](const std::string& h) { return h == "localhost" ? "127.0.0.1" : h; };
+  return canonical(a.host) == canonical(b.host) || any(a.host) || any(b.host);
 }
 
 Config load_config(const std::string& path) {
@@ -391,7 +424,8 @@ std::string to_toml(const Config& c) {
       << "send_timeout = \"" << format_millis(c.server.send_timeout) << "\"\n"
       << "upstream_connections = " << c.server.upstream_connections << "\n"
       << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
-      << "access_log = \"" << c.server.access_log << "\"\n\n"
+      << "access_log = \"" << c.server.access_log << "\"\n"
+      << "log_level = \"" << c.server.log_level << "\"\n\n"
       << "[cache]\n"
       << "memory = \"" << format_size(c.cache.memory) << "\"\n"
       << "store = \"" << c.cache.store << "\"\n"

@@ -26,8 +26,14 @@ struct ConfigError : std::runtime_error {
 struct Endpoint {
   std::string host = "127.0.0.1";
   std::uint16_t port = 0;
-  std::string to_string() const { return host + ":" + std::to_string(port); }
+  std::string to_string() const {
+    const bool v6 = host.find(':') != std::string::npos;
+    return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  }
 };
+
+// Whether two listen endpoints would take the same port on a common address.
+bool same_socket(const Endpoint& a, const Endpoint& b);
 
 struct UpstreamUrl {
   std::string scheme = "http";
@@ -94,7 +100,8 @@ struct ServerConfig {
   // An idle upstream connection is closed after this: shorter than common upstream keep-alive
   // timeouts (5 s and more), so a request is never sent on a connection the upstream is closing.
   Millis upstream_idle_timeout{4'000};
-  std::string access_log = "-";  // "-": stdout; "": off; else a file path
+  std::string access_log = "-";    // "-": stdout; "": off; else a file path
+  std::string log_level = "info";  // diagnostics on stderr: error, warn, info, debug
 };
 
 struct CacheConfig {

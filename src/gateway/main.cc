@@ -7,6 +7,7 @@
 
 #include "gateway/config.h"
 #include "gateway/demo.h"
+#include "gateway/diagnostics.h"
 #include "gateway/gateway.h"
 #include "gateway/herd.h"
 
@@ -25,6 +26,7 @@ int serve(const std::string& path) {
     return 2;
   }
   try {
+    start_diagnostics(config.server.log_level);
     raise_file_limit();
     Gateway gateway(config);
     gateway.start();

@@ -6,6 +6,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <cctype>
 #include <charconv>
+#include <cstdio>
+#include <random>
 
 #include "gateway/cache_key.h"
 #include "gateway/cache_rules.h"
@@ -19,13 +21,31 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Headers that describe one connection, not the message (RFC 9110 7.6.1), and the ones the
-// gateway sets itself.
-bool hop_by_hop(std::string_view name) {
+// The values of a message's Connection lines, combined: the fields it names describe that one
+// connection (RFC 9110 §7.6.1).
+std::string connection_options(const std::vector<std::pair<std::string, std::string>>& headers) {
+  std::string options;
+  for (const auto& [name, value] : headers) {
+    if (!iequals(name, "connection")) continue;
+    options += options.empty() ? "" : ",";
+    options += value;
+  }
+  return options;
+}
+
+// Headers that describe one connection, not the message (RFC 9110 §7.6.1): the fixed list, the
+// ones the message's Connection header names (`options`), and those the gateway sets itself.
+bool hop_by_hop(std::string_view name, std::string_view options) {
   for (std::string_view h :
        {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
         "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}) {
     if (iequals(name, h)) return true;
+  }
+  while (!options.empty()) {
+    const auto comma = options.find(',');
+    if (iequals(trim(options.substr(0, comma)), name)) return true;
+    if (comma == std::string_view::npos) break;
+    options.remove_prefix(comma + 1);
   }
   return false;
 }
@@ -87,6 +107,7 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   ResponseFacts facts;
   facts.status = r.status;
   std::string cache_control, vary;
+  const std::string options = connection_options(r.headers);
   for (auto& [name, value] : r.headers) {
     if (iequals(name, "age")) {
       if (auto a = parse_retry_after(value)) {
@@ -95,7 +116,7 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
       }
       continue;
     }
-    if (hop_by_hop(name) || gateway_own(name)) continue;
+    if (hop_by_hop(name, options) || gateway_own(name)) continue;
     if (iequals(name, "cache-control")) cache_control += (cache_control.empty() ? "" : ",") + value;
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
     if (iequals(name, "vary")) vary += (vary.empty() ? "" : ",") + value;
@@ -122,6 +143,15 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   }
   b.response = std::move(out);
   return b;
+}
+
+// "1.1 unherd-" and 8 random hex digits: this process's own pseudonym (RFC 9110 §7.6.3), so that
+// a request that comes back to it through a loop of gateways can be recognised.
+std::string via_entry() {
+  std::random_device random;
+  char id[9];
+  std::snprintf(id, sizeof id, "%08x", static_cast<unsigned>(random()));
+  return std::string("1.1 unherd-") + id;
 }
 
 std::string_view path_of(std::string_view target) {
@@ -244,6 +274,7 @@ struct Proxy::Runtime {
 Proxy::Proxy(const Config& config, Clock& clock)
     : clock_(clock),
       max_query_params_(config.server.max_query_params),
+      via_(via_entry()),
       coordinator_(
           CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
           clock, [](const std::string& key, const ResponsePtr& r) {
@@ -277,6 +308,11 @@ void Proxy::reload(const Config& config) {
           BreakerOptions{rc.breaker.failure_rate, rc.breaker.window, rc.breaker.min_calls,
                          rc.breaker.open_for, rc.breaker.half_open_calls},
           clock_);
+      breaker->set_listener([upstream](BreakerState from, BreakerState to) {
+        const auto level = to == BreakerState::kOpen ? spdlog::level::warn : spdlog::level::info;
+        spdlog::log(level, "upstream {}: circuit breaker {} -> {}", upstream, to_string(from),
+                    to_string(to));
+      });
     }
     route->breaker = breaker;
     auto& budget = budgets_[upstream];
@@ -362,6 +398,11 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
     co_return Reply::text(404, "no route for " + std::string(path_of(request.target)));
   }
   route->counters->total.add();
+  std::string via;
+  if (request.header_values("via", via) && via.find(via_.substr(4)) != std::string::npos) {
+    route->counters->errors.add();
+    co_return Reply::text(508, "loop detected: this request has passed this gateway before");
+  }
   if (!may_use_cache(request.method, route->config.key, request)) {
     auto passing = pass(*route, request, thread, "method or credentials");
     Reply reply = co_await std::move(passing);
@@ -404,16 +445,18 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     UpstreamRequest up;
     up.method = "GET";
     up.target = shared_request->target;
+    const std::string options = connection_options(shared_request->headers);
     for (const auto& [name, value] : shared_request->headers) {
       // The shared fetch asks for the whole, unconditional resource: validators are the gateway's
       // own (from the stored answer), and a range would give the others a part.
-      if (!hop_by_hop(name) && !iequals(name, "if-none-match") &&
+      if (!hop_by_hop(name, options) && !iequals(name, "if-none-match") &&
           !iequals(name, "if-modified-since") && !iequals(name, "range") &&
           !iequals(name, "if-range") && !iequals(name, "if-match") &&
           !iequals(name, "if-unmodified-since")) {
         up.headers.emplace_back(name, value);
       }
     }
+    up.headers.emplace_back("Via", via_);
     const CachedResponse* previous = ctx.previous ? ctx.previous->get() : nullptr;
     if (previous && !previous->etag.empty())
       up.headers.emplace_back("If-None-Match", previous->etag);
@@ -554,9 +597,11 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, T
   up.method = request.method;
   up.target = request.target;
   up.body = request.body;
+  const std::string options = connection_options(request.headers);
   for (const auto& [name, value] : request.headers) {
-    if (!hop_by_hop(name)) up.headers.emplace_back(name, value);
+    if (!hop_by_hop(name, options)) up.headers.emplace_back(name, value);
   }
+  up.headers.emplace_back("Via", via_);
   const bool idempotent = request.method == "GET" || request.method == "HEAD" ||
                           request.method == "PUT" || request.method == "DELETE" ||
                           request.method == "OPTIONS";
@@ -723,6 +768,18 @@ void Proxy::reset_stats() {
   for (auto& [u, b] : breakers_)
     b->reset_stats();
   coordinator_.reset_stats();
+}
+
+std::size_t Proxy::purge_target(const std::string& target) {
+  auto rt = runtime();
+  const Route* route = rt->match(path_of(target));
+  std::string key;
+  auto no_headers = [](std::string_view, std::string&) { return false; };
+  if (route == nullptr || cache_key_into(key, route->config.key, target, no_headers, {},
+                                         max_query_params_) != KeyBuild::kOk) {
+    key = target;
+  }
+  return purge_key(key);
 }
 
 std::size_t Proxy::purge_key(const std::string& key) {

@@ -137,8 +137,15 @@ class Proxy {
   // Keys with an upstream fetch or refresh in flight.
   std::size_t in_flight() const;
   void reset_stats();
+  // Purges what a GET of `target` ("/path?query") is answered from, keyed by its route's rules
+  // exactly as a request is (a request with no headers), and its Vary variants. A target no
+  // route matches is taken as a key. Returns the entries removed.
+  std::size_t purge_target(const std::string& target);
   std::size_t purge_key(const std::string& key);
   std::size_t purge_prefix(const std::string& prefix);
+  // This gateway's Via entry ("1.1 unherd-…"): sent upstream, and a request that already
+  // carries it has come round a loop (508).
+  const std::string& via() const { return via_; }
   // Writes what the disk tier still has queued, and syncs it (at shutdown).
   void sync_store();
 
@@ -160,6 +167,7 @@ class Proxy {
 
   Clock& clock_;
   const std::size_t max_query_params_;
+  const std::string via_;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
   std::shared_ptr<DiskTier> disk_;  // null when [cache] store = "none"
   mutable std::mutex runtime_mu_;   // protects runtime_ (swapped on reload)

@@ -29,6 +29,18 @@ inline std::string_view last_coding(std::string_view value) {
   return trim(comma == std::string_view::npos ? value : value.substr(comma + 1));
 }
 
+// How many elements of a Transfer-Encoding value are "chunked".
+inline int count_chunked(std::string_view value) {
+  int n = 0;
+  while (!value.empty()) {
+    const auto comma = value.find(',');
+    if (iequals(trim(value.substr(0, comma)), "chunked")) ++n;
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  return n;
+}
+
 // `parser_chunked`: whether the parser took the body as chunked. Returns the refusal, or nullopt
 // when the head may be forwarded.
 template <class Fields>
@@ -47,10 +59,13 @@ std::optional<FramingRefusal> refuse_framing(const boost::beast::http::header<tr
       return FramingRefusal{400, "Transfer-Encoding in an HTTP/1.0 request is refused"};
     }
     const std::string_view value = head[http::field::transfer_encoding];
-    if (codings > 1 || !iequals(last_coding(value), "chunked")) {
+    // A folded line reaches us unfolded with a space where the fold was: refused, as is any
+    // value whose final coding is not chunked or that names chunked more than once.
+    if (codings > 1 || !iequals(last_coding(value), "chunked") || value != trim(value) ||
+        count_chunked(value) != 1) {
       return FramingRefusal{400, "the final transfer coding must be chunked, once"};
     }
-    if (!iequals(trim(value), "chunked")) {
+    if (!iequals(value, "chunked")) {
       return FramingRefusal{501, "transfer codings other than chunked are not implemented"};
     }
     // The parser must agree that the body is chunked, or the two would frame it differently.

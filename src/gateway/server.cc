@@ -1,9 +1,7 @@
 // Beast translation unit: listeners, client sessions, reply writing, signals.
 #include <fmt/chrono.h>
-#include <spdlog/async.h>
-#include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <array>
@@ -17,13 +15,16 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/url/parse.hpp>
 #include <charconv>
 #include <condition_variable>
 #include <csignal>
 #include <random>
 #include <thread>
 
+#include "gateway/access_log.h"
 #include "gateway/admin.h"
+#include "gateway/diagnostics.h"
 #include "gateway/gateway.h"
 #include "gateway/proxy.h"
 #include "gateway/request_framing.h"
@@ -171,6 +172,30 @@ class Sweeper {
   Watch* head_ = nullptr;
 };
 
+// Whether a request head (up to and including its last field's CRLF) continues a line on the
+// next: a CRLF followed by a space or tab.
+bool has_obs_fold(std::string_view head) {
+  for (auto at = head.find("\r\n"); at != std::string_view::npos && at + 2 < head.size();
+       at = head.find("\r\n", at + 2)) {
+    if (head[at + 2] == ' ' || head[at + 2] == '\t') return true;
+  }
+  return false;
+}
+
+// A target in absolute form ("http://host/p?q", which a server must accept, RFC 9112 §3.2.2)
+// as the origin form ("/p?q") that routes and keys are made of; other targets as they are.
+std::string_view origin_form(std::string_view target, std::string& buffer) {
+  if (target.starts_with('/')) return target;
+  auto uri = boost::urls::parse_absolute_uri(target);
+  if (!uri || (uri->scheme() != "http" && uri->scheme() != "https")) return target;
+  buffer.assign(uri->encoded_path().empty() ? "/" : std::string_view(uri->encoded_path()));
+  if (uri->has_query()) {
+    buffer += '?';
+    buffer += uri->encoded_query();
+  }
+  return buffer;
+}
+
 void json_escape(std::string& out, std::string_view s) {
   for (char c : s) {
     if (c == '"' || c == '\\') {
@@ -223,16 +248,23 @@ struct Gateway::Impl {
   Endpoint bound, admin_bound;
   std::atomic<bool> draining{false};
   std::atomic<int> active{0};  // requests being handled
-  std::shared_ptr<spdlog::logger> access_log;
+  // Client connections get descriptors below this; the rest are kept for upstreams and the
+  // store (see accept_loop).
+  std::int64_t fd_ceiling = std::numeric_limits<std::int64_t>::max();
+  std::atomic<std::uint64_t> shed{0};  // client connections closed at accept for want of fds
+  std::unique_ptr<AccessLog> access_log;
+  std::mutex admin_token_mu;  // protects admin_token (replaced on reload)
+  std::string admin_token;
   std::mutex stop_mu;  // protects stopped
   std::condition_variable stopped_cv;
   bool stopped = false;
   std::once_flag stop_once;
 
-  void open_listener(tcp::acceptor& a, const tcp::endpoint& ep) {
+  // `shared`: one of the public listeners, one per thread on one port (SO_REUSEPORT).
+  void open_listener(tcp::acceptor& a, const tcp::endpoint& ep, bool shared) {
     a.open(ep.protocol());
     a.set_option(tcp::acceptor::reuse_address(true));
-    a.set_option(ReusePort(true));
+    if (shared) a.set_option(ReusePort(true));
     boost::system::error_code ec;
     a.bind(ep, ec);
     if (ec) {
@@ -259,10 +291,17 @@ struct Gateway::Impl {
         co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         continue;
       }
+      if (!is_admin && socket.native_handle() >= fd_ceiling) {
+        // Descriptors are handed out lowest first: one this high means fewer than the reserve
+        // are left, and those are for upstream connections and the store. Shed this client
+        // (it sees a close) rather than fail requests already accepted.
+        shed.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
       socket.set_option(tcp::no_delay(true), ec);
       std::size_t target = self;
       if (!is_admin) {
-        for (std::size_t i = 0; i < contexts.size(); ++i) {
+        for (std::size_t i = 0; i < listeners.size(); ++i) {
           if (sessions[i].load(std::memory_order_relaxed) <
               sessions[target].load(std::memory_order_relaxed)) {
             target = i;
@@ -371,6 +410,7 @@ struct Gateway::Impl {
     HeaderArena arena;
     std::string head;                        // a reply's head, reused
     std::vector<RequestHead::Field> fields;  // a request's header fields, reused
+    std::string target_buffer;               // an absolute-form target, made origin-form
     for (;;) {
       arena.reset();  // the previous request's parser is gone
       RequestParser parser(std::piecewise_construct, std::make_tuple(),
@@ -379,13 +419,41 @@ struct Gateway::Impl {
       parser.body_limit(config.server.max_body_bytes);
       watch.expire_after(idle_timeout);
       boost::system::error_code ec;
-      co_await http::async_read_header(socket, buffer, parser,
-                                       asio::redirect_error(asio::use_awaitable, ec));
+      // The whole head is read before Beast parses it, so that its raw bytes can be checked
+      // for what Beast accepts and unfolds silently: obs-fold (RFC 9112 §5.2).
+      bool folded = false;
+      for (;;) {
+        const auto bytes = buffer.data();
+        const std::string_view raw(static_cast<const char*>(bytes.data()), bytes.size());
+        // The blank line that ends a head (a bare-LF one too, which Beast then refuses).
+        if (const auto end = std::min(raw.find("\r\n\r\n"), raw.find("\n\n"));
+            end != std::string_view::npos) {
+          folded = has_obs_fold(raw.substr(0, end + 2));
+          break;
+        }
+        if (raw.size() > config.server.max_header_bytes) break;  // Beast answers 431
+        const std::size_t n = co_await socket.async_read_some(
+            buffer.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
+        buffer.commit(n);
+        if (ec) break;
+      }
+      // Closed or reset between requests, or the head stalled past idle_timeout. A head cut
+      // short by a close goes on to Beast, which answers it 400.
+      if (ec && (buffer.size() == 0 || watch.expired || ec == asio::error::operation_aborted)) {
+        break;
+      }
+      ec = {};
+      if (!folded) {
+        co_await http::async_read_header(socket, buffer, parser,
+                                         asio::redirect_error(asio::use_awaitable, ec));
+      }
       const auto started = std::chrono::steady_clock::now();
       std::optional<Reply> refusal;
       std::size_t head_fields = 0;
-      if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
-          ec == asio::error::operation_aborted || watch.expired) {
+      if (folded) {
+        refusal = Reply::text(400, "obsolete line folding (obs-fold) is refused");
+      } else if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
+                 ec == asio::error::operation_aborted || watch.expired) {
         break;
       } else if (ec == http::error::header_limit) {
         refusal = Reply::text(431, "request header fields too large");
@@ -428,7 +496,8 @@ struct Gateway::Impl {
         if (fields.size() == head_fields) break;
         fields.push_back({field.name_string(), field.value()});
       }
-      RequestHead request_head{msg.method_string(), msg.target(), fields};
+      RequestHead request_head{msg.method_string(), origin_form(msg.target(), target_buffer),
+                               fields};
       std::string_view request_id;
       const auto given_id = request_head.header("x-request-id");
       const bool generated_id = !given_id || given_id->empty() || given_id->size() > 200;
@@ -440,7 +509,7 @@ struct Gateway::Impl {
       if (is_admin || !proxy.try_hit(request_head, reply)) {
         Request request;
         request.method = std::string(msg.method_string());
-        request.target = std::string(msg.target());
+        request.target = std::string(request_head.target);
         request.version = version;
         request.keep_alive = msg.keep_alive();
         request.headers.reserve(fields.size() + 1);
@@ -451,7 +520,14 @@ struct Gateway::Impl {
         // No co_await inside a conditional expression or beside temporaries: GCC 12
         // miscompiles both. Each awaitable is built in a statement of its own.
         if (is_admin) {
-          reply = admin_reply(request, proxy, config.server.admin_token, draining);
+          std::string token;
+          {
+            std::lock_guard lock(admin_token_mu);
+            token = admin_token;
+          }
+          const ServerStats server_stats{.access_log_dropped = access_log->dropped(),
+                                         .connections_shed = shed.load()};
+          reply = admin_reply(request, proxy, token, draining, server_stats);
         } else {
           auto handling = proxy.handle(std::move(request), state);
           reply = co_await std::move(handling);
@@ -471,7 +547,7 @@ struct Gateway::Impl {
 
   void log(const Reply& reply, std::string_view id, std::string_view method,
            std::string_view target, std::chrono::steady_clock::time_point started) {
-    if (!access_log) return;
+    if (!access_log->enabled()) return;
     const double total_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
             .count();
@@ -485,7 +561,7 @@ struct Gateway::Impl {
         "\",\"status\":{},\"x_cache\":\"{}\",\"upstream_ms\":{:.3f},\"total_ms\":{:.3f}}}",
         reply.cached ? reply.cached->status : reply.status, reply.x_cache, reply.upstream_ms,
         total_ms);
-    access_log->info(line);
+    access_log->write(line);
   }
 };
 
@@ -499,22 +575,18 @@ Gateway::~Gateway() {
 void Gateway::start() {
   Impl& g = *impl_;
   const auto& server = g.config.server;
-  // The access log is written by a background thread, so a slow terminal or disk never holds a
-  // request; lines reach the sink within a second (and on shutdown).
-  if (!server.access_log.empty()) {
-    static std::once_flag pool_once;
-    std::call_once(pool_once, [] { spdlog::init_thread_pool(64 * 1024, 1); });
-    if (server.access_log == "-") {
-      g.access_log = spdlog::create_async<spdlog::sinks::stdout_sink_mt>("access");
-    } else {
-      g.access_log =
-          spdlog::create_async<spdlog::sinks::basic_file_sink_mt>("access", server.access_log);
-    }
-    g.access_log->set_pattern("%v");
-    spdlog::flush_every(std::chrono::seconds(1));
+  g.access_log = std::make_unique<AccessLog>(server.access_log);
+  g.admin_token = server.admin_token;
+  struct rlimit files {};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
+    const auto limit = static_cast<std::int64_t>(files.rlim_cur);
+    g.fd_ceiling = std::max<std::int64_t>(limit - std::max<std::int64_t>(limit / 8, 16), 64);
   }
-  g.sessions = std::make_unique<std::atomic<int>[]>(server.threads);
-  for (unsigned i = 0; i < server.threads; ++i) {
+  // One io_context per I/O thread, and one more for the admin API, so that admin work (a
+  // /metrics scrape over many routes, a purge) never holds a client's thread.
+  const unsigned admin_thread = server.threads;
+  g.sessions = std::make_unique<std::atomic<int>[]>(server.threads + 1);
+  for (unsigned i = 0; i <= server.threads; ++i) {
     g.contexts.push_back(std::make_unique<asio::io_context>(1));
     g.sweepers.push_back(std::make_unique<Sweeper>(*g.contexts.back()));
     g.sweepers.back()->start();
@@ -522,21 +594,29 @@ void Gateway::start() {
     g.guards.emplace_back(g.contexts.back()->get_executor());
   }
   tcp::endpoint ep = resolve_endpoint(server.listen);
+  {
+    // SO_REUSEPORT would let a second gateway (or anything else of this user's) join our port
+    // and take a share of the traffic unnoticed. A socket bound without it first fails if any
+    // socket holds the port; ours then take the port together, and nobody else's can.
+    tcp::acceptor probe(*g.contexts[0]);
+    g.open_listener(probe, ep, false);
+    ep.port(probe.local_endpoint().port());  // port 0: the one chosen, for every thread
+  }
   for (unsigned i = 0; i < server.threads; ++i) {
     auto a = std::make_unique<tcp::acceptor>(*g.contexts[i]);
-    g.open_listener(*a, ep);
-    if (i == 0) ep.port(a->local_endpoint().port());  // port 0: the others share the chosen one
+    g.open_listener(*a, ep, true);
     g.listeners.push_back(std::move(a));
   }
   g.bound = Endpoint{server.listen.host, ep.port()};
-  g.admin = std::make_unique<tcp::acceptor>(*g.contexts[0]);
-  g.open_listener(*g.admin, resolve_endpoint(server.admin_listen));
+  g.admin = std::make_unique<tcp::acceptor>(*g.contexts[admin_thread]);
+  g.open_listener(*g.admin, resolve_endpoint(server.admin_listen), false);
   g.admin_bound = Endpoint{server.admin_listen.host, g.admin->local_endpoint().port()};
   for (unsigned i = 0; i < server.threads; ++i) {
     asio::co_spawn(*g.contexts[i], g.accept_loop(*g.listeners[i], i, false), asio::detached);
   }
-  asio::co_spawn(*g.contexts[0], g.accept_loop(*g.admin, 0, true), asio::detached);
-  for (unsigned i = 0; i < server.threads; ++i) {
+  asio::co_spawn(*g.contexts[admin_thread], g.accept_loop(*g.admin, admin_thread, true),
+                 asio::detached);
+  for (unsigned i = 0; i <= server.threads; ++i) {
     g.threads.emplace_back([ctx = g.contexts[i].get()] { ctx->run(); });
   }
 }
@@ -575,7 +655,6 @@ void Gateway::stop() {
     for (auto& sweeper : g.sweepers)
       sweeper->release();
     if (g.access_log) g.access_log->flush();
-    spdlog::drop("access");
     g.proxy.sync_store();  // the process leaves with _Exit: no destructor will write the queue
     std::lock_guard lock(g.stop_mu);
     g.stopped = true;
@@ -591,9 +670,19 @@ void Gateway::wait() {
 std::string Gateway::reload(const std::string& config_path) {
   try {
     Config next = load_config(config_path);
+    if (auto error = impl_->access_log->retarget(next.server.access_log); !error.empty()) {
+      throw std::runtime_error(error);
+    }
     impl_->proxy.reload(next);
-    spdlog::info("reloaded {}: {} routes (listeners, threads and cache size apply at restart)",
-                 config_path, next.routes.size());
+    {
+      std::lock_guard lock(impl_->admin_token_mu);
+      impl_->admin_token = next.server.admin_token;
+    }
+    set_log_level(next.server.log_level);
+    spdlog::info(
+        "reloaded {}: {} routes, admin token, access log and log level (listeners, "
+        "threads and cache size apply at restart)",
+        config_path, next.routes.size());
     return "";
   } catch (const std::exception& e) {
     spdlog::error("reload refused, keeping the running configuration: {}", e.what());

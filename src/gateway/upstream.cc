@@ -255,14 +255,22 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     boost::system::error_code ec;
     co_await http::async_write(conn.stream, req, asio::redirect_error(asio::use_awaitable, ec));
     bool got_some = false;
+    std::size_t header_fields = 0;
     std::optional<http::response_parser<http::string_body>> parser;
     for (int interim = 0; !ec; ++interim) {  // interim answers (100, 103) come first
       parser.emplace();
       parser->body_limit(impl->max_body);
       parser->skip(head);  // an answer to HEAD has no body, whatever its header says
-      co_await http::async_read(conn.stream, conn.buffer, *parser,
-                                asio::redirect_error(asio::use_awaitable, ec));
+      co_await http::async_read_header(conn.stream, conn.buffer, *parser,
+                                       asio::redirect_error(asio::use_awaitable, ec));
       got_some = got_some || parser->got_some();
+      // Fields after these are a chunked body's trailers, never the answer's headers.
+      header_fields =
+          static_cast<std::size_t>(std::distance(parser->get().begin(), parser->get().end()));
+      if (!ec && !parser->is_done()) {
+        co_await http::async_read(conn.stream, conn.buffer, *parser,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+      }
       const unsigned status = parser->get().result_int();
       if (ec || status < 100 || status >= 200) break;
       // The gateway never asks to switch protocols: a 101 is an answer to a request not sent.
@@ -281,6 +289,13 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       if (stale_connection && attempt == 0 && idempotent(request.method)) continue;
       throw to_error(ec, got_some ? "reading the response" : "sending the request");
     }
+    if (const auto te = parser->get()[http::field::transfer_encoding];
+        !te.empty() && !beast::iequals(te, "chunked")) {
+      // Only chunked is undone here; passing on, say, gzip bytes without the coding that says
+      // so would give clients a body they cannot read.
+      throw UpstreamError(UpstreamError::Kind::kBadResponse,
+                          "unsupported transfer coding: " + std::string(te));
+    }
     auto res = parser->release();
     UpstreamResponse out;
     out.status = res.result_int();
@@ -289,6 +304,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     // surplus bytes would be taken for the next request's answer.
     out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;
     for (const auto& field : res) {
+      if (out.headers.size() == header_fields) break;
       out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }
     out.body = std::move(res.body());

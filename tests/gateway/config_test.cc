@@ -114,7 +114,7 @@ TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
   expect_error("[cache]\ndisk = \"4GB\"\n", {"test.toml:2:", "cache.disk", "size"});
   expect_error("[cache]\ndisk = 0\n", {"test.toml:2:", "cache.disk", "more than 0"});
   expect_error("[cache]\npath = \"\"\n", {"test.toml:2:", "cache.path", "empty"});
-  expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "HOST:PORT"});
+  expect_error("[server]\nlisten = \"nowhere\"\n", {"server.listen", "ADDRESS:PORT"});
   expect_error("[server]\nthreads = -1\n", {"server.threads"});
   expect_error("[server]\n\nidle_timeout = \"500ms\"\n",
                {"test.toml:3:", "server.idle_timeout", "at least 1s"});
@@ -132,6 +132,54 @@ TEST(Config, BadValuesAreErrorsNamingKeyAndLine) {
       "[[routes]]\nname = \"a\"\nprefix = \"/b\"\nupstream = \"http://h\"\n",
       {"duplicate route name"});
   expect_error("[server\n", {"test.toml:1:"});
+}
+
+// `check` validates what `serve` needs: a config check passes only if serve would start.
+TEST(Config, ListenersAreAddressesAndNeverTheSamePort) {
+  expect_error("[server]\nlisten = \"example.com:8080\"\n", {"test.toml:2:", "server.listen"});
+  expect_error("[server]\nlisten = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"\n",
+               {"test.toml:3:", "server.admin_listen", "must differ"});
+  expect_error("[server]\nlisten = \"0.0.0.0:9\"\nadmin_listen = \"127.0.0.1:9\"\n",
+               {"server.admin_listen", "must differ"});
+  expect_error("[server]\nlisten = \"localhost:9\"\nadmin_listen = \"127.0.0.1:9\"\n",
+               {"server.admin_listen"});
+  auto c = parse_config("[server]\nlisten = \"[::1]:8080\"\nadmin_listen = \"127.0.0.1:0\"\n", "t");
+  EXPECT_EQ(c.server.listen.host, "::1");
+  EXPECT_EQ(c.server.listen.to_string(), "[::1]:8080");
+  EXPECT_NO_THROW(
+      parse_config("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n", "t"));
+}
+
+TEST(Config, NonFiniteNumbersAreRefused) {
+  EXPECT_FALSE(parse_duration("nan").has_value());
+  EXPECT_FALSE(parse_duration("nans").has_value());
+  EXPECT_FALSE(parse_duration("infs").has_value());
+  EXPECT_FALSE(parse_size("inf").has_value());
+  EXPECT_FALSE(parse_size("nanKiB").has_value());
+  expect_error("[server]\nidle_timeout = \"nans\"\n", {"test.toml:2:", "server.idle_timeout"});
+  expect_error("[cache]\nmemory = \"nanMiB\"\n", {"test.toml:2:", "cache.memory"});
+  const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n";
+  expect_error(route + "retry = { budget = nan }\n", {"test.toml:5:", "routes[0].retry.budget"});
+  expect_error(route + "breaker = { failure_rate = nan }\n",
+               {"test.toml:5:", "routes[0].breaker.failure_rate"});
+  expect_error(route + "breaker = { failure_rate = inf }\n", {"routes[0].breaker.failure_rate"});
+}
+
+TEST(Config, HardeningSettings) {
+  auto c = parse_config("", "t");
+  EXPECT_EQ(c.server.upstream_idle_timeout, 4s);
+  EXPECT_EQ(c.server.max_query_params, 256u);
+  EXPECT_EQ(c.server.log_level, "info");
+  c = parse_config(
+      "[server]\nupstream_idle_timeout = \"1500ms\"\nmax_query_params = 10\nlog_level = \"warn\"\n",
+      "t");
+  EXPECT_EQ(c.server.upstream_idle_timeout, 1500ms);
+  EXPECT_EQ(c.server.max_query_params, 10u);
+  EXPECT_EQ(c.server.log_level, "warn");
+  EXPECT_EQ(parse_config(to_toml(c), "round").server.upstream_idle_timeout, 1500ms);
+  expect_error("[server]\nupstream_idle_timeout = \"0s\"\n", {"server.upstream_idle_timeout"});
+  expect_error("[server]\nmax_query_params = 0\n", {"server.max_query_params"});
+  expect_error("[server]\nlog_level = \"loud\"\n", {"test.toml:2:", "server.log_level"});
 }
 
 TEST(Config, DurationsAndSizes) {

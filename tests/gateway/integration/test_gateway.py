@@ -770,15 +770,15 @@ class Store(unittest.TestCase):
         with open(os.path.join(self.store, "data.mdb"), "wb") as f:
             f.write(b"this is not a database " * 4096)
         gw = self.start()
-        warning = "".join(gw.log_lines)
-        self.assertIn(self.store, warning)
-        self.assertIn("moved it to", warning)
         aside = [d for d in os.listdir(os.path.dirname(self.store)) if ".broken-" in d]
         self.assertEqual(len(aside), 1)
         self.assertEqual(gw.get("/api/after")[1]["x-cache"], "MISS")
         self.assertEqual(gw.get("/api/after")[1]["x-cache"], "HIT")
         health = json.loads(gw.get("/health", admin=True)[2])
         self.assertEqual(health["tiers"], {"memory": "ok", "disk": "ok"})
+        gw.stop()
+        self.assertIn(self.store, gw.stderr_text)  # diagnostics go to stderr
+        self.assertIn("moved it to", gw.stderr_text)
 
     def test_the_disk_budget_is_kept(self):
         gw = self.start(cache_extra='disk = "256KiB"')

@@ -1,0 +1,45 @@
+// AccessLog: one JSON line per answered request, written by a thread of its own.
+//
+// Logging never holds a request: lines go into a bounded queue that a background thread writes
+// out, and when the queue is full (a terminal nobody reads, a stalled disk) the oldest lines
+// are dropped and counted (`dropped()`, in /stats and /metrics) instead of blocking the I/O
+// threads. The target can be changed while running (SIGHUP): the writer thread switches files
+// between two lines. Lines reach the file within a second.
+//
+// Thread safety: write() and dropped() from any thread; retarget() from any thread.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace unherd::gateway {
+
+class AccessLog {
+ public:
+  // `target`: "-" for stdout, "" for off, else a file path (appended to; its directory must
+  // exist). Throws std::runtime_error naming the path when the file cannot be opened.
+  explicit AccessLog(const std::string& target, std::size_t queue_lines = 64 * 1024);
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  bool enabled() const noexcept { return enabled_.load(std::memory_order_relaxed); }
+  // Queues a line (without its newline). Never blocks.
+  void write(std::string_view line);
+  // Switches to another target. Returns "" or, when the new file cannot be opened, why (the
+  // old target is kept).
+  std::string retarget(const std::string& target);
+  // Lines dropped because the queue was full.
+  std::uint64_t dropped() const;
+  // Asks the writer to flush what it has (does not wait).
+  void flush();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::atomic<bool> enabled_{false};
+};
+
+}  // namespace unherd::gateway
