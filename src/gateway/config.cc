@@ -345,6 +345,7 @@ Config parse_config(std::string_view text, const std::string& source) {
       r.fail(*server->get("upstream_idle_timeout"), "upstream_idle_timeout", "must be more than 0");
     }
     r.string("access_log", config.server.access_log);
+    r.integer("access_log_queue", config.server.access_log_queue, 16, 16'777'216);
     r.one_of("log_level", config.server.log_level, {"error", "warn", "info", "debug"});
     r.finish();
   }
@@ -425,6 +426,7 @@ std::string to_toml(const Config& c) {
       << "upstream_connections = " << c.server.upstream_connections << "\n"
       << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
       << "access_log = \"" << c.server.access_log << "\"\n"
+      << "access_log_queue = " << c.server.access_log_queue << "\n"
       << "log_level = \"" << c.server.log_level << "\"\n\n"
       << "[cache]\n"
       << "memory = \"" << format_size(c.cache.memory) << "\"\n"

@@ -575,12 +575,12 @@ Gateway::~Gateway() {
 void Gateway::start() {
   Impl& g = *impl_;
   const auto& server = g.config.server;
-  g.access_log = std::make_unique<AccessLog>(server.access_log);
+  g.access_log = std::make_unique<AccessLog>(server.access_log, server.access_log_queue);
   g.admin_token = server.admin_token;
   struct rlimit files {};
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
     const auto limit = static_cast<std::int64_t>(files.rlim_cur);
-    g.fd_ceiling = std::max<std::int64_t>(limit - std::max<std::int64_t>(limit / 8, 16), 64);
+    g.fd_ceiling = limit - std::clamp<std::int64_t>(limit / 8, 16, 4096);
   }
   // One io_context per I/O thread, and one more for the admin API, so that admin work (a
   // /metrics scrape over many routes, a purge) never holds a client's thread.

@@ -30,13 +30,15 @@ def route(name, prefix, port, **extra):
 class Gateway:
     """A running `unherd serve`. `routes` is TOML text of [[routes]] tables."""
 
-    def __init__(self, routes, server_extra="", cache_extra="", store_dir=None, preexec_fn=None):
+    def __init__(self, routes, server_extra="", cache_extra="", store_dir=None, preexec_fn=None,
+                 access_log=None):
         """store_dir: where the disk tier lives (default: this gateway's own temporary
-        directory); pass another gateway's `store_dir` to restart on its store."""
+        directory); pass another gateway's `store_dir` to restart on its store. access_log:
+        the setting (default: a file in that directory)."""
         self.dir = tempfile.mkdtemp(prefix="unherd-test-")
         self.store_dir = store_dir or os.path.join(self.dir, "cache")
         self.config = os.path.join(self.dir, "unherd.toml")
-        self.access_log = os.path.join(self.dir, "access.log")
+        self.access_log = access_log or os.path.join(self.dir, "access.log")
         self.cache_extra = cache_extra
         self.write_config(routes, server_extra)
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config],

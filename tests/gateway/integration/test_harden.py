@@ -1,0 +1,230 @@
+"""End to end: the gateway under a hostile client, a bad configuration, a stalled log reader, a
+loop of gateways and a shortage of file descriptors."""
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from harness import BIN, TOKEN, Gateway, eventually, route
+from upstream import Upstream
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def write_config(text):
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
+
+
+class Listeners(unittest.TestCase):
+    def test_a_second_gateway_on_the_same_port_is_refused(self):
+        up = Upstream()
+        first = Gateway(route("api", "/api", up.port))
+        try:
+            path = write_config(
+                f'[server]\nlisten = "127.0.0.1:{first.port}"\nadmin_listen = "127.0.0.1:0"\n'
+                f'[cache]\nstore = "none"\n' + route("api", "/api", up.port))
+            r = subprocess.run([BIN, "serve", "--config", path], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f"cannot listen on 127.0.0.1:{first.port}", r.stderr)
+            # The first gateway still answers every request itself.
+            for _ in range(20):
+                self.assertEqual(first.get("/api/x")[0], 200)
+            os.unlink(path)
+        finally:
+            first.stop()
+            up.stop()
+
+    def test_admin_listen_equal_to_listen_is_refused_by_check_and_serve(self):
+        path = write_config('[server]\nlisten = "127.0.0.1:18080"\n'
+                            'admin_listen = "127.0.0.1:18080"\n')
+        for cmd in ("check", "serve"):
+            r = subprocess.run([BIN, cmd, "--config", path], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 2, cmd)
+            self.assertIn(":3: server.admin_listen", r.stderr)
+        os.unlink(path)
+
+    def test_an_access_log_in_a_missing_directory_is_an_error_not_a_new_directory(self):
+        missing = os.path.join(tempfile.mkdtemp(), "no-such-dir")
+        path = write_config(f'[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+                            f'access_log = "{missing}/access.log"\n[cache]\nstore = "none"\n')
+        r = subprocess.run([BIN, "serve", "--config", path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"{missing}/access.log", r.stderr)
+        self.assertFalse(os.path.exists(missing))
+        os.unlink(path)
+
+
+class Logging(unittest.TestCase):
+    def test_a_stdout_log_nobody_reads_drops_lines_and_never_stops_serving(self):
+        up = Upstream()
+        # stdout is a pipe this test never reads from after the gateway says where it listens.
+        gw = Gateway(route("api", "/api", up.port, fresh_ttl='"1h"'), access_log="-",
+                     server_extra="access_log_queue = 64")
+        try:
+            conn = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            request = b"GET /api/logged HTTP/1.1\r\nHost: t\r\n\r\n"
+            # 3,000 lines of ~200 bytes: far past the pipe (64 KiB) and the queue (64 lines).
+            answered = 0
+            buf = b""
+            for _ in range(30):
+                conn.sendall(request * 100)
+                while buf.count(b"HTTP/1.1 200") < 100:
+                    chunk = conn.recv(1 << 20)
+                    self.assertTrue(chunk, "the gateway closed the connection")
+                    buf += chunk
+                answered += 100
+                buf = buf[buf.rfind(b"HTTP/1.1 200") + 1:]
+            conn.close()
+            self.assertEqual(answered, 3000)
+            stats = gw.stats()
+            self.assertGreater(stats["access_log_dropped"], 0)
+            metrics = gw.get("/metrics", admin=True)[2].decode()
+            self.assertIn("unherd_access_log_dropped_total", metrics)
+        finally:
+            gw.proc.kill()
+            gw.proc.wait()
+            up.stop()
+
+    def test_breaker_transitions_are_logged_with_the_upstream(self):
+        up = Upstream()
+        gw = Gateway(route("b", "/b", up.port, retry="{ attempts = 1 }", stale_if_error='"0s"',
+                           breaker='{ window = 2, min_calls = 2, open_for = "1h" }'))
+        up.state.down = True
+        for i in range(3):
+            gw.get(f"/b/{i}")
+        gw.stop()
+        up.stop()
+        self.assertIn(f"upstream http://127.0.0.1:{up.port}: circuit breaker closed -> open",
+                      gw.stderr_text)
+
+
+class Admin(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.gw = Gateway(route("api", "/api", cls.up.port) +
+                         route("prod", "/prod", cls.up.port, key='["path", "query:id"]'))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        cls.up.stop()
+
+    def purge(self, query, headers=AUTH):
+        s, _, body = self.gw.get("/purge?" + query, method="POST", admin=True, headers=headers)
+        return s, (json.loads(body) if s == 200 else body)
+
+    def test_a_purge_key_is_a_target_normalised_as_requests_are(self):
+        self.gw.get("/api/p?a=1&b=2")
+        self.assertEqual(self.gw.get("/api/p?b=2&a=1")[1]["x-cache"], "HIT")
+        self.assertEqual(self.purge("key=/api/p?b=2&a=1"), (200, {"purged": 1}))
+        self.assertEqual(self.gw.get("/api/p?a=1&b=2")[1]["x-cache"], "MISS")
+        # Percent-encoded, as a careful client writes it; and a route keyed on one parameter.
+        self.assertEqual(self.purge("key=%2Fapi%2Fp%3Fa%3D1%26b%3D2"), (200, {"purged": 1}))
+        self.gw.get("/prod/x?id=7&utm=1")
+        self.assertEqual(self.purge("key=/prod/x?id=7"), (200, {"purged": 1}))
+        self.assertEqual(self.gw.get("/prod/x?id=7")[1]["x-cache"], "MISS")
+
+    def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(self):
+        self.assertEqual(self.purge("prefix=/none", {"Authorization": f"bearer {TOKEN}"})[0], 200)
+        self.assertEqual(self.purge("prefix=/none", {"Authorization": f"BEARER {TOKEN}"})[0], 200)
+        self.assertEqual(self.purge("prefix=/none",
+                                    {"Authorization": f"Bearer {TOKEN.upper()}"})[0], 401)
+        self.assertEqual(self.purge("prefix=/none", {"Authorization": f"Bearer {TOKEN}x"})[0], 401)
+
+    def test_sighup_rotates_the_admin_token(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port))
+        try:
+            with open(gw.config) as f:
+                text = f.read()
+            with open(gw.config, "w") as f:
+                f.write(text.replace(f'admin_token = "{TOKEN}"', 'admin_token = "rotated"'))
+            gw.send_signal(signal.SIGHUP)
+            new = {"Authorization": "Bearer rotated"}
+            post = lambda h: gw.get("/purge?prefix=/x", method="POST", admin=True, headers=h)[0]
+            self.assertTrue(eventually(lambda: post(new) == 200))
+            self.assertEqual(post(AUTH), 401, "the old token no longer works")
+        finally:
+            gw.stop()
+            up.stop()
+
+
+class Loops(unittest.TestCase):
+    def test_via_is_sent_upstream_and_a_request_that_comes_back_is_508(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port))
+        try:
+            gw.get("/api/via")
+            seen = json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{up.port}/__headers").read())[-1]
+            self.assertRegex(seen["via"], r"^1\.1 unherd-[0-9a-f]{8}$")
+            # Now a route whose upstream is the gateway itself.
+            gw.write_config(route("api", "/api", up.port) +
+                            route("loop", "/loop", gw.port, retry="{ attempts = 3 }"))
+            gw.send_signal(signal.SIGHUP)
+            self.assertTrue(eventually(lambda: gw.get("/loop/x")[0] == 508))
+            before = gw.stats()["routes"]["loop"]["total_requests"]
+            s, h, body = gw.get("/loop/y")
+            self.assertEqual(s, 508)
+            # One request in, one forwarded to itself, refused there: two, not hundreds.
+            self.assertEqual(gw.stats()["routes"]["loop"]["total_requests"] - before, 2)
+        finally:
+            gw.stop()
+            up.stop()
+
+
+def low_fd_limit():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+
+class Descriptors(unittest.TestCase):
+    def test_running_out_of_descriptors_sheds_clients_not_the_upstream(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port, retry="{ attempts = 1 }",
+                           breaker='{ window = 2, min_calls = 2, open_for = "1h" }'),
+                     cache_extra='store = "none"', preexec_fn=low_fd_limit)
+        idle = []
+        try:
+            keep = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            # Idle clients until the gateway starts closing new ones at once.
+            shed = False
+            for _ in range(200):
+                s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+                idle.append(s)
+                s.settimeout(0.5)
+                s.sendall(b"")
+                if eventually(lambda: gw.stats()["connections_shed"] > 0, timeout=0.01):
+                    shed = True
+                    break
+            self.assertTrue(shed, "clients past the reserve are shed")
+            # Fresh keys still reach the upstream on the connection already open.
+            for i in range(4):
+                keep.sendall(f"GET /api/fd{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += keep.recv(65536)
+                self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:200])
+            health = json.loads(gw.get("/health", admin=True)[2])
+            self.assertEqual(list(health["upstreams"].values()), ["closed"])
+        finally:
+            for s in idle:
+                s.close()
+            gw.stop()
+            up.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
