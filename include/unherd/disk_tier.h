@@ -42,6 +42,9 @@ struct DiskTierOptions {
   std::size_t queue_bytes = 64u << 20;
   Duration sync_interval = std::chrono::seconds(1);
   Duration sweep_interval = std::chrono::seconds(10);
+  // How long opening may spend verifying an existing store in a child process (see Faults).
+  // Past it the store is opened unverified, with a warning. Zero: never verify.
+  Duration verify_limit = std::chrono::seconds(10);
   // Where warnings go (a broken store set aside, write errors). Default: stderr.
   std::function<void(const std::string&)> warn;
 };
