@@ -34,7 +34,8 @@ bool is_damage(int rc) {
 // LMDB's on-disk page layout (format 1, fixed since LMDB 0.9): a 16-byte header of page number,
 // padding, flags and, on an overflow page, how many pages the value spans.
 constexpr std::size_t kPageHeader = 16;
-constexpr std::uint16_t kOverflowFlag = 0x04;
+constexpr std::uint16_t kLeafFlag = 0x02, kOverflowFlag = 0x04, kBigDataFlag = 0x01;
+constexpr std::uint16_t kDirtyFlags = 0x10 | 0x8000 | 0x4000;  // P_DIRTY, P_LOOSE, P_KEEP
 
 // The store as the child sees it: its page size and how far the last transaction reaches.
 struct Layout {
@@ -59,7 +60,7 @@ class Walk {
   // page boundary; a value inline in a leaf never sits there). The header says which page it is
   // and how many the value spans, and LMDB frees exactly those when the value goes: a wrong
   // count frees pages in use, or loops for billions. LMDB does not say where its map starts,
-  // so the first overflow page tells, and every other must agree.
+  // so the first page checked tells, and every other must agree.
   bool overflow_sound(const MDB_val& v) {
     const auto addr = reinterpret_cast<std::uintptr_t>(v.mv_data);
     if (addr % l_.page != kPageHeader) return true;  // inline in its leaf
@@ -73,7 +74,42 @@ class Walk {
     if (!(flags & kOverflowFlag) || pgno < 2 || pgno >= l_.pages) return false;
     if (count != (v.mv_size + kPageHeader + l_.page - 1) / l_.page || count > l_.pages - pgno)
       return false;
-    const std::uintptr_t base = addr - kPageHeader - pgno * l_.page;
+    return same_base(addr - kPageHeader - pgno * l_.page);
+  }
+
+  // The leaf page holding a record (its key sits inside it): a leaf by its flags, its own page
+  // number, and every node within the page. A reader trusts these offsets as far as it reads;
+  // a writer inserting into the page moves bytes by them, and noise there writes wild memory.
+  bool leaf_sound(const MDB_val& k) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(k.mv_data);
+    const std::uintptr_t at = addr - addr % l_.page;
+    if (at == last_leaf_) return true;
+    const char* page = reinterpret_cast<const char*>(at);
+    std::uint64_t pgno;
+    std::uint16_t flags, lower, upper;
+    std::memcpy(&pgno, page, 8);
+    std::memcpy(&flags, page + 10, 2);
+    std::memcpy(&lower, page + 12, 2);
+    std::memcpy(&upper, page + 14, 2);
+    if ((flags & ~kDirtyFlags) != kLeafFlag || pgno < 2 || pgno >= l_.pages) return false;
+    if (lower < kPageHeader || lower % 2 != 0 || lower > upper || upper > l_.page) return false;
+    if (!same_base(at - pgno * l_.page)) return false;
+    for (std::size_t i = 0; i < (lower - kPageHeader) / 2u; ++i) {
+      std::uint16_t ptr, lo, hi, node_flags, ksize;
+      std::memcpy(&ptr, page + kPageHeader + 2 * i, 2);
+      if (ptr < upper || ptr + 8u > l_.page) return false;
+      std::memcpy(&lo, page + ptr, 2);
+      std::memcpy(&hi, page + ptr + 2, 2);
+      std::memcpy(&node_flags, page + ptr + 4, 2);
+      std::memcpy(&ksize, page + ptr + 6, 2);
+      const std::size_t data = (node_flags & kBigDataFlag) ? 8 : (lo | std::size_t{hi} << 16);
+      if (ptr + 8u + ksize + data > l_.page) return false;
+    }
+    last_leaf_ = at;
+    return true;
+  }
+
+  bool same_base(std::uintptr_t base) {
     if (base_ == 0) base_ = base;
     return base == base_;
   }
@@ -101,6 +137,7 @@ class Walk {
     MDB_val k{}, v{};
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      if (!leaf_sound(k)) return fail(MDB_CORRUPTED, "a leaf page in ", name);
       if (!overflow_sound(v)) return fail(MDB_CORRUPTED, "an overflow page header in ", name);
       if (free_list && !free_list_sound(v)) return fail(MDB_CORRUPTED, "the free list", "");
       touch(k);
@@ -148,7 +185,8 @@ class Walk {
  private:
   Layout l_;
   Report& r_;
-  std::uintptr_t base_ = 0;  // where the map starts, once an overflow page has said
+  std::uintptr_t base_ = 0;       // where the map starts, once a page has said
+  std::uintptr_t last_leaf_ = 0;  // the leaf page checked last: a walk visits each in turn
   volatile char sink_ = 0;
 };
 
