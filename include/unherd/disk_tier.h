@@ -18,12 +18,16 @@
 // renews a record's recency; so does writing it again) until 90% of the budget is used. The
 // LMDB map is reserved once at 2 × budget + 64 MiB; the file grows within it as pages are used.
 //
-// Faults. A store that cannot be opened — corrupt, another format version, not a store at all —
-// is moved aside (renamed to PATH.broken-TIME) with a warning naming both paths, and a fresh
-// one is created. If none can be (the path is unwritable, the store is locked by another
-// process), the tier is unavailable: every lookup misses and every insert is dropped, and the
-// process goes on serving from memory. Write errors (a full disk) drop the write, count it, and
-// warn at most once a minute.
+// Faults. A store that is itself damaged — corrupt, cut short, another format version, not a
+// store at all — is moved aside (renamed to PATH.broken-TIME) with a warning naming both paths,
+// and a fresh one is created. Damage LMDB would fault on is found before this process maps the
+// store: a forked child walks it first (src/store/verify_store.h), within verify_limit. A store
+// that cannot be opened for an outside reason (permissions, a missing parent, a read-only or full
+// file system, locked by another process) is left untouched; the tier is then unavailable, with
+// the reason in stats(): every lookup misses and every insert is dropped, and the process goes on
+// serving from memory. While running, a data file shorter than it has been switches the tier off
+// and marks the store to be set aside at the next start. Write errors (a full disk) drop the
+// write, count it, and warn at most once a minute.
 //
 // Thread safety: every member may be called concurrently from any thread.
 #pragma once
@@ -42,6 +46,9 @@ struct DiskTierOptions {
   std::size_t queue_bytes = 64u << 20;
   Duration sync_interval = std::chrono::seconds(1);
   Duration sweep_interval = std::chrono::seconds(10);
+  // How long opening may spend verifying an existing store in a child process (see Faults).
+  // Past it the store is opened unverified, with a warning. Zero: never verify.
+  Duration verify_limit = std::chrono::seconds(10);
   // Where warnings go (a broken store set aside, write errors). Default: stderr.
   std::function<void(const std::string&)> warn;
 };

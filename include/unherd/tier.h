@@ -48,7 +48,8 @@ struct TierStats {
   std::uint64_t entries = 0;
   std::uint64_t bytes = 0;   // what the records count against the budget
   std::uint64_t budget = 0;  // 0: unbounded
-  bool available = true;     // false: the tier could not be opened and stores nothing
+  bool available = true;     // false: the tier could not be opened (or broke) and stores nothing
+  std::string unavailable_reason;  // when not available: why, naming the store
 };
 
 class Tier {

@@ -69,13 +69,20 @@ Reply health_reply(Proxy& proxy, bool draining) {
   json::object breakers;
   for (const auto& [upstream, state] : s.breakers)
     breakers[upstream] = state;
-  json::object tiers;  // a tier that could not be opened does not stop serving: it is reported
-  for (const auto& [name, t] : s.tiers)
+  // A tier that is off does not stop serving (memory still answers): the gateway is degraded,
+  // still 200, and says why, so a load balancer keeps it and an operator sees it.
+  json::object tiers, degraded;
+  for (const auto& [name, t] : s.tiers) {
     tiers[name] = t.available ? "ok" : "unavailable";
-  return json_reply(draining ? 503 : 200, json::object{{"status", draining ? "draining" : "ok"},
-                                                       {"upstreams", std::move(breakers)},
-                                                       {"tiers", std::move(tiers)},
-                                                       {"in_flight", s.in_flight}});
+    if (!t.available) degraded[name] = t.unavailable_reason;
+  }
+  const char* status = draining ? "draining" : degraded.empty() ? "ok" : "degraded";
+  json::object out{{"status", status},
+                   {"upstreams", std::move(breakers)},
+                   {"tiers", std::move(tiers)},
+                   {"in_flight", s.in_flight}};
+  if (!degraded.empty()) out["degraded"] = std::move(degraded);
+  return json_reply(draining ? 503 : 200, out);
 }
 
 Reply metrics_reply(Proxy& proxy, const ServerStats& server) {

@@ -1,5 +1,7 @@
 // The admin endpoints, served on admin_listen only:
-//   GET  /health        200 {"status":"ok",...} with each upstream's breaker; 503 while draining
+//   GET  /health        200 {"status":"ok",...} with each upstream's breaker and each tier;
+//                       200 {"status":"degraded","degraded":{tier: why}} while a tier is off;
+//                       503 while draining
 //   GET  /stats         counters as JSON, in total and per route
 //   POST /stats/reset   zeroes the counters
 //   GET  /metrics       Prometheus text format

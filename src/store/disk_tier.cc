@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "store/verify_store.h"
 #include "unherd/detail/striped_counter.h"
 
 namespace unherd {
@@ -246,8 +248,14 @@ struct DiskTier::Impl {
   MDB_env* env = nullptr;
   MDB_dbi records = 0, metas = 0, lru = 0, expiry = 0, info = 0;
   int lock_fd = -1;
+  int data_fd = -1;  // LMDB's own descriptor of data.mdb, for the size guard
+  // The largest size data.mdb has been seen at. LMDB never shrinks it, so a smaller size means
+  // someone cut it, and reading the pages past the cut through the map would raise SIGBUS.
+  std::atomic<std::uint64_t> data_size{0};
   std::atomic<bool> available{false};
   std::string moved_aside;
+  mutable std::mutex reason_mu;
+  std::string unavailable_reason;  // under reason_mu
 
   // Written by the writer (or an erase/purge) under write_mu, after each commit.
   std::mutex write_mu;
@@ -306,6 +314,7 @@ struct DiskTier::Impl {
       ::close(lock_fd);
       lock_fd = -1;
     }
+    data_fd = -1;
   }
 
   std::uint64_t map_size() const { return 2 * options.budget + (64ull << 20); }
@@ -318,10 +327,12 @@ struct DiskTier::Impl {
     std::string why;
   };
 
+  // Only what is wrong with the store itself. Errors of the world around it — permissions, a
+  // read-only or full file system, a missing parent — would be the same for a fresh store, and
+  // setting the warm one aside for them would throw it away for nothing.
   static bool store_is_broken(int rc) {
     return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED ||
-           rc == MDB_PAGE_NOTFOUND || rc == MDB_INCOMPATIBLE || rc == MDB_PANIC || rc == EACCES ||
-           rc == EPERM || rc == EROFS || rc == ENOTDIR;
+           rc == MDB_PAGE_NOTFOUND || rc == MDB_INCOMPATIBLE || rc == MDB_PANIC;
   }
 
   // Opens the store at options.path; holds nothing open when it fails.
@@ -332,24 +343,29 @@ struct DiskTier::Impl {
     if (fs::exists(status) && !fs::is_directory(status))
       return {Failure::kBroken, "not a directory"};
     fs::create_directories(dir, ec);
-    if (ec) {
-      return {store_is_broken(ec.value()) ? Failure::kBroken : Failure::kOther,
-              "cannot create it: " + ec.message()};
-    }
+    if (ec) return {Failure::kOther, "cannot create it: " + ec.message()};
     if (fs::exists(dir / kBrokenMarker, ec)) {
       std::ifstream in(dir / kBrokenMarker);
       std::string why((std::istreambuf_iterator<char>(in)), {});
       return {Failure::kBroken, "found broken while running: " + why};
     }
     lock_fd = ::open((dir / "unherd.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd < 0) {
-      const int err = errno;
-      return {store_is_broken(err) ? Failure::kBroken : Failure::kOther,
-              std::string("cannot write in it: ") + std::strerror(err)};
-    }
+    if (lock_fd < 0)
+      return {Failure::kOther, std::string("cannot write in it: ") + std::strerror(errno)};
     if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
       close_env();
       return {Failure::kInUse, "in use by another process"};
+    }
+    if (fs::exists(dir / "data.mdb", ec) && options.verify_limit > Duration::zero()) {
+      const StoreVerdict verdict = verify_store(dir, map_size(), options.verify_limit);
+      if (verdict.kind == StoreVerdict::kDamaged) {
+        close_env();
+        return {Failure::kBroken, "damaged: " + verdict.why};
+      }
+      if (verdict.kind == StoreVerdict::kUnchecked) {
+        options.warn("disk cache " + options.path + ": opened without verifying it (" +
+                     verdict.why + ")");
+      }
     }
     try {
       check(mdb_env_create(&env), "create");
@@ -386,6 +402,9 @@ struct DiskTier::Impl {
       next_seq = seq;
       entries = st.ms_entries;
       txn.commit();
+      check(mdb_env_get_fd(env, &data_fd), "fd");
+      struct stat file {};
+      if (::fstat(data_fd, &file) == 0) data_size = static_cast<std::uint64_t>(file.st_size);
       return {};
     } catch (const LmdbError& e) {
       close_env();
@@ -415,8 +434,8 @@ struct DiskTier::Impl {
       return;
     }
     if (opened.failure != Failure::kBroken) {
-      options.warn("disk cache " + options.path + ": " + opened.why +
-                   "; running without the disk tier");
+      unavailable("disk cache " + options.path + ": " + opened.why +
+                  "; left as it is, running without the disk tier");
       return;
     }
     const auto stamp = std::chrono::duration_cast<std::chrono::seconds>(
@@ -428,8 +447,8 @@ struct DiskTier::Impl {
       aside = options.path + ".broken-" + std::to_string(stamp) + "-" + std::to_string(n);
     fs::rename(options.path, aside, ec);
     if (ec) {
-      options.warn("disk cache " + options.path + " cannot be opened (" + opened.why +
-                   ") nor moved aside (" + ec.message() + "); running without the disk tier");
+      unavailable("disk cache " + options.path + " cannot be opened (" + opened.why +
+                  ") nor moved aside (" + ec.message() + "); running without the disk tier");
       return;
     }
     moved_aside = aside;
@@ -438,8 +457,8 @@ struct DiskTier::Impl {
     prune_broken();
     opened = try_open();
     if (opened.failure != Failure::kNone) {
-      options.warn("disk cache " + options.path + ": a fresh store cannot be created either (" +
-                   opened.why + "); running without the disk tier");
+      unavailable("disk cache " + options.path + ": a fresh store cannot be created either (" +
+                  opened.why + "); running without the disk tier");
       return;
     }
     available = true;
@@ -464,19 +483,48 @@ struct DiskTier::Impl {
     }
   }
 
+  // Records why the tier is off, and says so.
+  void unavailable(const std::string& why) {
+    {
+      std::lock_guard lk(reason_mu);
+      unavailable_reason = why;
+    }
+    options.warn(why);
+  }
+
   // LMDB found its own pages damaged while running: stop using the store, and leave a mark so
   // that the next start sets it aside.
   void mark_broken(const std::string& why) {
     if (!available.exchange(false)) return;
     std::ofstream(fs::path(options.path) / kBrokenMarker) << why << '\n';
-    options.warn("disk cache " + options.path + " is damaged (" + why +
-                 "); disk tier off until restart, when the store is set aside");
+    unavailable("disk cache " + options.path + " is damaged (" + why +
+                "); disk tier off until restart, when the store is set aside");
+  }
+
+  // Whether the store may be read through the map: open, and data.mdb not shorter than it has
+  // been. One fstat (well under a microsecond) per disk operation. It narrows the window to the
+  // operation under way: a file cut while a read is between the check and the bytes can still
+  // fault — only a SIGBUS handler could close that, and a library must not install one.
+  bool usable() {
+    if (!available.load(std::memory_order_relaxed)) return false;
+    struct stat file {};
+    if (::fstat(data_fd, &file) != 0) return true;  // cannot tell: reads would not either
+    const auto now = static_cast<std::uint64_t>(file.st_size);
+    std::uint64_t seen = data_size.load(std::memory_order_relaxed);
+    if (now < seen) {
+      mark_broken("its data file shrank from " + std::to_string(seen) + " to " +
+                  std::to_string(now) + " bytes");
+      return false;
+    }
+    while (now > seen && !data_size.compare_exchange_weak(seen, now)) {
+    }
+    return true;
   }
 
   // ---- Reading ----
 
   std::optional<TierRecord> lookup(std::string_view key, WallTime now) {
-    if (!available) {
+    if (!usable()) {
       misses.add();
       return std::nullopt;
     }
@@ -615,13 +663,14 @@ struct DiskTier::Impl {
         }
         busy = !batch.empty();
       }
-      if (!batch.empty() && available) {
+      const bool ok = usable();
+      if (!batch.empty() && ok) {
         apply(batch);
         dirty = true;
       }
-      if (available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
+      if (ok && available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
       const auto now = steady::now();
-      if (now >= next_sweep && available) {
+      if (now >= next_sweep && ok && available) {
         sweep_expired();
         next_sweep = now + options.sweep_interval;
       }
@@ -727,6 +776,7 @@ struct DiskTier::Impl {
     MDB_stat st{};
     check(mdb_stat(txn.get(), records, &st), "stat");
     txn.commit();
+    usable();  // notes how far the commit grew the file, before anyone reads what it wrote
     bytes = staged_bytes;
     seq = staged_seq;
     next_seq = staged_seq;
@@ -852,7 +902,7 @@ struct DiskTier::Impl {
   // ---- Synchronous removal ----
 
   bool erase(std::string_view key) {
-    if (!available) return false;
+    if (!usable()) return false;
     std::lock_guard wl(write_mu);
     unqueue([&](const std::string& k) { return k == key; });
     try {
@@ -868,7 +918,7 @@ struct DiskTier::Impl {
   }
 
   std::size_t purge_prefix(std::string_view prefix) {
-    if (!available) return 0;
+    if (!usable()) return 0;
     std::lock_guard wl(write_mu);
     unqueue([&](const std::string& k) { return k.starts_with(prefix); });
     const std::string from(prefix.substr(0, kPlainKey));
@@ -941,6 +991,10 @@ TierStats DiskTier::stats() const {
   s.bytes = impl_->bytes.load();
   s.budget = impl_->options.budget;
   s.available = impl_->available;
+  if (!s.available) {
+    std::lock_guard lk(impl_->reason_mu);
+    s.unavailable_reason = impl_->unavailable_reason;
+  }
   return s;
 }
 

@@ -780,6 +780,62 @@ class Store(unittest.TestCase):
         self.assertIn(self.store, gw.stderr_text)  # diagnostics go to stderr
         self.assertIn("moved it to", gw.stderr_text)
 
+    def test_a_store_cut_short_at_rest_is_set_aside_not_read(self):
+        targets = [f"/api/cut/{i}" + q(pad=3000) for i in range(100)]
+        gw = self.start()
+        for t in targets:
+            gw.get(t)
+        self.assertEqual(gw.stop(signal.SIGTERM), 0)
+        data = os.path.join(self.store, "data.mdb")
+        os.truncate(data, os.path.getsize(data) // 3)  # reading past the cut would be SIGBUS
+
+        gw = self.start()
+        warning = "".join(gw.log_lines)
+        self.assertIn("damaged", warning)
+        self.assertIn("moved it to", warning)
+        for t in targets:
+            status, headers, body = gw.get(t)
+            self.assertEqual((status, headers["x-cache"]), (200, "MISS"), t)
+            self.assertEqual(json.loads(body)["target"], t)
+        self.assertIsNone(gw.proc.poll())
+        health = json.loads(gw.get("/health", admin=True)[2])
+        self.assertEqual((health["status"], health["tiers"]["disk"]), ("ok", "ok"))
+
+    def test_a_store_the_gateway_may_not_open_is_left_untouched_and_health_is_degraded(self):
+        gw = self.start()
+        gw.get("/api/warm")
+        self.assertEqual(gw.stop(signal.SIGTERM), 0)
+        before = sorted(os.listdir(self.store))
+        os.chmod(self.store, 0)
+
+        def as_a_plain_user():
+            # Root reads through file modes; without these two capabilities it does not.
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: gone once exec recomputes them
+
+        gw = self.start(preexec_fn=as_a_plain_user)
+        warning = "".join(gw.log_lines)
+        self.assertIn(self.store, warning)
+        self.assertIn("Permission denied", warning)
+        self.assertEqual(gw.get("/api/cold")[1]["x-cache"], "MISS")
+        self.assertEqual(gw.get("/api/cold")[1]["x-cache"], "HIT")  # from memory
+        status, _, body = gw.get("/health", admin=True)
+        health = json.loads(body)
+        self.assertEqual((status, health["status"], health["tiers"]["disk"]),
+                         (200, "degraded", "unavailable"))
+        self.assertIn(self.store, health["degraded"]["disk"])
+        self.assertIn("Permission denied", health["degraded"]["disk"])
+        gw.stop(signal.SIGTERM)
+
+        os.chmod(self.store, 0o700)
+        self.assertEqual(sorted(os.listdir(self.store)), before)
+        self.assertEqual([d for d in os.listdir(os.path.dirname(self.store)) if ".broken-" in d],
+                         [])
+        gw = self.start()
+        self.assertEqual(gw.get("/api/warm")[1].get("x-cache-tier"), "disk")
+
     def test_the_disk_budget_is_kept(self):
         gw = self.start(cache_extra='disk = "256KiB"')
         for i in range(400):
