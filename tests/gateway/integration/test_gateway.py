@@ -790,9 +790,6 @@ class Store(unittest.TestCase):
         os.truncate(data, os.path.getsize(data) // 3)  # reading past the cut would be SIGBUS
 
         gw = self.start()
-        warning = "".join(gw.log_lines)
-        self.assertIn("damaged", warning)
-        self.assertIn("moved it to", warning)
         for t in targets:
             status, headers, body = gw.get(t)
             self.assertEqual((status, headers["x-cache"]), (200, "MISS"), t)
@@ -800,6 +797,9 @@ class Store(unittest.TestCase):
         self.assertIsNone(gw.proc.poll())
         health = json.loads(gw.get("/health", admin=True)[2])
         self.assertEqual((health["status"], health["tiers"]["disk"]), ("ok", "ok"))
+        gw.stop()
+        self.assertIn("damaged", gw.stderr_text)  # diagnostics go to stderr
+        self.assertIn("moved it to", gw.stderr_text)
 
     def test_a_store_the_gateway_may_not_open_is_left_untouched_and_health_is_degraded(self):
         gw = self.start()
@@ -816,9 +816,6 @@ class Store(unittest.TestCase):
                 prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP: gone once exec recomputes them
 
         gw = self.start(preexec_fn=as_a_plain_user)
-        warning = "".join(gw.log_lines)
-        self.assertIn(self.store, warning)
-        self.assertIn("Permission denied", warning)
         self.assertEqual(gw.get("/api/cold")[1]["x-cache"], "MISS")
         self.assertEqual(gw.get("/api/cold")[1]["x-cache"], "HIT")  # from memory
         status, _, body = gw.get("/health", admin=True)
@@ -828,6 +825,8 @@ class Store(unittest.TestCase):
         self.assertIn(self.store, health["degraded"]["disk"])
         self.assertIn("Permission denied", health["degraded"]["disk"])
         gw.stop(signal.SIGTERM)
+        self.assertIn(self.store, gw.stderr_text)
+        self.assertIn("Permission denied", gw.stderr_text)
 
         os.chmod(self.store, 0o700)
         self.assertEqual(sorted(os.listdir(self.store)), before)
