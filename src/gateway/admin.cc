@@ -61,6 +61,10 @@ Reply stats_reply(Proxy& proxy, const ServerStats& server) {
                                {"available", t.available}};
   }
   out["tiers"] = std::move(tiers);
+  out["hints"] = json::object{{"entries", s.hints.entries},
+                              {"bytes", s.hints.bytes},
+                              {"budget", s.hints.budget},
+                              {"forgotten", s.hints.forgotten}};
   return json_reply(200, out);
 }
 
@@ -153,6 +157,9 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
     for (const auto& [name, t] : s.tiers)
       family.Add({{"tier", name}}).Increment(static_cast<double>(t.*m.field));
   }
+  gauge("unherd_hints_bytes", "Bytes of hit-for-pass marks and learned Vary names")
+      .Add({})
+      .Set(static_cast<double>(s.hints.bytes));
   auto& tier_entries = gauge("unherd_tier_entries", "Entries in a cache tier");
   auto& tier_bytes = gauge("unherd_tier_bytes", "Bytes a cache tier counts against its budget");
   for (const auto& [name, t] : s.tiers) {

@@ -352,6 +352,7 @@ Config parse_config(std::string_view text, const std::string& source) {
   if (auto* cache = top.table("cache")) {
     TableReader r(*cache, "cache", source);
     r.size("memory", config.cache.memory);
+    r.size("hints_memory", config.cache.hints_memory);
     r.one_of("store", config.cache.store, {"disk", "none"});
     r.size("disk", config.cache.disk);
     if (config.cache.disk == 0) {
@@ -430,6 +431,7 @@ std::string to_toml(const Config& c) {
       << "log_level = \"" << c.server.log_level << "\"\n\n"
       << "[cache]\n"
       << "memory = \"" << format_size(c.cache.memory) << "\"\n"
+      << "hints_memory = \"" << format_size(c.cache.hints_memory) << "\"\n"
       << "store = \"" << c.cache.store << "\"\n"
       << "disk = \"" << format_size(c.cache.disk) << "\"\n"
       << "path = \"" << c.cache.path << "\"\n";

@@ -108,6 +108,9 @@ struct ServerConfig {
 
 struct CacheConfig {
   std::size_t memory = 256u << 20;
+  // What the gateway remembers about keys beside their answers (hit-for-pass marks, learned Vary
+  // names): keyed by client-chosen URLs, so bounded; the least recently used are forgotten.
+  std::size_t hints_memory = 4u << 20;
   // The disk tier: "disk" (LMDB under `path`, within `disk` bytes) or "none" (memory only).
   std::string store = "disk";
   std::size_t disk = std::size_t{4} << 30;

@@ -277,9 +277,11 @@ Proxy::Proxy(const Config& config, Clock& clock)
       via_(via_entry()),
       coordinator_(
           CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
-          clock, [](const std::string& key, const ResponsePtr& r) {
+          clock,
+          [](const std::string& key, const ResponsePtr& r) {
             return key.size() + (r ? r->charge() : 0);
-          }) {
+          }),
+      hints_(config.cache.hints_memory, clock) {
   if (config.cache.store == "disk") {
     disk_ = std::make_shared<DiskTier>(
         DiskTierOptions{.path = config.cache.path,
@@ -380,7 +382,7 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
     return false;
   }
   // Both read an atomic count first: no lock unless something was learned.
-  if (!learned_vary(key).empty() || passing(key)) return false;
+  if (!hints_.vary(key).empty() || hints_.passing(key)) return false;
   auto answer = coordinator_.try_hit(key);
   // Stored answers are shareable ones; anything else takes the general path.
   if (!answer || !answer->value->shareable) return false;
@@ -425,12 +427,12 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     co_return Reply::text(414, "too many query parameters (max_query_params)");
   }
   if (built != KeyBuild::kOk) co_return Reply::text(400, "malformed request target");
-  std::vector<std::string> vary = learned_vary(*primary);
+  std::vector<std::string> vary = hints_.vary(*primary);
   auto key = vary.empty()
                  ? primary
                  : cache_key(route.config.key, request.target, values, vary, max_query_params_);
   const bool head_only = request.method == "HEAD";
-  if (passing(*key)) {
+  if (hints_.passing(*key)) {
     auto passing_call = pass(route, request, thread, "hit-for-pass");
     Reply reply = co_await std::move(passing_call);
     reply.head_only = head_only;
@@ -492,7 +494,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     if (built.response->shareable && built.response->vary != vary) {
       // It varies on headers this key did not include: it is this request's variant only.
       // Later requests key on those headers; this answer is neither stored nor shared.
-      learn_vary(primary_key, built.response->vary);
+      hints_.learn_vary(primary_key, built.response->vary);
       built.response->shareable = false;
       built.response->not_shareable_reason = "vary";
       co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, false};
@@ -516,7 +518,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     }
     const ResponsePtr& resp = answer.value;
     if (!resp->shareable) {
-      if (resp->not_shareable_reason != "vary") remember_pass(request_key);
+      if (resp->not_shareable_reason != "vary") hints_.remember_pass(request_key, 30s);
       if (answer.source == Source::kCoalesced) {
         // Someone else's private answer: this caller asks for its own, at once.
         auto own_call = pass(route, *shared_request, thread, resp->not_shareable_reason);
@@ -667,38 +669,6 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, T
   }
 }
 
-bool Proxy::passing(const std::string& key) {
-  if (pass_count_.load(std::memory_order_relaxed) == 0) return false;
-  std::lock_guard lock(pass_mu_);
-  auto it = pass_until_.find(key);
-  if (it == pass_until_.end()) return false;
-  if (clock_.now() < it->second) return true;
-  pass_until_.erase(it);
-  pass_count_.store(pass_until_.size(), std::memory_order_relaxed);
-  return false;
-}
-
-void Proxy::remember_pass(const std::string& key) {
-  std::lock_guard lock(pass_mu_);
-  if (pass_until_.size() > 100'000) pass_until_.clear();  // bounded; forgetting only costs a queue
-  pass_until_[key] = clock_.now() + 30s;
-  pass_count_.store(pass_until_.size(), std::memory_order_relaxed);
-}
-
-std::vector<std::string> Proxy::learned_vary(const std::string& primary_key) {
-  if (vary_count_.load(std::memory_order_relaxed) == 0) return {};
-  std::lock_guard lock(vary_mu_);
-  auto it = vary_.find(primary_key);
-  return it == vary_.end() ? std::vector<std::string>{} : it->second;
-}
-
-void Proxy::learn_vary(const std::string& primary_key, std::vector<std::string> headers) {
-  std::lock_guard lock(vary_mu_);
-  if (vary_.size() > 100'000) vary_.clear();  // bounded; forgetting costs one unstored answer
-  vary_[primary_key] = std::move(headers);
-  vary_count_.store(vary_.size(), std::memory_order_relaxed);
-}
-
 namespace {
 RouteStats snapshot(const RouteCounters& c) {
   RouteStats s;
@@ -750,6 +720,7 @@ ProxyStats Proxy::stats() const {
   out.in_flight = c.flight.in_flight;
   out.cache = c.cache;
   out.tiers = std::move(c.tiers);
+  out.hints = hints_.stats();
   return out;
 }
 

@@ -30,6 +30,7 @@
 
 #include "gateway/config.h"
 #include "gateway/response.h"
+#include "gateway/response_hints.h"
 #include "gateway/upstream.h"
 #include "unherd/circuit_breaker.h"
 #include "unherd/coordinator.h"
@@ -116,6 +117,7 @@ struct ProxyStats {
   std::size_t in_flight = 0;
   CacheStats cache;
   std::vector<std::pair<std::string, TierStats>> tiers;  // memory, then disk (if on)
+  ResponseHints::Stats hints;
 };
 
 class Proxy {
@@ -160,10 +162,6 @@ class Proxy {
                                            Request request, ThreadState& thread);
   boost::asio::awaitable<Reply> pass(const Route& route, const Request& request,
                                      ThreadState& thread, std::string_view why);
-  bool passing(const std::string& key);
-  void remember_pass(const std::string& key);
-  std::vector<std::string> learned_vary(const std::string& primary_key);
-  void learn_vary(const std::string& primary_key, std::vector<std::string> headers);
 
   Clock& clock_;
   const std::size_t max_query_params_;
@@ -184,16 +182,8 @@ class Proxy {
   std::map<std::string, std::shared_ptr<CircuitBreaker>> breakers_;
   std::map<std::string, std::shared_ptr<RetryBudget>> budgets_;
   std::map<std::string, std::shared_ptr<RouteCounters>> counters_;
-  // Keys whose responses turned out not shareable: requests pass until the time given.
-  // Both maps are looked up on every cacheable request, and are empty almost always: their sizes
-  // are kept in atomics so that the common case takes no lock shared between threads.
-  std::mutex pass_mu_;
-  std::map<std::string, TimePoint> pass_until_;
-  std::atomic<std::size_t> pass_count_{0};
-  // The request headers each primary key's answers vary on (learned from Vary).
-  std::mutex vary_mu_;
-  std::unordered_map<std::string, std::vector<std::string>> vary_;
-  std::atomic<std::size_t> vary_count_{0};
+  // Hit-for-pass marks and learned Vary names, within [cache] hints_memory.
+  ResponseHints hints_;
 };
 
 }  // namespace unherd::gateway

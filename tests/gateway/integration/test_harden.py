@@ -162,6 +162,27 @@ class Admin(unittest.TestCase):
             up.stop()
 
 
+class Memory(unittest.TestCase):
+    def test_what_is_learned_from_answers_stays_within_hints_memory(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port), cache_extra='hints_memory = "64KiB"')
+        try:
+            pad = "x" * 1500
+            targets = [f"/api/private/{i}/{pad}?cc=private" for i in range(1000)]
+            targets += [f"/api/varied/{i}/{pad}?vary=X-Lang" for i in range(1000)]
+            for i in range(0, len(targets), 100):
+                gw.herd(targets[i:i + 100])
+            hints = gw.stats()["hints"]
+            self.assertLessEqual(hints["bytes"], 64 * 1024)
+            self.assertGreater(hints["forgotten"], 0)
+            # Remembering still works: a private key seen once passes the next time.
+            gw.get("/api/private/last?cc=private")
+            self.assertEqual(gw.get("/api/private/last?cc=private")[1]["x-cache"], "PASS")
+        finally:
+            gw.stop()
+            up.stop()
+
+
 class Loops(unittest.TestCase):
     def test_via_is_sent_upstream_and_a_request_that_comes_back_is_508(self):
         up = Upstream()
