@@ -237,6 +237,11 @@ ThreadState::ThreadState(asio::any_io_executor executor, const ServerConfig& ser
       max_body_(64u << 20),
       idle_timeout_(server.upstream_idle_timeout) {}
 
+void ThreadState::close_idle() {
+  for (auto& [name, client] : clients_)
+    client->close_idle();
+}
+
 UpstreamClient& ThreadState::client(const UpstreamUrl& upstream) {
   auto& c = clients_[upstream.to_string()];
   if (!c) {

@@ -89,6 +89,8 @@ class ThreadState {
  public:
   ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server);
   UpstreamClient& client(const UpstreamUrl& upstream);
+  // Closes every pool's connections idle past upstream_idle_timeout.
+  void close_idle();
   boost::asio::any_io_executor executor() const { return executor_; }
 
  private:

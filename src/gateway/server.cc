@@ -144,7 +144,11 @@ class Sweeper {
 
   explicit Sweeper(asio::io_context& context) : timer_(std::in_place, context) {}
 
-  void start() { arm(); }
+  // `on_tick` also runs once a second, on the same thread (housekeeping of its own).
+  void start(std::function<void()> on_tick) {
+    on_tick_ = std::move(on_tick);
+    arm();
+  }
   // Before the io_context goes: its pending wait is dropped with the context, never run.
   void release() { timer_.reset(); }
 
@@ -163,11 +167,13 @@ class Sweeper {
           w->socket.cancel(ignored);
         }
       }
+      if (on_tick_) on_tick_();
       arm();
     });
   }
 
   std::optional<asio::steady_timer> timer_;
+  std::function<void()> on_tick_;
   std::uint64_t tick_ = 0;
   Watch* head_ = nullptr;
 };
@@ -589,8 +595,9 @@ void Gateway::start() {
   for (unsigned i = 0; i <= server.threads; ++i) {
     g.contexts.push_back(std::make_unique<asio::io_context>(1));
     g.sweepers.push_back(std::make_unique<Sweeper>(*g.contexts.back()));
-    g.sweepers.back()->start();
     g.states.push_back(std::make_unique<ThreadState>(g.contexts.back()->get_executor(), server));
+    // Idle upstream connections past upstream_idle_timeout close even with no traffic.
+    g.sweepers.back()->start([state = g.states.back().get()] { state->close_idle(); });
     g.guards.emplace_back(g.contexts.back()->get_executor());
   }
   tcp::endpoint ep = resolve_endpoint(server.listen);

@@ -226,6 +226,10 @@ std::size_t UpstreamClient::open_connections() const {
   return impl_->open;
 }
 
+void UpstreamClient::close_idle() {
+  impl_->close_expired();  // only idle ones: no caller waits while any is idle
+}
+
 asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& request,
                                                        std::chrono::milliseconds timeout) {
   auto impl = impl_;

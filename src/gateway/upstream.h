@@ -61,6 +61,8 @@ class UpstreamClient {
                                                 std::chrono::milliseconds timeout);
 
   std::size_t open_connections() const;
+  // Closes the connections idle for upstream_idle_timeout or longer.
+  void close_idle();
 
  private:
   struct Impl;
