@@ -43,6 +43,7 @@
 #include "unherd/cache.h"
 #include "unherd/circuit_breaker.h"
 #include "unherd/detail/background_worker.h"
+#include "unherd/detail/fill_registry.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
 #include "unherd/tier.h"
@@ -149,6 +150,7 @@ class Coordinator {
         cache_(options.cache),
         negative_(CacheOptions{options.negative_capacity, 4}),
         flight_(clock, options.flight_shards),
+        fills_(options.flight_shards),
         tier_flight_(clock, options.flight_shards) {}
 
   // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
@@ -292,9 +294,10 @@ class Coordinator {
 
   // Removes key from every tier (and its cached error). Returns whether a value was there.
   // Lowest tier first, so a concurrent memory miss cannot bring a purged value back up; fetches
-  // and tier reads that started before the purge ended do not store what they got.
+  // and tier reads of the key that overlap the purge do not store what they got (those of other
+  // keys do: a purge affects only the keys it matches).
   bool purge(const K& key) {
-    PurgeScope scope(purges_);
+    auto purging = fills_.purge(key);
     bool found = false;
     if constexpr (kStringKeys) {
       for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
@@ -307,18 +310,20 @@ class Coordinator {
   // its keys: purge_prefix reaches them).
   template <class Pred>
   std::size_t purge_if(Pred pred) {
-    PurgeScope scope(purges_);
+    auto purging = fills_.purge_if(pred);
     negative_.erase_if(pred);
     return cache_.erase_if(pred);
   }
   // Removes every key starting with prefix from every tier. Returns the most any tier held.
   std::size_t purge_prefix(
       std::string_view prefix) requires std::is_convertible_v<const K&, std::string_view> {
-    PurgeScope scope(purges_);
+    auto starts = [p = std::string(prefix)](const K& k) {
+      return std::string_view(k).starts_with(p);
+    };
+    auto purging = fills_.purge_if(starts);
     std::size_t n = 0;
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
       n = std::max(n, (*it)->purge_prefix(prefix));
-    auto starts = [prefix](const K& k) { return std::string_view(k).starts_with(prefix); };
     negative_.erase_if(starts);
     return std::max(n, cache_.erase_if(starts));
   }
@@ -381,16 +386,10 @@ class Coordinator {
 
   static constexpr bool kStringKeys = std::is_convertible_v<const K&, std::string_view>;
 
-  // Purges bump the epoch as they start and as they end: a fetch or tier read that saw another
-  // epoch when it started overlapped a purge, and hands its value to its callers unstored.
-  struct PurgeScope {
-    explicit PurgeScope(std::atomic<std::uint64_t>& e) : epoch(e) { epoch.fetch_add(1); }
-    ~PurgeScope() { epoch.fetch_add(1); }
-    PurgeScope(const PurgeScope&) = delete;
-    PurgeScope& operator=(const PurgeScope&) = delete;
-    std::atomic<std::uint64_t>& epoch;
-  };
-  std::uint64_t epoch() const noexcept { return purges_.load(); }
+  // A fetch or tier read that will store what it gets holds a Fill: one that a purge of its key
+  // overlapped hands its value to its callers unstored.
+  using Fills = detail::FillRegistry<K, Hash, KeyEq>;
+  using Fill = typename Fills::Fill;
 
   std::optional<Answer<V>> from_cache(Lookup<V>& found) {
     if (found.freshness == Freshness::kFresh) {
@@ -445,8 +444,7 @@ class Coordinator {
   }
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
-  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i,
-                                std::uint64_t started) {
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill) {
     if constexpr (kStringKeys) {
       std::optional<V> value = codec_.decode(record.value);
       if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
@@ -460,7 +458,7 @@ class Coordinator {
                Deadlines{local(record.fresh_until), local(record.stale_until),
                          local(record.stale_if_error_until)},
                std::min(now, local(record.stored_at)), i};
-      if (epoch() != started) return l;  // a purge ran meanwhile: answer, do not store
+      if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
       for (std::size_t j = 0; j < i; ++j)
         tiers_[j]->insert(key, record);
       cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
@@ -471,23 +469,23 @@ class Coordinator {
   }
 
   std::optional<Loaded> load_tiers(const K& key) {
-    const std::uint64_t started = epoch();
+    const Fill fill = fills_.enter(key);
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto record = tiers_[i]->lookup(key, clock_.wall_now());
       if (record) {
-        if (auto l = promote(key, *record, i, started)) return l;
+        if (auto l = promote(key, *record, i, fill)) return l;
       }
     }
     return std::nullopt;
   }
 
   asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
-    const std::uint64_t started = epoch();
+    const Fill fill = fills_.enter(key);
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
       std::optional<TierRecord> record = co_await std::move(reading);
       if (record) {
-        if (auto l = promote(key, *record, i, started)) co_return l;
+        if (auto l = promote(key, *record, i, fill)) co_return l;
       }
     }
     co_return std::nullopt;
@@ -576,8 +574,8 @@ class Coordinator {
   }
 
   V store(const K& key, Fetched<V> fetched, const CallPolicy& policy, bool background,
-          std::uint64_t started) {
-    if (epoch() != started) return std::move(fetched.value);  // a purge ran meanwhile
+          const Fill& fill) {
+    if (fill.spoiled()) return std::move(fetched.value);  // a purge of the key ran meanwhile
     const TimePoint now = clock_.now();
     if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
     const Ttl ttl = fetched.ttl.value_or(policy.ttl);
@@ -669,7 +667,7 @@ class Coordinator {
   V fetch_and_store(const K& key, F& fetcher, const CallPolicy& policy, const V* previous,
                     bool background) {
     const TimePoint started = clock_.now();
-    const std::uint64_t epoch_at_start = epoch();
+    const Fill fill = fills_.enter(key);
     record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
       const Ctx ctx = context(policy, previous, attempt, started, background);
@@ -682,7 +680,7 @@ class Coordinator {
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) return store(key, std::move(*fetched), policy, background, epoch_at_start);
+      if (fetched) return store(key, std::move(*fetched), policy, background, fill);
       auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
@@ -696,7 +694,7 @@ class Coordinator {
   asio::awaitable<V> fetch_and_store_async(K key, F fetcher, CallPolicy policy,
                                            std::optional<V> previous, bool background) {
     const TimePoint started = clock_.now();
-    const std::uint64_t epoch_at_start = epoch();
+    const Fill fill = fills_.enter(key);
     record_first_attempt(policy);
     for (int attempt = 1;; ++attempt) {
       const Ctx ctx =
@@ -711,7 +709,7 @@ class Coordinator {
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) co_return store(key, std::move(*fetched), policy, background, epoch_at_start);
+      if (fetched) co_return store(key, std::move(*fetched), policy, background, fill);
       auto delay = retry_delay(key, policy, error, attempt, started);
       if (!delay) {
         remember_error(key, policy, error);
@@ -776,7 +774,7 @@ class Coordinator {
   SingleFlight<K, V, Hash, KeyEq> flight_;
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
-  std::atomic<std::uint64_t> purges_{0};
+  Fills fills_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;

@@ -296,6 +296,49 @@ TEST(Coordinator, PurgeRemovesAKeyOrAPrefix) {
   EXPECT_EQ(coord.stats().cache.entries, 0u);
 }
 
+// A purge spoils the fills of the keys it matches and no others: purging unrelated keys, however
+// often, must not keep a slow key from ever being cached.
+TEST(Coordinator, AFetchOverlappingAPurgeIsStoredUnlessThePurgeMatchesItsKey) {
+  struct Case {
+    const char* purge;
+    std::function<void(Coord&)> run;
+    bool stored;
+  };
+  const std::vector<Case> cases = {
+      {"purge(another key)", [](Coord& c) { c.purge("/other/1"); }, true},
+      {"purge_prefix(another prefix)", [](Coord& c) { c.purge_prefix("/other"); }, true},
+      {"purge_if(another prefix)",
+       [](Coord& c) { c.purge_if([](const std::string& k) { return k.starts_with("/other"); }); },
+       true},
+      {"purge(the key)", [](Coord& c) { c.purge("/a/1"); }, false},
+      {"purge_prefix(its prefix)", [](Coord& c) { c.purge_prefix("/a/"); }, false},
+      {"purge_if(its prefix)",
+       [](Coord& c) { c.purge_if([](const std::string& k) { return k.starts_with("/a/"); }); },
+       false},
+  };
+  for (const auto& c : cases) {
+    ManualClock clock;
+    Coord coord({}, clock);
+    Gate gate;
+    std::atomic<int> calls{0};
+    auto slow = [&] {
+      calls++;
+      gate.wait();
+      return std::string("v");
+    };
+    std::string got;
+    std::thread caller([&] { got = coord.get("/a/1", slow, kTenSeconds).value; });
+    ASSERT_TRUE(eventually([&] { return calls.load() == 1; }));
+    c.run(coord);
+    gate.open();
+    caller.join();
+    EXPECT_EQ(got, "v") << c.purge;  // the caller gets its value either way
+    auto next = coord.get("/a/1", slow, kTenSeconds);
+    EXPECT_EQ(next.source, c.stored ? Source::kHit : Source::kFetched) << c.purge;
+    EXPECT_EQ(calls.load(), c.stored ? 1 : 2) << c.purge;
+  }
+}
+
 TEST(Coordinator, ThreadSafetyCountsAddUpExactly) {
   Coord coord({}, system_clock());
   std::atomic<std::uint64_t> fetched{0};

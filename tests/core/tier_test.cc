@@ -290,6 +290,26 @@ TEST(Tiers, AFetchThatOverlapsAPurgeIsAnsweredButNotStored) {
   EXPECT_EQ(f.coord.get("k", f.fetch, kPolicy).source, Source::kFetched);
 }
 
+TEST(Tiers, ATierReadOverlappingAPurgePromotesUnlessThePurgeMatchesItsKey) {
+  for (bool same_key : {false, true}) {
+    Fixture f;
+    f.disk->insert("/a/1", record(f.clock, "kept", 1s, Ttl{1h}));
+    Gate gate;
+    f.disk->gate = &gate;
+    std::thread caller([&] { EXPECT_EQ(f.coord.get("/a/1", f.fetch, kPolicy).value, "kept"); });
+    ASSERT_TRUE(eventually([&] { return f.disk->lookups.load() == 1; }));
+    // purge_if reaches memory only: the record being read stays, and only the spoiling counts.
+    const std::string prefix = same_key ? "/a/" : "/b/";
+    f.coord.purge_if([&](const std::string& k) { return k.starts_with(prefix); });
+    gate.open();
+    caller.join();
+    f.disk->gate = nullptr;
+    // Promoted to memory only if the purge was of another key.
+    EXPECT_EQ(f.coord.cache().lookup("/a/1", f.clock.now()).value.has_value(), !same_key)
+        << (same_key ? "purge of its prefix" : "purge of another prefix");
+  }
+}
+
 TEST(Tiers, ARefreshThatMayNotBeStoredRemovesTheOldValueFromEveryTier) {
   Fixture f;
   f.coord.get("k", f.fetch, kPolicy);
