@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -172,6 +173,59 @@ TEST(Coordinator, StaleIfErrorServesTheOldValueWhenTheFetchFails) {
 
   clock.advance(300s);  // past stale-if-error: the error comes through
   EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+}
+
+// Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:
+// every waiter gets the stale value at once, and the retries go on in the background.
+TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBackground) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  RetryPolicy retry(RetryOptions{.max_attempts = 3, .base = 0s, .cap = 0s, .deadline = 0s});
+  const CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}, .flight = {.max_wait = 1h}, .retry = &retry};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(100s);  // past freshness and SWR, inside stale-if-error
+  Gate first_fails, retry_succeeds;
+  std::atomic<int> calls{0};
+  auto fetch = [&]() -> std::string {
+    if (++calls == 1) {
+      first_fails.wait();
+      throw std::runtime_error("503");
+    }
+    retry_succeeds.wait();
+    return "new";
+  };
+  std::vector<std::future<Answer<std::string>>> answers;
+  for (int i = 0; i < 5; ++i) {
+    answers.push_back(
+        std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); }));
+  }
+  ASSERT_TRUE(eventually([&] { return coord.stats().flight.total_requests == 5; }));
+  first_fails.open();
+  const bool answered = eventually([&] {
+    return std::all_of(answers.begin(), answers.end(),
+                       [](auto& a) { return a.wait_for(0s) == std::future_status::ready; });
+  });
+  EXPECT_TRUE(answered) << "the waiters waited for the retry";
+  EXPECT_TRUE(eventually([&] { return calls.load() == 2; }));  // the retry, held in the background
+  // A caller that comes while the retry is pending gets the stale value too, and no new fetch.
+  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); });
+  EXPECT_TRUE(eventually([&] { return meanwhile.wait_for(0s) == std::future_status::ready; }));
+  EXPECT_EQ(calls.load(), 2);
+  retry_succeeds.open();
+  auto m = meanwhile.get();
+  EXPECT_EQ(m.value, "old");
+  EXPECT_EQ(m.source, Source::kStaleIfError);
+  for (auto& a : answers) {
+    auto answer = a.get();
+    EXPECT_EQ(answer.value, "old");
+    EXPECT_EQ(answer.source, Source::kStaleIfError);
+  }
+  // The retry's success refreshed the entry.
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 0; }));
+  auto next = coord.get("k", fetch, policy);
+  EXPECT_EQ(next.value, "new");
+  EXPECT_EQ(next.source, Source::kHit);
+  EXPECT_EQ(calls.load(), 2);
 }
 
 TEST(Coordinator, FailedRefreshIsRetriedWithBackoffOnALaterStaleHit) {
@@ -511,6 +565,170 @@ TEST(CoordinatorAsync, NoRetryThatNoWaiterCouldStillWaitFor) {
     io.run();
     EXPECT_EQ(attempts, want_attempts) << "max_wait " << max_wait.count();
     EXPECT_EQ(outcome, want_attempts == 1 ? "503" : "ok");
+  }
+}
+
+// The outage starts: the upstream answers 503, and retries are due 2 s apart (Retry-After).
+struct Outage {
+  ManualClock clock;
+  Coord coord{{}, clock};
+  asio::io_context io;
+  RetryPolicy retry{[] {
+    RetryOptions o{.max_attempts = 3, .base = 1s, .cap = 1s, .deadline = 0s};
+    o.classify = [](const std::exception_ptr&) { return RetryVerdict{true, 2s}; };
+    return o;
+  }()};
+  CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}, .flight = {.max_wait = 1h}, .retry = &retry};
+  int calls = 0;
+
+  struct Got {
+    std::string value;  // or the error's message
+    Source source{};
+    TimePoint at{};
+  };
+  // Runs what is ready (an io_context with nothing left to do stops: restart it first).
+  void poll() {
+    io.restart();
+    io.poll();
+  }
+  // Starts `n` callers of key; their answers, as they come, go to `got`.
+  template <class F>
+  void spawn(int n, const std::string& key, F fetch, std::vector<Got>& got) {
+    for (int i = 0; i < n; ++i) {
+      asio::co_spawn(
+          io,
+          [&, key, fetch]() -> asio::awaitable<void> {
+            try {
+              auto a = co_await coord.async_get(key, fetch, policy);
+              got.push_back({a.value, a.source, clock.now()});
+            } catch (const std::exception& e) {
+              got.push_back({e.what(), Source::kFetched, clock.now()});
+            }
+          },
+          asio::detached);
+    }
+  }
+};
+
+TEST(CoordinatorAsync, AFailedAttemptAnswersEveryWaiterStaleAtOnceAndTheRetryRefreshes) {
+  Outage o;
+  o.coord.put("k", "old", o.policy.ttl);
+  o.clock.advance(100s);  // past freshness and SWR, inside stale-if-error
+  const TimePoint outage = o.clock.now();
+  asio::steady_timer first_attempt(o.io);
+  first_attempt.expires_at(asio::steady_timer::time_point::max());
+  auto fetch = [&]() -> asio::awaitable<std::string> {
+    if (++o.calls == 1) {
+      boost::system::error_code ec;
+      co_await first_attempt.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      throw std::runtime_error("503");
+    }
+    co_return std::string("new");
+  };
+  std::vector<Outage::Got> got;
+  o.spawn(100, "k", fetch, got);
+  o.poll();
+  EXPECT_TRUE(got.empty());  // all wait for the first attempt
+  first_attempt.cancel();    // it fails
+  o.poll();
+  ASSERT_EQ(got.size(), 100u);
+  for (auto& g : got) {
+    EXPECT_EQ(g.value, "old");
+    EXPECT_EQ(g.source, Source::kStaleIfError);
+    EXPECT_EQ(g.at, outage);  // as the attempt failed, not after the retry's 2 s
+  }
+  EXPECT_EQ(o.calls, 1);
+  // While the retry is pending, a new caller is answered stale at once and fetches nothing.
+  std::vector<Outage::Got> meanwhile;
+  o.spawn(1, "k", fetch, meanwhile);
+  o.poll();
+  ASSERT_EQ(meanwhile.size(), 1u);
+  EXPECT_EQ(meanwhile[0].source, Source::kStaleIfError);
+  EXPECT_EQ(o.calls, 1);
+  EXPECT_EQ(o.coord.flights().in_flight(), 1u);
+  // The retry succeeds in the background and refreshes the entry.
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 2);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  std::vector<Outage::Got> after;
+  o.spawn(1, "k", fetch, after);
+  o.poll();
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].value, "new");
+  EXPECT_EQ(after[0].source, Source::kHit);
+}
+
+// When the retries fail too, the key answers stale at once for a backoff period; after it, one
+// new call sequence starts.
+TEST(CoordinatorAsync, AfterTheRetriesFailTheStaleValueAnswersAtOnceUntilTheBackoffEnds) {
+  Outage o;
+  o.coord.put("k", "old", o.policy.ttl);
+  o.clock.advance(100s);
+  auto down = [&]() -> asio::awaitable<std::string> {
+    ++o.calls;
+    throw std::runtime_error("503");
+    co_return std::string();
+  };
+  std::vector<Outage::Got> got;
+  o.spawn(10, "k", down, got);
+  o.poll();
+  ASSERT_EQ(got.size(), 10u);  // stale after the first attempt
+  o.clock.advance(2s);
+  o.poll();
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 3);  // the whole retry schedule, once
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  // Inside the backoff (at least 500 ms after a first failed sequence, with base 1 s): no fetch.
+  std::vector<Outage::Got> backing_off;
+  o.spawn(10, "k", down, backing_off);
+  o.poll();
+  ASSERT_EQ(backing_off.size(), 10u);
+  for (auto& g : backing_off)
+    EXPECT_EQ(g.source, Source::kStaleIfError);
+  EXPECT_EQ(o.calls, 3);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  // After it, the next caller starts one new call sequence (and is answered stale at once).
+  o.clock.advance(1s);
+  std::vector<Outage::Got> later;
+  o.spawn(10, "k", down, later);
+  o.poll();
+  ASSERT_EQ(later.size(), 10u);
+  EXPECT_EQ(o.calls, 4);
+  EXPECT_EQ(o.coord.flights().in_flight(), 1u);
+}
+
+// Without a stale-if-error value there is nothing to answer early with: callers wait for the
+// whole retry schedule, as before.
+TEST(CoordinatorAsync, WithoutAStaleIfErrorValueCallersWaitForEveryRetry) {
+  for (bool cached_before : {false, true}) {
+    Outage o;
+    if (cached_before) {
+      o.coord.put("k", "old", Ttl{10s});  // no stale-if-error window: expired means gone
+      o.clock.advance(11s);
+    }
+    const TimePoint start = o.clock.now();
+    auto down = [&]() -> asio::awaitable<std::string> {
+      ++o.calls;
+      throw std::runtime_error("503");
+      co_return std::string();
+    };
+    std::vector<Outage::Got> got;
+    o.spawn(10, "k", down, got);
+    o.poll();
+    o.clock.advance(2s);
+    o.poll();
+    EXPECT_TRUE(got.empty()) << "cached before: " << cached_before;
+    EXPECT_EQ(o.calls, 2);
+    o.clock.advance(2s);
+    o.poll();
+    ASSERT_EQ(got.size(), 10u);
+    for (auto& g : got) {
+      EXPECT_EQ(g.value, "503");
+      EXPECT_EQ(g.at, start + 4s);
+    }
+    EXPECT_EQ(o.calls, 3);
   }
 }
 

@@ -174,9 +174,15 @@ TEST(Tiers, ARecordOnlyGoodForErrorsIsServedWhenTheFetchFails) {
   EXPECT_EQ(a.value, "old");
   EXPECT_EQ(a.source, Source::kStaleIfError);
   EXPECT_EQ(a.tier, "disk");
+  // Right after the failure (inside the backoff), the old value answers without a fetch.
   auto b = f.coord.get("k", f.fetch, kPolicy);
-  EXPECT_EQ(b.value, "fetched1");
-  EXPECT_EQ(b.source, Source::kFetched);
+  EXPECT_EQ(b.value, "old");
+  EXPECT_EQ(b.source, Source::kStaleIfError);
+  EXPECT_EQ(f.fetches, 0);
+  f.clock.advance(1s);  // past the backoff (at most 100 ms after one failure)
+  auto c = f.coord.get("k", f.fetch, kPolicy);
+  EXPECT_EQ(c.value, "fetched1");
+  EXPECT_EQ(c.source, Source::kFetched);
 }
 
 TEST(Tiers, ConcurrentMissesShareOneTierRead) {
