@@ -15,8 +15,9 @@
 //   With a stale-if-error value, the first failed attempt is enough: every waiter gets the value
 //   then, and the remaining retries go on in the background, refreshing the entry if one
 //   succeeds. They stay the key's only fetch; callers meanwhile get the stale value at once.
-//   Once a key's fetch has failed for good, its stale-if-error value answers at once, without a
-//   fetch, for a growing, jittered backoff.
+//   Once a key's fetch has failed for good, its stale-if-error value is served like a stale
+//   one (at once, with one background refresh after a growing, jittered backoff) until a
+//   refresh succeeds.
 //
 // Lower tiers (use_tiers): on a memory miss, the tiers are read in order, once per key however
 // many callers miss at once (a read is coalesced like a fetch); a value found is promoted to
@@ -168,14 +169,13 @@ class Coordinator {
     const TimePoint now = clock_.now();
     Lookup<V> found = cache_.lookup(key, now);
     if (auto answer = from_cache(found)) {
-      if (found.freshness == Freshness::kStale && now >= found.refresh_after &&
+      if (found.freshness != Freshness::kFresh && now >= found.refresh_after &&
           flight_.start(key, refresh_job(key, fetcher, policy, found),
                         [this](auto job) { worker_.post(std::move(job)); })) {
         refreshes_.add();
       }
       return *std::move(answer);
     }
-    if (auto answer = backing_off(found, now)) return *std::move(answer);
     std::string_view found_in = kMemoryTier;
     if (!tiers_.empty() && !found.value) {
       std::optional<FlightResult<std::optional<Loaded>>> loaded;
@@ -230,7 +230,7 @@ class Coordinator {
     const TimePoint now = clock_.now();
     Lookup<V> found = cache_.lookup(key, now);
     if (auto answer = from_cache(found)) {
-      if (found.freshness == Freshness::kStale && now >= found.refresh_after) {
+      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
         auto job = refresh_job_async(key, fetcher, policy, found);
         auto executor = co_await asio::this_coro::executor;
         if (flight_.async_start(key, std::move(job), executor)) {
@@ -239,7 +239,6 @@ class Coordinator {
       }
       co_return *std::move(answer);
     }
-    if (auto answer = backing_off(found, now)) co_return *std::move(answer);
     std::string_view found_in = kMemoryTier;
     if (!tiers_.empty() && !found.value) {
       std::optional<FlightResult<std::optional<Loaded>>> loaded;
@@ -406,17 +405,14 @@ class Coordinator {
       stale_.add();
       return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
     }
-    return std::nullopt;
-  }
-
-  // The key's last call sequence failed and the next may not start yet: its stale-if-error
-  // value answers at once, rather than after a fetch that would likely fail too.
-  std::optional<Answer<V>> backing_off(Lookup<V>& found, TimePoint now) {
-    if (!found.value || found.refresh_failures == 0 || now >= found.refresh_after) {
-      return std::nullopt;
+    if (found.value && found.refresh_failures > 0) {
+      // Only good for errors, and the key's last call sequence failed: rather than wait for
+      // another that would likely fail too, callers get the value at once and, as for a stale
+      // hit, one background refresh runs once the backoff since the failure has passed.
+      stale_if_error_.add();
+      return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
     }
-    stale_if_error_.add();
-    return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, kMemoryTier};
+    return std::nullopt;
   }
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
@@ -630,8 +626,9 @@ class Coordinator {
     run.background = true;
   }
 
-  // The run failed for good. A key with a value to fall back on remembers it: until a growing,
-  // jittered pause has passed, its stale value answers at once and no fetch starts.
+  // The run failed for good. A key with a value to fall back on remembers it in its entry: the
+  // next refresh waits a growing, jittered pause, and the value answers at once (see
+  // from_cache) until a refresh succeeds.
   void give_up(const Run& run, const std::exception_ptr& error) {
     remember_error(run.key, run.policy, error);
     if (run.background) refresh_failures_.add();

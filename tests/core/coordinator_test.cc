@@ -659,8 +659,8 @@ TEST(CoordinatorAsync, AFailedAttemptAnswersEveryWaiterStaleAtOnceAndTheRetryRef
   EXPECT_EQ(after[0].source, Source::kHit);
 }
 
-// When the retries fail too, the key answers stale at once for a backoff period; after it, one
-// new call sequence starts.
+// When the retries fail too, the key answers stale at once, and after a backoff one background
+// refresh starts (the next call sequence), as for a stale-while-revalidate hit.
 TEST(CoordinatorAsync, AfterTheRetriesFailTheStaleValueAnswersAtOnceUntilTheBackoffEnds) {
   Outage o;
   o.coord.put("k", "old", o.policy.ttl);
@@ -689,14 +689,38 @@ TEST(CoordinatorAsync, AfterTheRetriesFailTheStaleValueAnswersAtOnceUntilTheBack
     EXPECT_EQ(g.source, Source::kStaleIfError);
   EXPECT_EQ(o.calls, 3);
   EXPECT_EQ(o.coord.flights().in_flight(), 0u);
-  // After it, the next caller starts one new call sequence (and is answered stale at once).
+  // After it, callers are still answered at once, and one new call sequence starts.
   o.clock.advance(1s);
   std::vector<Outage::Got> later;
   o.spawn(10, "k", down, later);
   o.poll();
   ASSERT_EQ(later.size(), 10u);
+  for (auto& g : later)
+    EXPECT_EQ(g.source, Source::kStaleIfError);
   EXPECT_EQ(o.calls, 4);
   EXPECT_EQ(o.coord.flights().in_flight(), 1u);
+  // Once the upstream is back, the refresh succeeds and the key is fresh again.
+  auto up = [&]() -> asio::awaitable<std::string> {
+    ++o.calls;
+    co_return std::string("new");
+  };
+  o.clock.advance(2s);  // the background sequence's retry: still down
+  o.poll();
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 6);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  o.clock.advance(10s);  // past any backoff
+  std::vector<Outage::Got> recovered;
+  o.spawn(1, "k", up, recovered);
+  o.poll();
+  EXPECT_EQ(o.calls, 7);
+  std::vector<Outage::Got> fresh;
+  o.spawn(1, "k", up, fresh);
+  o.poll();
+  ASSERT_EQ(fresh.size(), 1u);
+  EXPECT_EQ(fresh[0].value, "new");
+  EXPECT_EQ(fresh[0].source, Source::kHit);
 }
 
 // Without a stale-if-error value there is nothing to answer early with: callers wait for the
