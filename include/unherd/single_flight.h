@@ -108,6 +108,7 @@ class SingleFlight {
 
   // Keeps a detached flight's key in flight while the rest of its fetch runs. Copies share the
   // hold; when the last is destroyed the flight ends and a new fetch of the key may start.
+  // REQUIRES: it does not outlive the SingleFlight (it counts as something in flight).
   class Continuation {
    public:
     Continuation() = default;
