@@ -290,6 +290,30 @@ def main():
             urllib.request.urlopen(f"http://127.0.0.1:{up.port}/__down?on=0").read()
         print("compare: stale workloads done", flush=True)
 
+        # 4b. Upstream answering 503 (each after 200 ms), an entry past stale-while-revalidate
+        # but inside stale-if-error: 100 concurrent requests as the outage starts for the key,
+        # and 100 more 3 s into it. Upstream calls are counted from the first herd to the end of
+        # the second (background retries included).
+        for r, order in rotations(args.rounds):
+            sie = {n: f"/sie/{n}/r{r}" + q(delay_ms=200, cc="max-age=1, stale-if-error=300")
+                   for n in order}
+            for name in order:
+                systems[name].get(sie[name])
+            time.sleep(2.0)  # past max-age; the /sie route keeps no stale-while-revalidate
+            urllib.request.urlopen(f"http://127.0.0.1:{up.port}/__down?on=1").read()
+            for name in order:
+                before = calls(sie[name])
+                started = time.monotonic()
+                first = herd(systems[name], 100, sie[name])
+                first["calls"] = calls(sie[name]) - before
+                record(name, "sie_start", first)
+                time.sleep(max(0.0, started + 3.0 - time.monotonic()))
+                later = herd(systems[name], 100, sie[name])
+                later["calls"] = calls(sie[name]) - before
+                record(name, "sie_3s", later)
+            urllib.request.urlopen(f"http://127.0.0.1:{up.port}/__down?on=0").read()
+        print("compare: 503ing upstream done", flush=True)
+
         # 5. Cache-hit throughput, 1 KiB and 64 KiB.
         for size, pad in (("1k", 900), ("64k", 65_400)):
             for name in SYSTEMS:
@@ -356,6 +380,12 @@ def make_table(results, args):
                        f" errors {sum(h['errors'] for h in hs)}")
         return out
 
+    def sie_cells(s, key):
+        hs = results[s][key]
+        return (f"{sum(h['ok'] for h in hs)}/{100 * len(hs)};"
+                f" {median([h['p50'] for h in hs]):.1f} / {median([h['p99'] for h in hs]):.1f} ms;"
+                f" calls {'/'.join(str(h['calls']) for h in hs)}")
+
     def row(label, cells):
         return f"| {label} | " + " | ".join(cells) + " |"
 
@@ -412,6 +442,10 @@ def make_table(results, args):
         row("4. upstream down, stale entry, N = 100: served; p99",
             [f"{sum(h['ok'] for h in results[s]['down'])}/{100 * len(results[s]['down'])} "
              f"served; p99 {median([h['p99'] for h in results[s]['down']]):.1f} ms"
+             for s in SYSTEMS]),
+        row("4b. upstream 503ing (200 ms each), entry inside stale-if-error, N = 100: "
+            "at the outage start; 3 s in (served; p50 / p99; upstream calls so far)",
+            [f"start {sie_cells(s, 'sie_start')}; 3 s in {sie_cells(s, 'sie_3s')}"
              for s in SYSTEMS]),
         row("5. hits, 1 KiB, `wrk -t2 -c64`", wrk_cells("wrk1k")),
         row("5. hits, 64 KiB, `wrk -t2 -c64`", wrk_cells("wrk64k")),

@@ -12,6 +12,12 @@
 //   A fetch that fails (or a waiter that gives up) while the key has a value inside its
 //   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
 //   to every waiter. Errors may be cached for a short, jittered negative TTL.
+//   With a stale-if-error value, the first failed attempt is enough: every waiter gets the value
+//   then, and the remaining retries go on in the background, refreshing the entry if one
+//   succeeds. They stay the key's only fetch; callers meanwhile get the stale value at once.
+//   Once a key's fetch has failed for good, its stale-if-error value is served like a stale
+//   one (at once, with one background refresh after a growing, jittered backoff) until a
+//   refresh succeeds.
 //
 // Lower tiers (use_tiers): on a memory miss, the tiers are read in order, once per key however
 // many callers miss at once (a read is coalesced like a fetch); a value found is promoted to
@@ -27,8 +33,9 @@
 // waiter but not stored. Answer::source says why the caller got what it got.
 //
 // Thread safety: all members may be called concurrently. Blocking callers' background
-// refreshes run on one worker thread the Coordinator owns; coroutine callers' fetches and
-// refreshes run detached on the caller's executor and may outlive the call that started them.
+// refreshes (and retries gone to the background) run on one worker thread the Coordinator owns;
+// coroutine callers' fetches and refreshes run detached on the caller's executor and may outlive
+// the call that started them.
 // REQUIRES: the Coordinator, and the RetryPolicy and CircuitBreaker a CallPolicy points to,
 // outlive every fetch they are used by: let the io_contexts run dry (or destroy them) before
 // destroying these.
@@ -43,6 +50,7 @@
 #include "unherd/cache.h"
 #include "unherd/circuit_breaker.h"
 #include "unherd/detail/background_worker.h"
+#include "unherd/detail/fill_registry.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
 #include "unherd/tier.h"
@@ -64,7 +72,9 @@ struct FetchContext {
   const V* previous = nullptr;  // the cached value being refreshed or replaced, if any
   int attempt = 1;
   std::optional<TimePoint> attempt_deadline;
-  bool background = false;  // a stale-while-revalidate refresh: nobody is waiting
+  // Nobody is waiting: a stale-while-revalidate refresh, or retries that went on in the
+  // background once the waiters had a stale-if-error value.
+  bool background = false;
 };
 
 template <class V>
@@ -149,6 +159,7 @@ class Coordinator {
         cache_(options.cache),
         negative_(CacheOptions{options.negative_capacity, 4}),
         flight_(clock, options.flight_shards),
+        fills_(options.flight_shards),
         tier_flight_(clock, options.flight_shards) {}
 
   // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
@@ -158,9 +169,8 @@ class Coordinator {
     const TimePoint now = clock_.now();
     Lookup<V> found = cache_.lookup(key, now);
     if (auto answer = from_cache(found)) {
-      if (found.freshness == Freshness::kStale && now >= found.refresh_after &&
-          flight_.start(key,
-                        refresh_job(key, fetcher, policy, *found.value, found.refresh_failures),
+      if (found.freshness != Freshness::kFresh && now >= found.refresh_after &&
+          flight_.start(key, refresh_job(key, fetcher, policy, found),
                         [this](auto job) { worker_.post(std::move(job)); })) {
         refreshes_.add();
       }
@@ -178,7 +188,7 @@ class Coordinator {
         Loaded& l = *loaded->value;
         if (auto answer = from_tier(l)) {
           if (answer->source == Source::kStale && !loaded->coalesced &&
-              flight_.start(key, refresh_job(key, fetcher, policy, l.value, 0),
+              flight_.start(key, refresh_job(key, fetcher, policy, l.as_lookup()),
                             [this](auto job) { worker_.post(std::move(job)); })) {
             refreshes_.add();
           }
@@ -192,11 +202,11 @@ class Coordinator {
     }
     std::exception_ptr error = negative_hit(key, now);
     if (!error) {
-      const V* previous = found.value ? &*found.value : nullptr;
       try {
-        auto r = flight_.join(
-            key, [&] { return fetch_and_store(key, fetcher, policy, previous, false); },
-            policy.flight);
+        auto fetch = [&](const FlightHandle& flight) {
+          return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
+        };
+        auto r = flight_.join(key, fetch, policy.flight);
         return settled(std::move(r));
       } catch (...) {
         error = std::current_exception();
@@ -220,11 +230,8 @@ class Coordinator {
     const TimePoint now = clock_.now();
     Lookup<V> found = cache_.lookup(key, now);
     if (auto answer = from_cache(found)) {
-      if (found.freshness == Freshness::kStale && now >= found.refresh_after) {
-        auto job = [this, key, fetcher, policy, previous = *found.value,
-                    failures = found.refresh_failures]() -> asio::awaitable<V> {
-          return refresh_async(key, fetcher, policy, previous, failures);
-        };
+      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
+        auto job = refresh_job_async(key, fetcher, policy, found);
         auto executor = co_await asio::this_coro::executor;
         if (flight_.async_start(key, std::move(job), executor)) {
           refreshes_.add();
@@ -248,9 +255,7 @@ class Coordinator {
         Loaded& l = *loaded->value;
         if (auto answer = from_tier(l)) {
           if (answer->source == Source::kStale && !loaded->coalesced) {
-            auto job = [this, key, fetcher, policy, previous = l.value]() -> asio::awaitable<V> {
-              return refresh_async(key, fetcher, policy, previous, 0);
-            };
+            auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
             auto executor = co_await asio::this_coro::executor;
             if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
           }
@@ -264,11 +269,11 @@ class Coordinator {
     }
     std::exception_ptr error = negative_hit(key, now);
     if (!error) {
-      std::optional<V> previous = found.value;
       // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
       // expressions.
-      auto fetch = [this, key, fetcher, policy, previous]() -> asio::awaitable<V> {
-        return fetch_and_store_async(key, fetcher, policy, previous, false);
+      auto fetch = [this, key, fetcher, policy, found](FlightHandle flight) -> asio::awaitable<V> {
+        return fetch_and_store_async(start_run(key, policy, found, false), fetcher,
+                                     std::move(flight));
       };
       try {
         auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
@@ -292,9 +297,10 @@ class Coordinator {
 
   // Removes key from every tier (and its cached error). Returns whether a value was there.
   // Lowest tier first, so a concurrent memory miss cannot bring a purged value back up; fetches
-  // and tier reads that started before the purge ended do not store what they got.
+  // and tier reads of the key that overlap the purge do not store what they got (those of other
+  // keys do: a purge affects only the keys it matches).
   bool purge(const K& key) {
-    PurgeScope scope(purges_);
+    auto purging = fills_.purge(key);
     bool found = false;
     if constexpr (kStringKeys) {
       for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
@@ -307,18 +313,20 @@ class Coordinator {
   // its keys: purge_prefix reaches them).
   template <class Pred>
   std::size_t purge_if(Pred pred) {
-    PurgeScope scope(purges_);
+    auto purging = fills_.purge_if(pred);
     negative_.erase_if(pred);
     return cache_.erase_if(pred);
   }
   // Removes every key starting with prefix from every tier. Returns the most any tier held.
   std::size_t purge_prefix(
       std::string_view prefix) requires std::is_convertible_v<const K&, std::string_view> {
-    PurgeScope scope(purges_);
+    auto starts = [p = std::string(prefix)](const K& k) {
+      return std::string_view(k).starts_with(p);
+    };
+    auto purging = fills_.purge_if(starts);
     std::size_t n = 0;
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
       n = std::max(n, (*it)->purge_prefix(prefix));
-    auto starts = [prefix](const K& k) { return std::string_view(k).starts_with(prefix); };
     negative_.erase_if(starts);
     return std::max(n, cache_.erase_if(starts));
   }
@@ -381,16 +389,12 @@ class Coordinator {
 
   static constexpr bool kStringKeys = std::is_convertible_v<const K&, std::string_view>;
 
-  // Purges bump the epoch as they start and as they end: a fetch or tier read that saw another
-  // epoch when it started overlapped a purge, and hands its value to its callers unstored.
-  struct PurgeScope {
-    explicit PurgeScope(std::atomic<std::uint64_t>& e) : epoch(e) { epoch.fetch_add(1); }
-    ~PurgeScope() { epoch.fetch_add(1); }
-    PurgeScope(const PurgeScope&) = delete;
-    PurgeScope& operator=(const PurgeScope&) = delete;
-    std::atomic<std::uint64_t>& epoch;
-  };
-  std::uint64_t epoch() const noexcept { return purges_.load(); }
+  // A fetch or tier read that will store what it gets holds a Fill: one that a purge of its key
+  // overlapped hands its value to its callers unstored.
+  using Fills = detail::FillRegistry<K, Hash, KeyEq>;
+  using Fill = typename Fills::Fill;
+  using Flights = SingleFlight<K, V, Hash, KeyEq>;
+  using FlightHandle = typename Flights::Handle;
 
   std::optional<Answer<V>> from_cache(Lookup<V>& found) {
     if (found.freshness == Freshness::kFresh) {
@@ -400,6 +404,13 @@ class Coordinator {
     if (found.freshness == Freshness::kStale) {
       stale_.add();
       return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
+    }
+    if (found.value && found.refresh_failures > 0) {
+      // Only good for errors, and the key's last call sequence failed: rather than wait for
+      // another that would likely fail too, callers get the value at once and, as for a stale
+      // hit, one background refresh runs once the backoff since the failure has passed.
+      stale_if_error_.add();
+      return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
     }
     return std::nullopt;
   }
@@ -445,8 +456,7 @@ class Coordinator {
   }
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
-  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i,
-                                std::uint64_t started) {
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill) {
     if constexpr (kStringKeys) {
       std::optional<V> value = codec_.decode(record.value);
       if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
@@ -460,7 +470,7 @@ class Coordinator {
                Deadlines{local(record.fresh_until), local(record.stale_until),
                          local(record.stale_if_error_until)},
                std::min(now, local(record.stored_at)), i};
-      if (epoch() != started) return l;  // a purge ran meanwhile: answer, do not store
+      if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
       for (std::size_t j = 0; j < i; ++j)
         tiers_[j]->insert(key, record);
       cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
@@ -471,23 +481,23 @@ class Coordinator {
   }
 
   std::optional<Loaded> load_tiers(const K& key) {
-    const std::uint64_t started = epoch();
+    const Fill fill = fills_.enter(key);
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto record = tiers_[i]->lookup(key, clock_.wall_now());
       if (record) {
-        if (auto l = promote(key, *record, i, started)) return l;
+        if (auto l = promote(key, *record, i, fill)) return l;
       }
     }
     return std::nullopt;
   }
 
   asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
-    const std::uint64_t started = epoch();
+    const Fill fill = fills_.enter(key);
     for (std::size_t i = 0; i < tiers_.size(); ++i) {
       auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
       std::optional<TierRecord> record = co_await std::move(reading);
       if (record) {
-        if (auto l = promote(key, *record, i, started)) co_return l;
+        if (auto l = promote(key, *record, i, fill)) co_return l;
       }
     }
     co_return std::nullopt;
@@ -563,31 +573,86 @@ class Coordinator {
     }
   }
 
+  // One upstream call sequence of a key: attempts and backoffs under the breaker and the retry
+  // policy, then the cache. It starts with the caller that leads the key's flight and may move,
+  // once, to the background (see hand_off).
+  struct Run {
+    K key;
+    CallPolicy policy;
+    std::optional<V> previous;  // the cached value being refreshed or replaced
+    Deadlines previous_deadlines;
+    std::uint32_t failures = 0;  // failed call sequences of the key in a row before this one
+    bool background = false;     // nobody waits for the outcome
+    TimePoint started{};
+    Fill fill;
+    typename Flights::Continuation hold;  // keeps the key in flight once handed off
+  };
+
+  Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background) {
+    return Run{key,
+               policy,
+               found.value,
+               found.deadlines,
+               found.refresh_failures,
+               background,
+               clock_.now(),
+               fills_.enter(key),
+               {}};
+  }
+
   // After a failed attempt: the delay before the next, or nullopt to give up.
   // Never one that no waiter could still wait for.
-  std::optional<Duration> retry_delay(const K& key, const CallPolicy& policy,
-                                      const std::exception_ptr& error, int attempt,
-                                      TimePoint started) {
-    if (policy.retry == nullptr) return std::nullopt;
-    auto delay = policy.retry->next_delay(error, attempt, started, clock_.now(),
-                                          flight_.waiters_deadline(key));
+  std::optional<Duration> retry_delay(const Run& run, const std::exception_ptr& error,
+                                      int attempt) {
+    if (run.policy.retry == nullptr) return std::nullopt;
+    auto delay = run.policy.retry->next_delay(error, attempt, run.started, clock_.now(),
+                                              flight_.waiters_deadline(run.key));
     if (delay) retries_.add();
     return delay;
   }
 
-  V store(const K& key, Fetched<V> fetched, const CallPolicy& policy, bool background,
-          std::uint64_t started) {
-    if (epoch() != started) return std::move(fetched.value);  // a purge ran meanwhile
+  // Whether the waiters should have the stale-if-error value now rather than after the retries:
+  // the run has one to fall back on, and a flight to answer early.
+  bool may_hand_off(const Run& run, const FlightHandle& flight) const {
+    return flight && !run.background && run.previous &&
+           clock_.now() < run.previous_deadlines.stale_if_error_until;
+  }
+
+  // The run goes on in the background: the flight's callers are answered with the attempt's
+  // error now (each falls back on the stale-if-error value), and so is every caller that joins
+  // until the run ends; the key stays in flight, so no second call sequence starts.
+  void hand_off(Run& run, const FlightHandle& flight) {
+    run.hold = flight.detach();
+    run.background = true;
+  }
+
+  // The run failed for good. A key with a value to fall back on remembers it in its entry: the
+  // next refresh waits a growing, jittered pause, and the value answers at once (see
+  // from_cache) until a refresh succeeds.
+  void give_up(const Run& run, const std::exception_ptr& error) {
+    remember_error(run.key, run.policy, error);
+    if (run.background) refresh_failures_.add();
+    if (!run.previous) return;
+    static const RetryPolicy kDefault{};
+    const RetryPolicy& backoff = run.policy.retry ? *run.policy.retry : kDefault;
+    const int n = static_cast<int>(std::min<std::uint32_t>(run.failures + 1, 30));
+    const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
+    cache_.defer_refresh(run.key, clock_.now() + pause, run.failures + 1);
+  }
+
+  V store(Run& run, Fetched<V> fetched) {
+    if (run.fill.spoiled()) return std::move(fetched.value);  // a purge of the key ran meanwhile
+    const K& key = run.key;
     const TimePoint now = clock_.now();
     if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
-    const Ttl ttl = fetched.ttl.value_or(policy.ttl);
+    const Ttl ttl = fetched.ttl.value_or(run.policy.ttl);
     if (fetched.store) {
       const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
       const Deadlines deadlines = Deadlines::from(now, ttl);
       cache_.insert(key, fetched.value, charge, deadlines, now);
       // A value dead on arrival removes the old one from every tier, as from memory.
       write_tiers(key, fetched.value, deadlines, now);
-    } else if (background) {
+    } else if (run.background) {
       // The refresh's answer may not be stored, so the stale entry stays: without this, every
       // stale hit would start another refresh at once.
       cache_.defer_refresh(key, now + std::max<Duration>(ttl.fresh, std::chrono::seconds(1)), 0);
@@ -653,10 +718,11 @@ class Coordinator {
     return std::move(*attempt.fetched);
   }
 
-  Ctx context(const CallPolicy& policy, const V* previous, int attempt, TimePoint started,
-              bool background) {
-    Ctx ctx{previous, attempt, std::nullopt, background};
-    if (policy.retry) ctx.attempt_deadline = policy.retry->attempt_deadline(clock_.now(), started);
+  Ctx context(const Run& run, int attempt) {
+    Ctx ctx{run.previous ? &*run.previous : nullptr, attempt, std::nullopt, run.background};
+    if (run.policy.retry) {
+      ctx.attempt_deadline = run.policy.retry->attempt_deadline(clock_.now(), run.started);
+    }
     return ctx;
   }
 
@@ -666,59 +732,98 @@ class Coordinator {
 
   // The fetch a flight runs: breaker, retries, fetcher, then the cache. Errors propagate.
   template <class F>
-  V fetch_and_store(const K& key, F& fetcher, const CallPolicy& policy, const V* previous,
-                    bool background) {
-    const TimePoint started = clock_.now();
-    const std::uint64_t epoch_at_start = epoch();
-    record_first_attempt(policy);
-    for (int attempt = 1;; ++attempt) {
-      const Ctx ctx = context(policy, previous, attempt, started, background);
+  V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {}) {
+    record_first_attempt(run.policy);
+    return attempts(run, fetcher, 1, flight);
+  }
+
+  // Attempts from number `first` on, until one succeeds or the retry policy gives up.
+  template <class F>
+  V attempts(Run& run, F& fetcher, int first, const FlightHandle& flight) {
+    for (int attempt = first;; ++attempt) {
+      const Ctx ctx = context(run, attempt);
       std::exception_ptr error;
       std::optional<Fetched<V>> fetched;
       try {
-        auto permit = acquire(policy);
+        auto permit = acquire(run.policy);
         Attempt outcome = attempt_once(fetcher, ctx);
-        fetched.emplace(conclude(policy, *permit, outcome));
+        fetched.emplace(conclude(run.policy, *permit, outcome));
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) return store(key, std::move(*fetched), policy, background, epoch_at_start);
-      auto delay = retry_delay(key, policy, error, attempt, started);
+      if (fetched) return store(run, std::move(*fetched));
+      auto delay = retry_delay(run, error, attempt);
       if (!delay) {
-        remember_error(key, policy, error);
+        give_up(run, error);
         std::rethrow_exception(error);
       }
-      clock_.sleep_until(clock_.now() + *delay);
+      const TimePoint next = clock_.now() + *delay;
+      if (may_hand_off(run, flight)) {
+        hand_off(run, flight);
+        auto rest = std::make_shared<Run>(std::move(run));
+        worker_.post([this, rest, fetcher, attempt, next]() mutable {
+          clock_.sleep_until(next);
+          try {
+            attempts(*rest, fetcher, attempt + 1, {});
+          } catch (...) {  // given up: give_up() has remembered it
+          }
+          rest.reset();  // ends the flight, after the cache has the outcome
+        });
+        std::rethrow_exception(error);
+      }
+      clock_.sleep_until(next);
     }
   }
 
   template <class F>
-  asio::awaitable<V> fetch_and_store_async(K key, F fetcher, CallPolicy policy,
-                                           std::optional<V> previous, bool background) {
-    const TimePoint started = clock_.now();
-    const std::uint64_t epoch_at_start = epoch();
-    record_first_attempt(policy);
-    for (int attempt = 1;; ++attempt) {
-      const Ctx ctx =
-          context(policy, previous ? &*previous : nullptr, attempt, started, background);
+  asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {}) {
+    record_first_attempt(run.policy);
+    auto attempting = attempts_async(std::move(run), std::move(fetcher), 1, std::move(flight));
+    co_return co_await std::move(attempting);
+  }
+
+  template <class F>
+  asio::awaitable<V> attempts_async(Run run, F fetcher, int first, FlightHandle flight) {
+    for (int attempt = first;; ++attempt) {
+      const Ctx ctx = context(run, attempt);
       std::exception_ptr error;
       std::optional<Fetched<V>> fetched;
       try {
-        auto permit = acquire(policy);
+        auto permit = acquire(run.policy);
         auto call = attempt_async(fetcher, ctx);
         Attempt outcome = co_await std::move(call);
-        fetched.emplace(conclude(policy, *permit, outcome));
+        fetched.emplace(conclude(run.policy, *permit, outcome));
       } catch (...) {
         error = std::current_exception();
       }
-      if (fetched) co_return store(key, std::move(*fetched), policy, background, epoch_at_start);
-      auto delay = retry_delay(key, policy, error, attempt, started);
+      if (fetched) co_return store(run, std::move(*fetched));
+      auto delay = retry_delay(run, error, attempt);
       if (!delay) {
-        remember_error(key, policy, error);
+        give_up(run, error);
         std::rethrow_exception(error);
       }
-      auto pause = async_sleep_until(clock_, clock_.now() + *delay);
+      const TimePoint next = clock_.now() + *delay;
+      if (may_hand_off(run, flight)) {
+        hand_off(run, flight);
+        auto executor = co_await asio::this_coro::executor;
+        auto rest = resume_async(std::move(run), std::move(fetcher), attempt + 1, next);
+        asio::co_spawn(executor, std::move(rest), asio::detached);
+        std::rethrow_exception(error);
+      }
+      auto pause = async_sleep_until(clock_, next);
       co_await std::move(pause);
+    }
+  }
+
+  // A handed-off run's remaining attempts, from `at`; the flight ends when it does.
+  template <class F>
+  asio::awaitable<void> resume_async(Run run, F fetcher, int attempt, TimePoint at) {
+    auto pause = async_sleep_until(clock_, at);
+    co_await std::move(pause);
+    try {
+      auto attempting = attempts_async(std::move(run), std::move(fetcher), attempt, {});
+      co_await std::move(attempting);
+    } catch (...) {  // given up: give_up() has remembered it
     }
   }
 
@@ -733,39 +838,20 @@ class Coordinator {
                      now);
   }
 
-  // After a failed refresh, the next may start only after a growing, jittered pause.
-  void defer_refresh(const K& key, const CallPolicy& policy, std::uint32_t failures) {
-    refresh_failures_.add();
-    static const RetryPolicy kDefault{};
-    const RetryPolicy& backoff = policy.retry ? *policy.retry : kDefault;
-    const int n = static_cast<int>(std::min<std::uint32_t>(failures + 1, 30));
-    const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
-    cache_.defer_refresh(key, clock_.now() + pause, failures + 1);
-  }
-
+  // A background refresh of a stale value (its failure is remembered by give_up()).
   template <class F>
-  auto refresh_job(const K& key, F& fetcher, const CallPolicy& policy, V previous,
-                   std::uint32_t failures) {
-    return [this, key, fetcher, policy, previous = std::move(previous), failures]() mutable {
-      try {
-        return fetch_and_store(key, fetcher, policy, &previous, true);
-      } catch (...) {
-        defer_refresh(key, policy, failures);
-        throw;
-      }
+  auto refresh_job(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found) {
+    return [this, key, fetcher, policy, found]() mutable {
+      return fetch_and_store(start_run(key, policy, found, true), fetcher);
     };
   }
 
   template <class F>
-  asio::awaitable<V> refresh_async(K key, F fetcher, CallPolicy policy, V previous,
-                                   std::uint32_t failures) {
-    try {
-      auto refresh = fetch_and_store_async(key, fetcher, policy, previous, true);
-      co_return co_await std::move(refresh);
-    } catch (...) {
-      defer_refresh(key, policy, failures);
-      throw;
-    }
+  auto refresh_job_async(const K& key, F& fetcher, const CallPolicy& policy,
+                         const Lookup<V>& found) {
+    return [this, key, fetcher, policy, found]() -> asio::awaitable<V> {
+      return fetch_and_store_async(start_run(key, policy, found, true), fetcher);
+    };
   }
 
   Clock& clock_;
@@ -776,7 +862,7 @@ class Coordinator {
   SingleFlight<K, V, Hash, KeyEq> flight_;
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
-  std::atomic<std::uint64_t> purges_{0};
+  Fills fills_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;

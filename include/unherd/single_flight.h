@@ -13,6 +13,13 @@
 // (Errc::too_many_waiters) or lets it bypass with a fetch of its own (the one case where two
 // fetches for a key may run at once: the caller asked for it).
 //
+// A fetch may answer its callers before it is done: a fetcher that takes a Handle may detach()
+// its flight, hand the returned Continuation to whatever finishes the work, and return (or throw)
+// an early answer. Every caller waiting, and every caller that joins until the Continuation is
+// destroyed, gets that answer at once; the key stays in flight meanwhile, so the rest of the
+// work is still the key's only fetch. (The Coordinator answers with a stale value this way while
+// retries go on in the background.)
+//
 // Two ways to call it:
 //   - blocking, from plain threads: get_or_fetch(key, fetcher) with fetcher: () -> V. The caller
 //     that starts the fetch runs it on its own thread, so max_wait applies only to joiners.
@@ -43,6 +50,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -88,11 +96,65 @@ struct FlightResult {
 
 template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
 class SingleFlight {
+  struct Flight;
+
  public:
   explicit SingleFlight(Clock& clock = system_clock(), std::size_t shards = 16)
       : clock_(clock), shards_(std::max<std::size_t>(shards, 1)) {}
   SingleFlight(const SingleFlight&) = delete;
   SingleFlight& operator=(const SingleFlight&) = delete;
+
+  class Handle;
+
+  // Keeps a detached flight's key in flight while the rest of its fetch runs. Copies share the
+  // hold; when the last is destroyed the flight ends and a new fetch of the key may start.
+  // REQUIRES: it does not outlive the SingleFlight (it counts as something in flight).
+  class Continuation {
+   public:
+    Continuation() = default;
+    explicit operator bool() const noexcept { return hold_ != nullptr; }
+
+   private:
+    friend class Handle;
+    struct Hold {
+      Hold(SingleFlight* o, std::shared_ptr<Flight> f) : owner(o), flight(std::move(f)) {}
+      Hold(const Hold&) = delete;
+      Hold& operator=(const Hold&) = delete;
+      ~Hold() { owner->release_hold(flight); }
+      SingleFlight* owner;
+      std::shared_ptr<Flight> flight;
+    };
+    explicit Continuation(std::shared_ptr<Hold> hold) : hold_(std::move(hold)) {}
+    std::shared_ptr<Hold> hold_;
+  };
+
+  // A fetcher's view of its own flight (a fetcher that takes one: (Handle) -> V). Bypassing
+  // fetches, which have no flight, get an empty Handle.
+  class Handle {
+   public:
+    Handle() = default;
+    explicit operator bool() const noexcept { return flight_ != nullptr; }
+
+    // Lets the fetch go on after the fetcher returns: what the fetcher then returns or throws
+    // is an early answer, given at once to every caller waiting and to every caller that joins
+    // while the returned Continuation lives. Call at most once, before the fetcher returns.
+    // An empty Handle returns an empty Continuation (and the fetcher must finish the work).
+    Continuation detach() const {
+      if (!flight_) return {};
+      {
+        std::lock_guard lock(owner_->shard_for(flight_->key).mu);
+        flight_->held = true;
+      }
+      return Continuation(std::make_shared<typename Continuation::Hold>(owner_, flight_));
+    }
+
+   private:
+    friend class SingleFlight;
+    Handle(SingleFlight* owner, std::shared_ptr<Flight> flight)
+        : owner_(owner), flight_(std::move(flight)) {}
+    SingleFlight* owner_ = nullptr;
+    std::shared_ptr<Flight> flight_;
+  };
 
   // Blocking. Returns the fetched value or rethrows the fetch's exception; throws
   // std::system_error with Errc::wait_timeout or Errc::too_many_waiters.
@@ -108,12 +170,11 @@ class SingleFlight {
     Enrolment e = enrol(key, waiter, options, /*leader_waits=*/false);
     switch (e.role) {
       case Role::kLeader:
-        run_and_settle(e.flight, fetcher);
-        return unpack(e.flight->outcome, false);
+        return unpack(run_and_settle(e.flight, fetcher), false);
       case Role::kJoined:
-        return unpack(waiter->wait(), true);
+        return unpack(e.early ? e.early : waiter->wait(), true);
       case Role::kBypass:
-        return {fetcher(), false};
+        return {call(fetcher, nullptr), false};
       case Role::kRefused:
         break;
     }
@@ -145,7 +206,9 @@ class SingleFlight {
         asio::co_spawn(ex, self->run_and_settle_async(e.flight, std::move(leader_fetch)),
                        asio::detached);
       }
-      if (e.role == Role::kRefused) {
+      if (e.early) {
+        if (waiter->claim()) waiter->deliver(e.early);
+      } else if (e.role == Role::kRefused) {
         auto refused = std::make_shared<Outcome>();
         refused->error = e.refusal;
         waiter->deliver(std::move(refused));
@@ -157,8 +220,8 @@ class SingleFlight {
         co_await asio::async_initiate<const asio::use_awaitable_t<>, void(OutcomePtr, Role)>(
             std::move(initiation), asio::use_awaitable);
     if (role == Role::kBypass) {
-      auto call = fetcher();
-      V value = co_await std::move(call);
+      auto fetching = call(fetcher, nullptr);
+      V value = co_await std::move(fetching);
       co_return FlightResult<V>{std::move(value), false};
     }
     co_return unpack(outcome, role == Role::kJoined);
@@ -228,7 +291,6 @@ class SingleFlight {
 
  private:
   enum class Role { kLeader, kJoined, kBypass, kRefused };
-  struct Flight;
   struct Shard;
   struct Outcome {
     std::optional<V> value;
@@ -284,7 +346,8 @@ class SingleFlight {
     TimePoint latest_deadline{};  // the last moment any waiter so far will still wait
     bool has_waiters = false;
     bool unbounded = false;  // some caller waits without a deadline
-    OutcomePtr outcome;      // set once, before waiters are woken
+    bool held = false;       // detached: a Continuation keeps the key in flight
+    OutcomePtr early;        // a detached fetch's early answer, for every caller until it ends
   };
 
   struct alignas(64) Shard {
@@ -297,6 +360,7 @@ class SingleFlight {
     bool leads = false;  // this caller started the flight and must run its fetch
     std::shared_ptr<Flight> flight;
     std::exception_ptr refusal;
+    OutcomePtr early;  // the flight's early answer: the caller has it without waiting
   };
 
   Shard& shard_for(const K& key) { return shards_[Hash{}(key) % shards_.size()]; }
@@ -316,6 +380,12 @@ class SingleFlight {
       fetches_.add();
       e.role = Role::kLeader;
       e.leads = true;
+    } else if (it->second->early) {
+      coalesced_.add();
+      e.role = waiter->role = Role::kJoined;
+      e.flight = it->second;
+      e.early = it->second->early;
+      return e;
     } else if (it->second->waiters.size() >= options.max_waiters) {
       overflows_.add();
       if (options.overflow == Overflow::kBypass) {
@@ -402,16 +472,22 @@ class SingleFlight {
     });
   }
 
-  // Removes the flight, then wakes every waiter still linked to it.
-  void settle(const std::shared_ptr<Flight>& flight, OutcomePtr outcome) {
+  // Removes the flight (or, if it is detached, makes the outcome its early answer and leaves it
+  // in flight), then wakes every waiter still linked to it.
+  void settle(const std::shared_ptr<Flight>& flight, const OutcomePtr& outcome) {
     std::list<std::shared_ptr<Waiter>> waiters;
     std::vector<TimerId> timers;
     {
       Shard& shard = shard_for(flight->key);
       std::lock_guard lock(shard.mu);
       timers.reserve(flight->waiters.size());  // before anything changes: it may throw
-      flight->outcome = outcome;
-      shard.flights.erase(flight->key);
+      if (flight->held) {
+        flight->early = outcome;
+        flight->has_waiters = false;  // nobody waits for the rest: no deadline bounds it
+        flight->unbounded = false;
+      } else {
+        shard.flights.erase(flight->key);
+      }
       waiters.swap(flight->waiters);
       for (auto& w : waiters) {
         w->linked = false;
@@ -425,28 +501,50 @@ class SingleFlight {
     }
   }
 
+  // A Continuation has ended: the flight ends too, unless its fetcher has not returned yet (its
+  // settle() then ends it).
+  void release_hold(const std::shared_ptr<Flight>& flight) {
+    Shard& shard = shard_for(flight->key);
+    std::lock_guard lock(shard.mu);
+    flight->held = false;
+    if (!flight->early) return;
+    auto it = shard.flights.find(flight->key);
+    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
+  }
+
+  // Calls the fetcher, with a Handle on the flight if it takes one (an empty one if it has none).
   template <class F>
-  void run_and_settle(const std::shared_ptr<Flight>& flight, F& fetcher) {
+  decltype(auto) call(F& fetcher, std::shared_ptr<Flight> flight) {
+    if constexpr (std::is_invocable_v<F&, Handle>) {
+      return fetcher(Handle(this, std::move(flight)));
+    } else {
+      return fetcher();
+    }
+  }
+
+  template <class F>
+  OutcomePtr run_and_settle(const std::shared_ptr<Flight>& flight, F& fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      outcome->value.emplace(fetcher());
+      outcome->value.emplace(call(fetcher, flight));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, std::move(outcome));
+    settle(flight, outcome);
+    return outcome;
   }
 
   template <class F>
   asio::awaitable<void> run_and_settle_async(std::shared_ptr<Flight> flight, F fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      auto call = fetcher();
-      V value = co_await std::move(call);
+      auto fetching = call(fetcher, flight);
+      V value = co_await std::move(fetching);
       outcome->value.emplace(std::move(value));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, std::move(outcome));
+    settle(flight, outcome);
   }
 
   static FlightResult<V> unpack(const OutcomePtr& outcome, bool coalesced) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -174,6 +175,59 @@ TEST(Coordinator, StaleIfErrorServesTheOldValueWhenTheFetchFails) {
   EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
 }
 
+// Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:
+// every waiter gets the stale value at once, and the retries go on in the background.
+TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBackground) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  RetryPolicy retry(RetryOptions{.max_attempts = 3, .base = 0s, .cap = 0s, .deadline = 0s});
+  const CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}, .flight = {.max_wait = 1h}, .retry = &retry};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(100s);  // past freshness and SWR, inside stale-if-error
+  Gate first_fails, retry_succeeds;
+  std::atomic<int> calls{0};
+  auto fetch = [&]() -> std::string {
+    if (++calls == 1) {
+      first_fails.wait();
+      throw std::runtime_error("503");
+    }
+    retry_succeeds.wait();
+    return "new";
+  };
+  std::vector<std::future<Answer<std::string>>> answers;
+  for (int i = 0; i < 5; ++i) {
+    answers.push_back(
+        std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); }));
+  }
+  ASSERT_TRUE(eventually([&] { return coord.stats().flight.total_requests == 5; }));
+  first_fails.open();
+  const bool answered = eventually([&] {
+    return std::all_of(answers.begin(), answers.end(),
+                       [](auto& a) { return a.wait_for(0s) == std::future_status::ready; });
+  });
+  EXPECT_TRUE(answered) << "the waiters waited for the retry";
+  EXPECT_TRUE(eventually([&] { return calls.load() == 2; }));  // the retry, held in the background
+  // A caller that comes while the retry is pending gets the stale value too, and no new fetch.
+  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); });
+  EXPECT_TRUE(eventually([&] { return meanwhile.wait_for(0s) == std::future_status::ready; }));
+  EXPECT_EQ(calls.load(), 2);
+  retry_succeeds.open();
+  auto m = meanwhile.get();
+  EXPECT_EQ(m.value, "old");
+  EXPECT_EQ(m.source, Source::kStaleIfError);
+  for (auto& a : answers) {
+    auto answer = a.get();
+    EXPECT_EQ(answer.value, "old");
+    EXPECT_EQ(answer.source, Source::kStaleIfError);
+  }
+  // The retry's success refreshed the entry.
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 0; }));
+  auto next = coord.get("k", fetch, policy);
+  EXPECT_EQ(next.value, "new");
+  EXPECT_EQ(next.source, Source::kHit);
+  EXPECT_EQ(calls.load(), 2);
+}
+
 TEST(Coordinator, FailedRefreshIsRetriedWithBackoffOnALaterStaleHit) {
   ManualClock clock;
   Coord coord({}, clock);
@@ -294,6 +348,49 @@ TEST(Coordinator, PurgeRemovesAKeyOrAPrefix) {
   EXPECT_TRUE(coord.purge("/b/1"));
   EXPECT_EQ(coord.purge_if([](const std::string& k) { return k.starts_with("/a/"); }), 2u);
   EXPECT_EQ(coord.stats().cache.entries, 0u);
+}
+
+// A purge spoils the fills of the keys it matches and no others: purging unrelated keys, however
+// often, must not keep a slow key from ever being cached.
+TEST(Coordinator, AFetchOverlappingAPurgeIsStoredUnlessThePurgeMatchesItsKey) {
+  struct Case {
+    const char* purge;
+    std::function<void(Coord&)> run;
+    bool stored;
+  };
+  const std::vector<Case> cases = {
+      {"purge(another key)", [](Coord& c) { c.purge("/other/1"); }, true},
+      {"purge_prefix(another prefix)", [](Coord& c) { c.purge_prefix("/other"); }, true},
+      {"purge_if(another prefix)",
+       [](Coord& c) { c.purge_if([](const std::string& k) { return k.starts_with("/other"); }); },
+       true},
+      {"purge(the key)", [](Coord& c) { c.purge("/a/1"); }, false},
+      {"purge_prefix(its prefix)", [](Coord& c) { c.purge_prefix("/a/"); }, false},
+      {"purge_if(its prefix)",
+       [](Coord& c) { c.purge_if([](const std::string& k) { return k.starts_with("/a/"); }); },
+       false},
+  };
+  for (const auto& c : cases) {
+    ManualClock clock;
+    Coord coord({}, clock);
+    Gate gate;
+    std::atomic<int> calls{0};
+    auto slow = [&] {
+      calls++;
+      gate.wait();
+      return std::string("v");
+    };
+    std::string got;
+    std::thread caller([&] { got = coord.get("/a/1", slow, kTenSeconds).value; });
+    ASSERT_TRUE(eventually([&] { return calls.load() == 1; }));
+    c.run(coord);
+    gate.open();
+    caller.join();
+    EXPECT_EQ(got, "v") << c.purge;  // the caller gets its value either way
+    auto next = coord.get("/a/1", slow, kTenSeconds);
+    EXPECT_EQ(next.source, c.stored ? Source::kHit : Source::kFetched) << c.purge;
+    EXPECT_EQ(calls.load(), c.stored ? 1 : 2) << c.purge;
+  }
 }
 
 TEST(Coordinator, ThreadSafetyCountsAddUpExactly) {
@@ -468,6 +565,194 @@ TEST(CoordinatorAsync, NoRetryThatNoWaiterCouldStillWaitFor) {
     io.run();
     EXPECT_EQ(attempts, want_attempts) << "max_wait " << max_wait.count();
     EXPECT_EQ(outcome, want_attempts == 1 ? "503" : "ok");
+  }
+}
+
+// The outage starts: the upstream answers 503, and retries are due 2 s apart (Retry-After).
+struct Outage {
+  ManualClock clock;
+  Coord coord{{}, clock};
+  asio::io_context io;
+  RetryPolicy retry{[] {
+    RetryOptions o{.max_attempts = 3, .base = 1s, .cap = 1s, .deadline = 0s};
+    o.classify = [](const std::exception_ptr&) { return RetryVerdict{true, 2s}; };
+    return o;
+  }()};
+  CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}, .flight = {.max_wait = 1h}, .retry = &retry};
+  int calls = 0;
+
+  struct Got {
+    std::string value;  // or the error's message
+    Source source{};
+    TimePoint at{};
+  };
+  // Runs what is ready (an io_context with nothing left to do stops: restart it first).
+  void poll() {
+    io.restart();
+    io.poll();
+  }
+  // Starts `n` callers of key; their answers, as they come, go to `got`.
+  template <class F>
+  void spawn(int n, const std::string& key, F fetch, std::vector<Got>& got) {
+    for (int i = 0; i < n; ++i) {
+      asio::co_spawn(
+          io,
+          [&, key, fetch]() -> asio::awaitable<void> {
+            try {
+              auto a = co_await coord.async_get(key, fetch, policy);
+              got.push_back({a.value, a.source, clock.now()});
+            } catch (const std::exception& e) {
+              got.push_back({e.what(), Source::kFetched, clock.now()});
+            }
+          },
+          asio::detached);
+    }
+  }
+};
+
+TEST(CoordinatorAsync, AFailedAttemptAnswersEveryWaiterStaleAtOnceAndTheRetryRefreshes) {
+  Outage o;
+  o.coord.put("k", "old", o.policy.ttl);
+  o.clock.advance(100s);  // past freshness and SWR, inside stale-if-error
+  const TimePoint outage = o.clock.now();
+  asio::steady_timer first_attempt(o.io);
+  first_attempt.expires_at(asio::steady_timer::time_point::max());
+  auto fetch = [&]() -> asio::awaitable<std::string> {
+    if (++o.calls == 1) {
+      boost::system::error_code ec;
+      co_await first_attempt.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      throw std::runtime_error("503");
+    }
+    co_return std::string("new");
+  };
+  std::vector<Outage::Got> got;
+  o.spawn(100, "k", fetch, got);
+  o.poll();
+  EXPECT_TRUE(got.empty());  // all wait for the first attempt
+  first_attempt.cancel();    // it fails
+  o.poll();
+  ASSERT_EQ(got.size(), 100u);
+  for (auto& g : got) {
+    EXPECT_EQ(g.value, "old");
+    EXPECT_EQ(g.source, Source::kStaleIfError);
+    EXPECT_EQ(g.at, outage);  // as the attempt failed, not after the retry's 2 s
+  }
+  EXPECT_EQ(o.calls, 1);
+  // While the retry is pending, a new caller is answered stale at once and fetches nothing.
+  std::vector<Outage::Got> meanwhile;
+  o.spawn(1, "k", fetch, meanwhile);
+  o.poll();
+  ASSERT_EQ(meanwhile.size(), 1u);
+  EXPECT_EQ(meanwhile[0].source, Source::kStaleIfError);
+  EXPECT_EQ(o.calls, 1);
+  EXPECT_EQ(o.coord.flights().in_flight(), 1u);
+  // The retry succeeds in the background and refreshes the entry.
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 2);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  std::vector<Outage::Got> after;
+  o.spawn(1, "k", fetch, after);
+  o.poll();
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].value, "new");
+  EXPECT_EQ(after[0].source, Source::kHit);
+}
+
+// When the retries fail too, the key answers stale at once, and after a backoff one background
+// refresh starts (the next call sequence), as for a stale-while-revalidate hit.
+TEST(CoordinatorAsync, AfterTheRetriesFailTheStaleValueAnswersAtOnceUntilTheBackoffEnds) {
+  Outage o;
+  o.coord.put("k", "old", o.policy.ttl);
+  o.clock.advance(100s);
+  auto down = [&]() -> asio::awaitable<std::string> {
+    ++o.calls;
+    throw std::runtime_error("503");
+    co_return std::string();
+  };
+  std::vector<Outage::Got> got;
+  o.spawn(10, "k", down, got);
+  o.poll();
+  ASSERT_EQ(got.size(), 10u);  // stale after the first attempt
+  o.clock.advance(2s);
+  o.poll();
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 3);  // the whole retry schedule, once
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  // Inside the backoff (at least 500 ms after a first failed sequence, with base 1 s): no fetch.
+  std::vector<Outage::Got> backing_off;
+  o.spawn(10, "k", down, backing_off);
+  o.poll();
+  ASSERT_EQ(backing_off.size(), 10u);
+  for (auto& g : backing_off)
+    EXPECT_EQ(g.source, Source::kStaleIfError);
+  EXPECT_EQ(o.calls, 3);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  // After it, callers are still answered at once, and one new call sequence starts.
+  o.clock.advance(1s);
+  std::vector<Outage::Got> later;
+  o.spawn(10, "k", down, later);
+  o.poll();
+  ASSERT_EQ(later.size(), 10u);
+  for (auto& g : later)
+    EXPECT_EQ(g.source, Source::kStaleIfError);
+  EXPECT_EQ(o.calls, 4);
+  EXPECT_EQ(o.coord.flights().in_flight(), 1u);
+  // Once the upstream is back, the refresh succeeds and the key is fresh again.
+  auto up = [&]() -> asio::awaitable<std::string> {
+    ++o.calls;
+    co_return std::string("new");
+  };
+  o.clock.advance(2s);  // the background sequence's retry: still down
+  o.poll();
+  o.clock.advance(2s);
+  o.poll();
+  EXPECT_EQ(o.calls, 6);
+  EXPECT_EQ(o.coord.flights().in_flight(), 0u);
+  o.clock.advance(10s);  // past any backoff
+  std::vector<Outage::Got> recovered;
+  o.spawn(1, "k", up, recovered);
+  o.poll();
+  EXPECT_EQ(o.calls, 7);
+  std::vector<Outage::Got> fresh;
+  o.spawn(1, "k", up, fresh);
+  o.poll();
+  ASSERT_EQ(fresh.size(), 1u);
+  EXPECT_EQ(fresh[0].value, "new");
+  EXPECT_EQ(fresh[0].source, Source::kHit);
+}
+
+// Without a stale-if-error value there is nothing to answer early with: callers wait for the
+// whole retry schedule, as before.
+TEST(CoordinatorAsync, WithoutAStaleIfErrorValueCallersWaitForEveryRetry) {
+  for (bool cached_before : {false, true}) {
+    Outage o;
+    if (cached_before) {
+      o.coord.put("k", "old", Ttl{10s});  // no stale-if-error window: expired means gone
+      o.clock.advance(11s);
+    }
+    const TimePoint start = o.clock.now();
+    auto down = [&]() -> asio::awaitable<std::string> {
+      ++o.calls;
+      throw std::runtime_error("503");
+      co_return std::string();
+    };
+    std::vector<Outage::Got> got;
+    o.spawn(10, "k", down, got);
+    o.poll();
+    o.clock.advance(2s);
+    o.poll();
+    EXPECT_TRUE(got.empty()) << "cached before: " << cached_before;
+    EXPECT_EQ(o.calls, 2);
+    o.clock.advance(2s);
+    o.poll();
+    ASSERT_EQ(got.size(), 10u);
+    for (auto& g : got) {
+      EXPECT_EQ(g.value, "503");
+      EXPECT_EQ(g.at, start + 4s);
+    }
+    EXPECT_EQ(o.calls, 3);
   }
 }
 

@@ -76,6 +76,41 @@ TEST(SingleFlight, CallersArrivingWhileFetchIsPendingGetItWhenReleased) {
   EXPECT_EQ(calls.load(), 1);
 }
 
+// A detached fetch answers early: its waiters, and callers that join while its Continuation
+// lives, get the early answer at once, and no second fetch of the key starts until it ends.
+TEST(SingleFlight, ADetachedFetchAnswersEarlyAndHoldsTheKeyUntilItsContinuationEnds) {
+  ManualClock clock;
+  Flights flights(clock);
+  Gate gate;
+  std::atomic<int> calls{0};
+  Flights::Continuation rest;
+  auto detaching = [&](Flights::Handle flight) {
+    calls++;
+    gate.wait();
+    rest = flight.detach();
+    return std::string("early");
+  };
+  std::vector<std::future<std::string>> results;
+  for (int i = 0; i < 3; ++i) {
+    results.push_back(
+        std::async(std::launch::async, [&] { return flights.get_or_fetch("k", detaching); }));
+  }
+  ASSERT_TRUE(eventually([&] { return flights.stats().coalesced_requests == 2; }));
+  gate.open();
+  for (auto& r : results)
+    EXPECT_EQ(r.get(), "early");
+  EXPECT_EQ(flights.in_flight(), 1u);  // the rest of the work holds the key
+  auto fetch_again = [&](Flights::Handle) {
+    calls++;
+    return std::string("second");
+  };
+  EXPECT_EQ(flights.get_or_fetch("k", fetch_again), "early");
+  EXPECT_EQ(calls.load(), 1);
+  rest = {};  // the rest is done
+  EXPECT_EQ(flights.in_flight(), 0u);
+  EXPECT_EQ(flights.get_or_fetch("k", fetch_again), "second");
+}
+
 TEST(SingleFlight, FailedFetchGivesEveryWaiterTheSameErrorAndLeavesNothingBehind) {
   ManualClock clock;
   Flights flights(clock);

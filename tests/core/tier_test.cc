@@ -174,9 +174,19 @@ TEST(Tiers, ARecordOnlyGoodForErrorsIsServedWhenTheFetchFails) {
   EXPECT_EQ(a.value, "old");
   EXPECT_EQ(a.source, Source::kStaleIfError);
   EXPECT_EQ(a.tier, "disk");
+  // The key failed: inside the backoff, the old value answers without a fetch.
   auto b = f.coord.get("k", f.fetch, kPolicy);
-  EXPECT_EQ(b.value, "fetched1");
-  EXPECT_EQ(b.source, Source::kFetched);
+  EXPECT_EQ(b.value, "old");
+  EXPECT_EQ(b.source, Source::kStaleIfError);
+  EXPECT_EQ(f.fetches, 0);
+  // Past it (at most 100 ms after one failure), still at once, with a refresh in the background.
+  f.clock.advance(1s);
+  EXPECT_EQ(f.coord.get("k", f.fetch, kPolicy).source, Source::kStaleIfError);
+  ASSERT_TRUE(eventually([&] { return f.coord.flights().in_flight() == 0; }));
+  EXPECT_EQ(f.fetches, 1);
+  auto c = f.coord.get("k", f.fetch, kPolicy);
+  EXPECT_EQ(c.value, "fetched1");
+  EXPECT_EQ(c.source, Source::kHit);
 }
 
 TEST(Tiers, ConcurrentMissesShareOneTierRead) {
@@ -288,6 +298,26 @@ TEST(Tiers, AFetchThatOverlapsAPurgeIsAnsweredButNotStored) {
   EXPECT_EQ(got, "old");
   EXPECT_FALSE(f.disk->get("k"));
   EXPECT_EQ(f.coord.get("k", f.fetch, kPolicy).source, Source::kFetched);
+}
+
+TEST(Tiers, ATierReadOverlappingAPurgePromotesUnlessThePurgeMatchesItsKey) {
+  for (bool same_key : {false, true}) {
+    Fixture f;
+    f.disk->insert("/a/1", record(f.clock, "kept", 1s, Ttl{1h}));
+    Gate gate;
+    f.disk->gate = &gate;
+    std::thread caller([&] { EXPECT_EQ(f.coord.get("/a/1", f.fetch, kPolicy).value, "kept"); });
+    ASSERT_TRUE(eventually([&] { return f.disk->lookups.load() == 1; }));
+    // purge_if reaches memory only: the record being read stays, and only the spoiling counts.
+    const std::string prefix = same_key ? "/a/" : "/b/";
+    f.coord.purge_if([&](const std::string& k) { return k.starts_with(prefix); });
+    gate.open();
+    caller.join();
+    f.disk->gate = nullptr;
+    // Promoted to memory only if the purge was of another key.
+    EXPECT_EQ(f.coord.cache().lookup("/a/1", f.clock.now()).value.has_value(), !same_key)
+        << (same_key ? "purge of its prefix" : "purge of another prefix");
+  }
 }
 
 TEST(Tiers, ARefreshThatMayNotBeStoredRemovesTheOldValueFromEveryTier) {
