@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
+#include <thread>
 
 namespace unherd::gateway {
 namespace {
@@ -22,33 +24,55 @@ std::FILE* open_target(const std::string& target, std::string& error) {
   return f;
 }
 
-// Writes each line to a FILE*, swapped under the sink's own lock (the one every write takes).
+// Writes each line to a FILE*. A new target is handed over through `pending_` and taken up by
+// the writer thread between two lines: the thread that retargets never waits on the writer,
+// which may be stuck in a write to a reader that stopped reading.
 class SwappableSink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
   explicit SwappableSink(std::FILE* file) : file_(file) {}
-  ~SwappableSink() override { close(file_); }
+  ~SwappableSink() override {
+    close(file_);
+    if (pending_) close(*pending_);
+  }
 
   void swap(std::FILE* file) {
-    std::lock_guard lock(mutex_);
-    close(file_);
-    file_ = file;
+    std::lock_guard lock(pending_mu_);
+    if (pending_) close(*pending_);  // handed over before, never taken up
+    pending_ = file;
   }
 
  protected:
   void sink_it_(const spdlog::details::log_msg& msg) override {
+    take_pending();
     if (file_ == nullptr) return;
     std::fwrite(msg.payload.data(), 1, msg.payload.size(), file_);
     std::fputc('\n', file_);
   }
   void flush_() override {
+    take_pending();
     if (file_ != nullptr) std::fflush(file_);
   }
 
  private:
+  // On the writer thread, under the sink's lock.
+  void take_pending() {
+    std::lock_guard lock(pending_mu_);
+    if (!pending_) return;
+    close(file_);
+    file_ = *pending_;
+    pending_.reset();
+  }
   static void close(std::FILE* f) {
-    if (f != nullptr && f != stdout) std::fclose(f);
+    if (f == nullptr) return;
+    if (f == stdout) {
+      std::fflush(f);
+    } else {
+      std::fclose(f);
+    }
   }
   std::FILE* file_;
+  std::mutex pending_mu_;  // protects pending_; never held across I/O by the retargeting side
+  std::optional<std::FILE*> pending_;
 };
 
 }  // namespace
@@ -93,6 +117,7 @@ std::string AccessLog::retarget(const std::string& target) {
   if (!error.empty()) return error;
   impl_->sink->swap(file);
   enabled_ = file != nullptr;
+  impl_->logger->flush();  // the writer takes the new target up now, not at the next line
   return "";
 }
 
@@ -102,6 +127,14 @@ std::uint64_t AccessLog::dropped() const {
 
 void AccessLog::flush() {
   impl_->logger->flush();
+}
+
+void AccessLog::drain(std::chrono::milliseconds limit) {
+  flush();
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (impl_->pool->queue_size() > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 }  // namespace unherd::gateway

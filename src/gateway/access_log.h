@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -35,6 +36,9 @@ class AccessLog {
   std::uint64_t dropped() const;
   // Asks the writer to flush what it has (does not wait).
   void flush();
+  // Flushes and waits up to `limit` for the queue to be written out (at shutdown: a reader that
+  // stalled must not hold the exit).
+  void drain(std::chrono::milliseconds limit);
 
  private:
   struct Impl;

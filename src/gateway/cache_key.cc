@@ -147,6 +147,52 @@ std::optional<std::string> cache_key(const std::vector<KeyPart>& parts, std::str
   return key;
 }
 
+std::string forwarded_target(const std::vector<KeyPart>& parts, std::string_view target) {
+  if (parts.empty()) return std::string(target);
+  auto url = boost::urls::parse_origin_form(target);
+  if (!url) return std::string(target);
+  std::string out(url->encoded_path());
+  char sep = '?';
+  for (const auto& part : parts) {
+    if (part.kind != KeyPart::Kind::kQuery) continue;
+    for (auto p : url->encoded_params()) {
+      if (compare_decoded(p.key, part.name) != 0) continue;
+      out += sep;
+      out += p.key;
+      if (p.has_value) {
+        out += '=';
+        out += p.value;
+      }
+      sep = '&';
+    }
+  }
+  return out;
+}
+
+bool has_dot_segment(std::string_view path) {
+  while (!path.empty()) {
+    const auto slash = path.find('/');
+    const std::string_view segment = path.substr(0, slash);
+    std::size_t i = 0;
+    int dots = 0;
+    while (i < segment.size()) {
+      if (segment[i] == '.') {
+        i += 1;
+      } else if (segment.size() - i >= 3 && segment[i] == '%' && segment[i + 1] == '2' &&
+                 (segment[i + 2] == 'e' || segment[i + 2] == 'E')) {
+        i += 3;
+      } else {
+        break;
+      }
+      ++dots;
+    }
+    if (i == segment.size() && (dots == 1 || dots == 2)) return true;
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return false;
+}
+
 bool keys_on_header(const std::vector<KeyPart>& parts, std::string_view lower_name) {
   return std::any_of(parts.begin(), parts.end(), [&](const KeyPart& p) {
     return p.kind == KeyPart::Kind::kHeader && p.name == lower_name;

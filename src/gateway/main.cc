@@ -37,8 +37,9 @@ int serve(const std::string& path) {
     gateway.run_with_signals(path);
     // Drained. Exiting here, not by destroying the gateway: anything that outlived the grace
     // period still references its io_contexts.
+    // No flush of stdout here: when it is the access log and nobody reads it, a flush would
+    // block the exit forever. The access log's writer has had its chance during the drain.
     spdlog::shutdown();
-    std::fflush(stdout);
     std::_Exit(0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "unherd: %s\n", e.what());

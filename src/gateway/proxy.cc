@@ -42,7 +42,7 @@ bool hop_by_hop(std::string_view name, std::string_view options) {
     if (iequals(name, h)) return true;
   }
   while (!options.empty()) {
-    const auto comma = options.find(',');
+    const auto comma = options.find_first_of(",\x1e");  // list elements, or lines
     if (iequals(trim(options.substr(0, comma)), name)) return true;
     if (comma == std::string_view::npos) break;
     options.remove_prefix(comma + 1);
@@ -116,6 +116,11 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
       }
       continue;
     }
+    if (iequals(name, "content-length")) {
+      std::uint64_t n = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec == std::errc() && end == value.data() + value.size()) out->declared_length = n;
+    }
     if (hop_by_hop(name, options) || gateway_own(name)) continue;
     if (iequals(name, "cache-control")) cache_control += (cache_control.empty() ? "" : ",") + value;
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
@@ -133,7 +138,12 @@ Built build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   out->vary = vary_headers(vary);
   out->body = std::move(r.body);
   Built b{nullptr, response_policy(facts, ttl)};
-  if (!b.policy.store && b.policy.reason != "status") {
+  // An answer that may not be stored may not be reused for another request either (RFC 9111
+  // §3, §4): coalesced waiters ask for their own. Error answers (5xx, 429) whose status alone
+  // keeps them out of the cache are the exception: every waiter of a failing fetch gets its
+  // error at once, or an outage would send the whole herd upstream one by one.
+  const bool error = r.status >= 500 || r.status == 429;
+  if (!b.policy.store && !(error && b.policy.reason == "status")) {
     out->shareable = false;
     out->not_shareable_reason = b.policy.reason;
   }
@@ -203,7 +213,7 @@ bool append_values(const Lines& lines, std::string_view name, std::string& out, 
   bool found = false;
   for (const auto& line : lines) {
     if (!iequals(name_of(line), name)) continue;
-    if (found) out += ", ";
+    if (found) out += kLineSeparator;
     out += value_of(line);
     found = true;
   }
@@ -377,10 +387,15 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   // The thread's snapshot stays alive until this thread sees a reload: no reference counting.
   const Runtime& rt = *seen_runtime().runtime;
   const Route* route = rt.match(path_of(head.target));
-  if (route == nullptr || !may_use_cache(head.method, route->config.key, head)) return false;
-  thread_local std::string key;
+  if (route == nullptr || !may_use_cache(head.method, route->config.key, head) ||
+      has_dot_segment(path_of(head.target))) {
+    return false;
+  }
+  thread_local std::string key, options;
+  options.clear();
+  head.header_values("connection", options);
   auto values = [&head](std::string_view name, std::string& out) {
-    return head.header_values(name, out);
+    return !hop_by_hop(name, options) && head.header_values(name, out);
   };
   if (cache_key_into(key, route->config.key, head.target, values, {}, max_query_params_) !=
       KeyBuild::kOk) {
@@ -405,6 +420,9 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
     co_return Reply::text(404, "no route for " + std::string(path_of(request.target)));
   }
   route->counters->total.add();
+  if (has_dot_segment(path_of(request.target))) {
+    co_return Reply::text(400, "dot segments (. or ..) in the path are refused");
+  }
   std::string via;
   if (request.header_values("via", via) && via.find(via_.substr(4)) != std::string::npos) {
     route->counters->errors.add();
@@ -422,8 +440,10 @@ asio::awaitable<Reply> Proxy::handle(Request request, ThreadState& thread) {
 
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, const Route& route,
                                          Request request, ThreadState& thread) {
-  auto values = [&request](std::string_view name, std::string& out) {
-    return request.header_values(name, out);
+  // What the fetch will not forward (hop-by-hop, or named by Connection) is absent from the key.
+  const std::string options = connection_options(request.headers);
+  auto values = [&request, &options](std::string_view name, std::string& out) {
+    return !hop_by_hop(name, options) && request.header_values(name, out);
   };
   std::optional<std::string> primary{std::in_place};
   const KeyBuild built =
@@ -441,6 +461,11 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
     auto passing_call = pass(route, request, thread, "hit-for-pass");
     Reply reply = co_await std::move(passing_call);
     reply.head_only = head_only;
+    // One private answer (which any client's headers may provoke) must not keep the key out
+    // of the cache: a shareable answer ends the mark, and the next request is a coalesced miss.
+    if (reply.cached && reply.cached->shareable && reply.cached->status < 500) {
+      hints_.forget_pass(*key);
+    }
     co_return reply;
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));
@@ -451,7 +476,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
                    const FetchContext<ResponsePtr>& ctx) -> asio::awaitable<Fetched<ResponsePtr>> {
     UpstreamRequest up;
     up.method = "GET";
-    up.target = shared_request->target;
+    up.target = forwarded_target(r->config.key, shared_request->target);
     const std::string options = connection_options(shared_request->headers);
     for (const auto& [name, value] : shared_request->headers) {
       // The shared fetch asks for the whole, unconditional resource: validators are the gateway's
@@ -659,7 +684,10 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, T
     } catch (const std::exception& e) {  // not the upstream's doing: no breaker outcome
       route.breaker->release(*permit);
       route.counters->errors.add();
-      reply = Reply::text(502, std::string("bad gateway: ") + e.what());
+      const auto* sys = dynamic_cast<const std::system_error*>(&e);
+      reply = sys && sys->code() == Errc::local_failure
+                  ? Reply::text(503, std::string("the gateway is short of resources: ") + e.what())
+                  : Reply::text(502, std::string("bad gateway: ") + e.what());
       reply.x_cache = "PASS";
       co_return reply;
     }
@@ -751,11 +779,27 @@ std::size_t Proxy::purge_target(const std::string& target) {
   const Route* route = rt->match(path_of(target));
   std::string key;
   auto no_headers = [](std::string_view, std::string&) { return false; };
-  if (route == nullptr || cache_key_into(key, route->config.key, target, no_headers, {},
-                                         max_query_params_) != KeyBuild::kOk) {
-    key = target;
+  if (route == nullptr) return purge_key(target);
+  const auto& parts = route->config.key;
+  const auto header = std::find_if(parts.begin(), parts.end(), [](const KeyPart& p) {
+    return p.kind == KeyPart::Kind::kHeader;
+  });
+  // A route keyed on a header stores one entry per value of it: the target names them all.
+  // They share the key up to that header's name, whatever comes after.
+  if (header == parts.end()) {
+    if (cache_key_into(key, parts, target, no_headers, {}, max_query_params_) != KeyBuild::kOk) {
+      return purge_key(target);
+    }
+    return purge_key(key);
   }
-  return purge_key(key);
+  // A route keyed on a header stores one entry per value of it: the target names them all.
+  // They share the key up to that header's name (the path alone leads a route key).
+  std::vector<KeyPart> before(parts.begin(), header);
+  before.push_back({KeyPart::Kind::kPath, ""});
+  if (cache_key_into(key, before, target, no_headers, {}, max_query_params_) != KeyBuild::kOk) {
+    return purge_key(target);
+  }
+  return coordinator_.purge_prefix(key + '\x1f' + header->name);
 }
 
 std::size_t Proxy::purge_key(const std::string& key) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,9 @@ struct CachedResponse {
   std::string last_modified;
   std::chrono::seconds initial_age{0};  // the upstream's Age when it arrived
   std::vector<std::string> vary;        // lower-case names from Vary
+  // The Content-Length the upstream declared, for an answer to HEAD passed through (no body
+  // here, but the length a GET would have had is what the client is told). Not stored.
+  std::optional<std::uint64_t> declared_length;
   bool shareable = true;  // false: private / no-store / Set-Cookie (never given to others)
   std::string_view not_shareable_reason;
 

@@ -63,6 +63,16 @@ void ResponseHints::remember_pass(std::string_view key, Duration for_how_long) {
   recharge(shard, *e);
 }
 
+void ResponseHints::forget_pass(std::string_view key) {
+  if (entries_.load(std::memory_order_relaxed) == 0) return;
+  Shard& shard = shard_of(key);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.index.find(key);
+  if (it == shard.index.end()) return;
+  it->second->pass_until.reset();
+  if (it->second->vary.empty()) erase(shard, it->second);
+}
+
 std::vector<std::string> ResponseHints::vary(std::string_view primary_key) {
   if (entries_.load(std::memory_order_relaxed) == 0) return {};
   Shard& shard = shard_of(primary_key);

@@ -36,6 +36,8 @@ class ResponseHints {
   // Whether requests for `key` pass straight upstream (until a time remember_pass() set).
   bool passing(std::string_view key);
   void remember_pass(std::string_view key, Duration for_how_long);
+  // Ends a pass mark (a later answer for the key turned out shareable).
+  void forget_pass(std::string_view key);
 
   // The lower-case request header names the answers of `primary_key` vary on; empty if none.
   std::vector<std::string> vary(std::string_view primary_key);

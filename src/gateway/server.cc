@@ -207,7 +207,9 @@ void json_escape(std::string& out, std::string_view s) {
     if (c == '"' || c == '\\') {
       out += '\\';
       out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
+    } else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
+      // Control bytes, and bytes of a target or request id that may not be UTF-8: the line
+      // stays valid JSON either way (a byte ≥ 0x80 reads as the code point of that value).
       out += "\\u00";
       out += "0123456789abcdef"[(c >> 4) & 15];
       out += "0123456789abcdef"[c & 15];
@@ -382,8 +384,11 @@ struct Gateway::Impl {
     const unsigned status = reply.cached ? reply.cached->status : reply.status;
     const bool bodiless = status < 200 || status == 204 || status == 304;
     if (!bodiless) {
+      // A HEAD passed through has no body here: the length is the one the upstream declared.
+      const bool declared =
+          reply.head_only && body.empty() && reply.cached && reply.cached->declared_length;
       head += "Content-Length: ";
-      append_number(head, body.size());
+      append_number(head, declared ? *reply.cached->declared_length : body.size());
       head += "\r\n";
     }
     if (!keep_alive) {
@@ -661,7 +666,7 @@ void Gateway::stop() {
     }
     for (auto& sweeper : g.sweepers)
       sweeper->release();
-    if (g.access_log) g.access_log->flush();
+    if (g.access_log) g.access_log->drain(std::chrono::seconds(2));
     g.proxy.sync_store();  // the process leaves with _Exit: no destructor will write the queue
     std::lock_guard lock(g.stop_mu);
     g.stopped = true;

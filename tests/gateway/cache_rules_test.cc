@@ -71,7 +71,7 @@ HeaderValues lines(std::vector<std::pair<std::string, std::string>> h) {
     bool found = false;
     for (const auto& [n, v] : h) {
       if (n != name) continue;
-      out += found ? ", " : "";
+      if (found) out += kLineSeparator;
       out += v;
       found = true;
     }
@@ -146,7 +146,8 @@ TEST(CacheKey, RepeatedHeaderLinesAreAllKeyedInOrder) {
   const auto attacker =
       cache_key(by_tenant, "/p", lines({{"x-tenant", "en"}, {"x-tenant", "evil"}}));
   EXPECT_NE(victim, attacker);
-  EXPECT_EQ(attacker, cache_key(by_tenant, "/p", lines({{"x-tenant", "en, evil"}})));
+  // Two lines and one comma-joined line are apart too: an upstream reading one line sees `en`.
+  EXPECT_NE(attacker, cache_key(by_tenant, "/p", lines({{"x-tenant", "en, evil"}})));
   EXPECT_NE(attacker,
             cache_key(by_tenant, "/p", lines({{"x-tenant", "evil"}, {"x-tenant", "en"}})));
   // A header present but empty is not the header absent.
@@ -179,6 +180,28 @@ TEST(CacheKey, SortKeepsTheOrderOfNamesThatDecodeAlike) {
   EXPECT_NE(cache_key({}, "/p?a=1&%61=2", none), cache_key({}, "/p?%61=2&a=1", none));
   EXPECT_NE(cache_key({}, "/p?a+b=1&a%20b=2", none), cache_key({}, "/p?a%20b=2&a+b=1", none));
   EXPECT_NE(cache_key({}, "/p?a", none), cache_key({}, "/p?a=", none));
+}
+
+TEST(CacheKey, ACachedFetchForwardsOnlyTheQueryTheKeyCovers) {
+  const std::vector<KeyPart> parts = {
+      {KeyPart::Kind::kPath, ""}, {KeyPart::Kind::kQuery, "id"}, {KeyPart::Kind::kQuery, "fields"}};
+  EXPECT_EQ(forwarded_target(parts, "/q/item?id=1&callback=alert(1)"), "/q/item?id=1");
+  EXPECT_EQ(forwarded_target(parts, "/q/item?fields=a&x=1&id=2&%69d=3&fields"),
+            "/q/item?id=2&%69d=3&fields=a&fields");
+  EXPECT_EQ(forwarded_target(parts, "/q/item?utm=1"), "/q/item");
+  EXPECT_EQ(forwarded_target({{KeyPart::Kind::kPath, ""}}, "/q/item?id=1"), "/q/item");
+  EXPECT_EQ(forwarded_target({}, "/q/item?b=2&a=1"), "/q/item?b=2&a=1");  // the default key
+}
+
+TEST(CacheKey, DotSegmentsAreFound) {
+  for (std::string_view bad :
+       {"/a/../k", "/a/./k", "/a/..", "/..", "/a/%2e%2e/k", "/a/.%2E/k", "/a/%2E/k"}) {
+    EXPECT_TRUE(has_dot_segment(bad)) << bad;
+  }
+  for (std::string_view fine :
+       {"/", "/a/b", "/a/.../k", "/a/.hidden", "/a/b.c", "/a/..b", "/v1.2/x", "/a/%2e%2ex"}) {
+    EXPECT_FALSE(has_dot_segment(fine)) << fine;
+  }
 }
 
 TEST(CacheKey, TooManyParametersGetNoKey) {

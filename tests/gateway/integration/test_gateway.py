@@ -453,7 +453,8 @@ class Poisoning(GatewayCase):
             route("api", "/api", cls.up.port) +
             route("err", "/err", cls.failing.port, retry='{ attempts = 1 }',
                   breaker='{ window = 1000, min_calls = 1000 }') +
-            route("tenant", "/tenant", cls.up.port, key='["path", "header:X-Tenant"]') +
+            route("tenant", "/tenant", cls.up.port,
+                  key='["path", "header:X-Tenant", "query:echo"]') +
             route("product", "/product", cls.up.port, key='["path", "query:productId"]'),
             server_extra='max_header_bytes = "64KiB"')
 
@@ -498,6 +499,43 @@ class Poisoning(GatewayCase):
         second = self.gw.get("/api/order?%61=2&a=1")
         self.assertEqual(second[1]["x-cache"], "MISS")
         self.assertNotEqual(json.loads(first[2])["target"], json.loads(second[2])["target"])
+
+    def test_a_header_the_request_drops_by_connection_is_absent_from_the_key(self):
+        target = "/tenant/dropped" + q(echo="X-Tenant")
+        attack = (b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\nX-Tenant: victim\r\n"
+                  b"Connection: close, X-Tenant\r\n\r\n")
+        self.assertIn(b'"echo": null', self.gw.raw_exchange(attack))  # the upstream got none
+        s, h, body = self.gw.get(target, {"X-Tenant": "victim"})
+        self.assertEqual(json.loads(body)["echo"], ["victim"])
+        self.assertEqual(h["x-cache"], "MISS")
+
+    def test_query_parameters_the_key_leaves_out_are_not_forwarded(self):
+        s, h, body = self.gw.get("/product/reflect?productId=1&callback=alert(document.domain)")
+        self.assertEqual(json.loads(body)["query"], {"productId": ["1"]})
+        s, h, body = self.gw.get("/product/reflect?productId=1")
+        self.assertEqual(h["x-cache"], "HIT")
+        self.assertNotIn(b"alert", body)
+
+    def test_dot_segments_are_refused(self):
+        for target in ("/api/../tenant/x", "/api/%2e%2e/tenant/x", "/api/./x"):
+            self.assertEqual(self.gw.get(target)[0], 400, target)
+        self.assertEqual(self.up.count("/tenant/x"), 0)
+
+    def test_an_answer_that_may_not_be_stored_is_not_given_to_waiters(self):
+        target = "/err/forbidden" + q(status=403, delay_ms=300)
+        answers = self.gw.herd([target] * 10)
+        self.assertEqual({a[0] for a in answers}, {403})
+        self.assertNotIn("COALESCED", {a[1]["x-cache"] for a in answers})
+        self.assertEqual(self.failing.count(target), 10, "each asks for its own")
+
+    def test_one_private_answer_does_not_keep_a_key_out_of_the_cache(self):
+        # The upstream's Cache-Control follows a header the key ignores: anyone can provoke one
+        # private answer, and the key is marked hit-for-pass. The next shareable answer ends it.
+        target = "/api/hfp" + q(cc="max-age=600")
+        self.assertEqual(self.gw.get(target, {"X-Cc": "private"})[1]["x-cache"], "MISS")
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "PASS")  # marked: passes once
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "MISS")  # cached again
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
 
     def test_thousands_of_query_parameters_are_refused_with_414(self):
         target = "/api/many?" + "&".join(f"k{9999 - i}=1" for i in range(3200))

@@ -97,6 +97,29 @@ class Logging(unittest.TestCase):
             gw.proc.wait()
             up.stop()
 
+    def test_sigterm_and_sighup_work_while_stdout_is_not_read(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port), access_log="-",
+                     server_extra="access_log_queue = 64")
+        try:
+            conn = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            buf = b""
+            for _ in range(15):  # 1,500 lines: the pipe is full, the writer is stuck in a write
+                conn.sendall(b"GET /api/s HTTP/1.1\r\nHost: t\r\n\r\n" * 100)
+                while buf.count(b"HTTP/1.1 200") < 100:
+                    buf += conn.recv(1 << 20)
+                buf = buf[buf.rfind(b"HTTP/1.1 200") + 1:]
+            conn.close()
+            gw.send_signal(signal.SIGHUP)  # retargets the log: must not wait for the writer
+            self.assertEqual(gw.get("/api/after-reload")[0], 200)
+            gw.proc.send_signal(signal.SIGTERM)
+            self.assertEqual(gw.proc.wait(timeout=30), 0)
+        finally:
+            if gw.proc.poll() is None:
+                gw.proc.kill()
+                gw.proc.wait()
+            up.stop()
+
     def test_breaker_transitions_are_logged_with_the_upstream(self):
         up = Upstream()
         gw = Gateway(route("b", "/b", up.port, retry="{ attempts = 1 }", stale_if_error='"0s"',
@@ -137,6 +160,22 @@ class Admin(unittest.TestCase):
         self.assertEqual(self.purge("key=/prod/x?id=7"), (200, {"purged": 1}))
         self.assertEqual(self.gw.get("/prod/x?id=7")[1]["x-cache"], "MISS")
 
+    def test_a_purge_key_on_a_header_keyed_route_purges_every_value(self):
+        up = Upstream()
+        gw = Gateway(route("k", "/k", up.port, key='["path", "header:X-Tenant"]'))
+        try:
+            for tenant in ("t1", "t2"):
+                gw.get("/k/p", {"X-Tenant": tenant})
+            gw.get("/k/p")
+            gw.get("/k/p2", {"X-Tenant": "t1"})  # another path that starts alike
+            s, _, body = gw.get("/purge?key=/k/p", method="POST", admin=True, headers=AUTH)
+            self.assertEqual(json.loads(body)["purged"], 3)
+            self.assertEqual(gw.get("/k/p", {"X-Tenant": "t1"})[1]["x-cache"], "MISS")
+            self.assertEqual(gw.get("/k/p2", {"X-Tenant": "t1"})[1]["x-cache"], "HIT")
+        finally:
+            gw.stop()
+            up.stop()
+
     def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(self):
         self.assertEqual(self.purge("prefix=/none", {"Authorization": f"bearer {TOKEN}"})[0], 200)
         self.assertEqual(self.purge("prefix=/none", {"Authorization": f"BEARER {TOKEN}"})[0], 200)
@@ -157,6 +196,20 @@ class Admin(unittest.TestCase):
             post = lambda h: gw.get("/purge?prefix=/x", method="POST", admin=True, headers=h)[0]
             self.assertTrue(eventually(lambda: post(new) == 200))
             self.assertEqual(post(AUTH), 401, "the old token no longer works")
+        finally:
+            gw.stop()
+            up.stop()
+
+
+class PassThrough(unittest.TestCase):
+    def test_a_head_passed_through_says_the_length_a_get_would_have(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port))
+        try:
+            s, h, body = gw.get("/api/len", method="GET", headers={"Authorization": "Bearer x"})
+            s, hh, hbody = gw.get("/api/len", method="HEAD", headers={"Authorization": "Bearer x"})
+            self.assertEqual((hh["x-cache"], hbody), ("PASS", b""))
+            self.assertEqual(int(hh["content-length"]), len(body) - len(b'"n": 1') + len(b'"n": 2'))
         finally:
             gw.stop()
             up.stop()

@@ -7,6 +7,7 @@ Behaviour is chosen per request by query parameters, so one server serves every 
   cookie=1      add Set-Cookie (a value of its own per request)       lm=...  Last-Modified
   hdr=Name:Value  add that header line (repeatable)
   echo=H        the values of request header H, every line, echoed in the body
+and by request header: X-Cc: V   Cache-Control V instead of cc= (an input the key ignores)
   mode=garbage|truncate|reset   answer with junk, a short body, or by closing the socket
   mode=early_hints              send a 103 before the answer
 and for the whole server, by control calls:
@@ -132,7 +133,9 @@ class Handler(BaseHTTPRequestHandler):
                 with st.lock:
                     st.not_modified += 1
                 return self._send(304, b"", headers)
-        if "cc" in q:
+        if self.headers.get("X-Cc"):  # a header the key ignores decides the answer
+            headers.append(("Cache-Control", self.headers["X-Cc"]))
+        elif "cc" in q:
             headers.append(("Cache-Control", q["cc"][0]))
         if "lm" in q:
             headers.append(("Last-Modified", q["lm"][0]))
