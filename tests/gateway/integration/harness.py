@@ -83,20 +83,26 @@ class Gateway:
 
     def raw(self, data, timeout=10):
         """Sends raw bytes; returns the status code of the answer (0 if none)."""
+        buf = self._send_raw(data, timeout, until=lambda b: b"\r\n" in b)
+        m = re.match(rb"HTTP/1\.1 (\d{3})", buf)
+        return int(m.group(1)) if m else 0
+
+    def _send_raw(self, data, timeout, until):
+        """Sends raw bytes on a new connection; reads until `until(bytes so far)`, a close, a
+        reset or the timeout, and returns what was read."""
         import socket
+        buf = b""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             s.sendall(data)
-            buf = b""
             try:
-                while b"\r\n" not in buf:
-                    chunk = s.recv(4096)
+                while not until(buf):
+                    chunk = s.recv(65536)
                     if not chunk:
                         break
                     buf += chunk
             except (ConnectionResetError, socket.timeout):
                 pass
-        m = re.match(rb"HTTP/1\.1 (\d{3})", buf)
-        return int(m.group(1)) if m else 0
+        return buf
 
     def exchange(self, data, timeout=10):
         """Sends raw bytes on one connection; once the first answer is in, sends a probe (a
@@ -126,19 +132,7 @@ class Gateway:
 
     def raw_exchange(self, data, timeout=10):
         """Sends raw bytes; returns every byte the gateway sent back until it closed."""
-        import socket
-        out = b""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(data)
-            try:
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    out += chunk
-            except (ConnectionResetError, socket.timeout):
-                pass
-        return out
+        return self._send_raw(data, timeout, until=lambda b: False)
 
     def herd(self, targets, headers=""):
         return asyncio.run(_herd(self.port, targets, headers))
