@@ -1,6 +1,6 @@
 # The front door. Every target installs what it needs first (scripts/install-deps is a no-op
 # when everything is present) and builds with at most two jobs.
-.PHONY: all deps build test test-asan test-tsan bench compare demo example format clean
+.PHONY: all deps build test test-asan test-tsan fuzz bench compare demo example format clean
 
 JOBS ?= 2
 
@@ -26,6 +26,15 @@ test-tsan: deps
 	@cmake --build --preset tsan -j $(JOBS)
 	@ctest --preset tsan -j $(JOBS)
 
+# libFuzzer targets (fuzz/), built with clang-14 in build-fuzz/: each replays its saved crashes,
+# then fuzzes for FUZZ_SECONDS (default 60) from its committed corpus. Fails on any crash.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@scripts/install-deps fuzz
+	@cmake --preset fuzz >/dev/null
+	@cmake --build --preset fuzz -j $(JOBS)
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run
+
 bench: build
 	@scripts/install-deps bench
 	@bench/run
@@ -48,4 +57,4 @@ format:
 	@clang-format -i $$(git ls-files '*.h' '*.cc')
 
 clean:
-	@rm -rf build build-debug build-asan build-tsan
+	@rm -rf build build-debug build-asan build-tsan build-fuzz

@@ -6,11 +6,15 @@
 // codings, a Transfer-Encoding on HTTP/1.0, HTTP/1.1 without exactly one Host, and versions
 // other than 1.0 and 1.1. The gateway
 // answers each with a 4xx (501 for a coding it does not implement) and closes the connection.
+// It refuses obs-fold too, found in the raw head before Beast unfolds it (has_obs_fold), and
+// takes an absolute-form target as its origin form (origin_form).
 // Header-only; no I/O.
 #pragma once
 
 #include <boost/beast/http/message.hpp>
+#include <boost/url/parse.hpp>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "gateway/text.h"
@@ -76,6 +80,30 @@ std::optional<FramingRefusal> refuse_framing(const boost::beast::http::header<tr
     return FramingRefusal{400, "an HTTP/1.1 request needs exactly one Host"};
   }
   return std::nullopt;
+}
+
+// Whether a request head (up to and including its last field's CRLF) continues a line on the
+// next: a CRLF followed by a space or tab.
+inline bool has_obs_fold(std::string_view head) {
+  for (auto at = head.find("\r\n"); at != std::string_view::npos && at + 2 < head.size();
+       at = head.find("\r\n", at + 2)) {
+    if (head[at + 2] == ' ' || head[at + 2] == '\t') return true;
+  }
+  return false;
+}
+
+// A target in absolute form ("http://host/p?q", which a server must accept, RFC 9112 §3.2.2)
+// as the origin form ("/p?q") that routes and keys are made of; other targets as they are.
+inline std::string_view origin_form(std::string_view target, std::string& buffer) {
+  if (target.starts_with('/')) return target;
+  auto uri = boost::urls::parse_absolute_uri(target);
+  if (!uri || (uri->scheme() != "http" && uri->scheme() != "https")) return target;
+  buffer.assign(uri->encoded_path().empty() ? "/" : std::string_view(uri->encoded_path()));
+  if (uri->has_query()) {
+    buffer += '?';
+    buffer += uri->encoded_query();
+  }
+  return buffer;
 }
 
 }  // namespace unherd::gateway

@@ -15,7 +15,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/url/parse.hpp>
 #include <charconv>
 #include <condition_variable>
 #include <csignal>
@@ -177,30 +176,6 @@ class Sweeper {
   std::uint64_t tick_ = 0;
   Watch* head_ = nullptr;
 };
-
-// Whether a request head (up to and including its last field's CRLF) continues a line on the
-// next: a CRLF followed by a space or tab.
-bool has_obs_fold(std::string_view head) {
-  for (auto at = head.find("\r\n"); at != std::string_view::npos && at + 2 < head.size();
-       at = head.find("\r\n", at + 2)) {
-    if (head[at + 2] == ' ' || head[at + 2] == '\t') return true;
-  }
-  return false;
-}
-
-// A target in absolute form ("http://host/p?q", which a server must accept, RFC 9112 §3.2.2)
-// as the origin form ("/p?q") that routes and keys are made of; other targets as they are.
-std::string_view origin_form(std::string_view target, std::string& buffer) {
-  if (target.starts_with('/')) return target;
-  auto uri = boost::urls::parse_absolute_uri(target);
-  if (!uri || (uri->scheme() != "http" && uri->scheme() != "https")) return target;
-  buffer.assign(uri->encoded_path().empty() ? "/" : std::string_view(uri->encoded_path()));
-  if (uri->has_query()) {
-    buffer += '?';
-    buffer += uri->encoded_query();
-  }
-  return buffer;
-}
 
 void json_escape(std::string& out, std::string_view s) {
   for (char c : s) {
