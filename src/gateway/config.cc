@@ -7,6 +7,7 @@
 #include <boost/url/parse.hpp>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -71,6 +72,26 @@ std::string format_millis(Millis ms) {
   if (n != 0 && n % 60'000 == 0) return std::to_string(n / 60'000) + "m";
   if (n != 0 && n % 1000 == 0) return std::to_string(n / 1000) + "s";
   return std::to_string(n) + "ms";
+}
+
+// A TOML basic string: quotes, backslashes and control characters escaped, so what
+// to_toml() prints always parses again.
+std::string quoted(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20 || u == 0x7f) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", u);
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
 }
 
 std::string format_size(std::size_t bytes) {
@@ -232,6 +253,16 @@ UpstreamUrl parse_upstream(TableReader& r, const toml::table& t, std::string_vie
   if (url->has_query() || url->has_fragment()) {
     r.fail(*n, key, "an upstream URL takes no query or fragment");
   }
+  // Boost.URL 1.81 reads "http://a:1x/" as port "1x" with path "x/", and decodes a
+  // percent-encoded host: neither is an address this gateway could connect to.
+  const std::string_view port = url->port(), path = url->encoded_path();
+  if (port.find_first_not_of("0123456789") != std::string_view::npos ||
+      (!path.empty() && path.front() != '/')) {
+    r.fail(*n, key, "expected an http URL such as \"http://127.0.0.1:9000\"");
+  }
+  if (std::string_view(url->encoded_host()).find('%') != std::string_view::npos) {
+    r.fail(*n, key, "the upstream host must not be percent-encoded");
+  }
   UpstreamUrl u;
   u.scheme = url->scheme();
   u.host = url->host();
@@ -331,6 +362,9 @@ Config parse_config(std::string_view text, const std::string& source) {
     r.integer("threads", config.server.threads, 0, 256);
     r.string("admin_token", config.server.admin_token);
     r.size("max_header_bytes", config.server.max_header_bytes);
+    if (config.server.max_header_bytes < 1024 || config.server.max_header_bytes > (1u << 20)) {
+      r.fail(*server->get("max_header_bytes"), "max_header_bytes", "must be from 1KiB to 1MiB");
+    }
     r.size("max_body_bytes", config.server.max_body_bytes);
     r.integer("max_query_params", config.server.max_query_params, 1, 100'000);
     r.duration("shutdown_grace", config.server.shutdown_grace);
@@ -426,7 +460,7 @@ std::string to_toml(const Config& c) {
       << "send_timeout = \"" << format_millis(c.server.send_timeout) << "\"\n"
       << "upstream_connections = " << c.server.upstream_connections << "\n"
       << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
-      << "access_log = \"" << c.server.access_log << "\"\n"
+      << "access_log = " << quoted(c.server.access_log) << "\n"
       << "access_log_queue = " << c.server.access_log_queue << "\n"
       << "log_level = \"" << c.server.log_level << "\"\n\n"
       << "[cache]\n"
@@ -434,21 +468,20 @@ std::string to_toml(const Config& c) {
       << "hints_memory = \"" << format_size(c.cache.hints_memory) << "\"\n"
       << "store = \"" << c.cache.store << "\"\n"
       << "disk = \"" << format_size(c.cache.disk) << "\"\n"
-      << "path = \"" << c.cache.path << "\"\n";
+      << "path = " << quoted(c.cache.path) << "\n";
   for (const auto& r : c.routes) {
     out << "\n[[routes]]\n"
-        << "name = \"" << r.name << "\"\n"
-        << "prefix = \"" << r.prefix << "\"\n"
-        << "upstream = \"" << r.upstream.to_string() << "\"\n";
+        << "name = " << quoted(r.name) << "\n"
+        << "prefix = " << quoted(r.prefix) << "\n"
+        << "upstream = " << quoted(r.upstream.to_string()) << "\n";
     if (!r.key.empty()) {
       out << "key = [";
       for (std::size_t i = 0; i < r.key.size(); ++i) {
         const auto& k = r.key[i];
-        out << (i ? ", " : "") << "\""
-            << (k.kind == KeyPart::Kind::kPath    ? "path"
-                : k.kind == KeyPart::Kind::kQuery ? "query:" + k.name
-                                                  : "header:" + k.name)
-            << "\"";
+        out << (i ? ", " : "")
+            << quoted(k.kind == KeyPart::Kind::kPath    ? "path"
+                      : k.kind == KeyPart::Kind::kQuery ? "query:" + k.name
+                                                        : "header:" + k.name);
       }
       out << "]\n";
     }

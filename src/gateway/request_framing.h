@@ -98,6 +98,14 @@ inline std::string_view origin_form(std::string_view target, std::string& buffer
   if (target.starts_with('/')) return target;
   auto uri = boost::urls::parse_absolute_uri(target);
   if (!uri || (uri->scheme() != "http" && uri->scheme() != "https")) return target;
+  // Boost.URL 1.81 takes "http://a:1q/" as port "1q" and path "q/": only an authority with a
+  // port of digits and a path that is empty or absolute make an origin form.
+  const std::string_view port = uri->port();
+  const std::string_view path = uri->encoded_path();
+  if (!uri->has_authority() || (!path.empty() && path.front() != '/') ||
+      port.find_first_not_of("0123456789") != std::string_view::npos) {
+    return target;  // not made origin-form: no route matches it, and it is refused
+  }
   buffer.assign(uri->encoded_path().empty() ? "/" : std::string_view(uri->encoded_path()));
   if (uri->has_query()) {
     buffer += '?';

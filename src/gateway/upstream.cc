@@ -293,6 +293,10 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       if (stale_connection && attempt == 0 && idempotent(request.method)) continue;
       throw to_error(ec, got_some ? "reading the response" : "sending the request");
     }
+    if (const unsigned status = parser->get().result_int(); status < 100 || status > 599) {
+      throw UpstreamError(UpstreamError::Kind::kBadResponse,
+                          "status " + std::to_string(status) + " is not an HTTP status");
+    }
     if (const auto te = parser->get()[http::field::transfer_encoding];
         !te.empty() && !beast::iequals(te, "chunked")) {
       // Only chunked is undone here; passing on, say, gzip bytes without the coding that says

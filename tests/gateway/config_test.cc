@@ -165,6 +165,18 @@ TEST(Config, NonFiniteNumbersAreRefused) {
   expect_error(route + "breaker = { failure_rate = inf }\n", {"routes[0].breaker.failure_rate"});
 }
 
+// Found by the config fuzzer: each printed a configuration that did not parse again, or took an
+// upstream the gateway could never reach.
+TEST(Config, WhatToTomlPrintsParsesAgainAndOddUpstreamsAreRefused) {
+  const auto c = parse_config("[cache]\npath = \"a\\\"b\\\\c\\u0001\"\n", "t");
+  EXPECT_EQ(c.cache.path, "a\"b\\c\x01");
+  EXPECT_EQ(parse_config(to_toml(c), "round").cache.path, c.cache.path);
+  const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\n";
+  expect_error(route + "upstream = \"http://a:1x/\"\n", {"test.toml:4:", "routes[0].upstream"});
+  expect_error(route + "upstream = \"http://%10.0.0.1\"\n", {"routes[0].upstream", "percent"});
+  expect_error("[server]\nmax_header_bytes = \"4GiB\"\n", {"server.max_header_bytes"});
+}
+
 TEST(Config, HardeningSettings) {
   auto c = parse_config("", "t");
   EXPECT_EQ(c.server.upstream_idle_timeout, 4s);
