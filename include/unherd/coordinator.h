@@ -203,10 +203,13 @@ class Coordinator {
     std::exception_ptr error = negative_hit(key, now);
     if (!error) {
       try {
+        std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
         auto fetch = [&](const FlightHandle& flight) {
+          if ((filled = filled_meanwhile(key))) return filled->value;
           return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
         };
         auto r = flight_.join(key, fetch, policy.flight);
+        if (filled && !r.coalesced) return *std::move(filled);
         return settled(std::move(r));
       } catch (...) {
         error = std::current_exception();
@@ -271,13 +274,19 @@ class Coordinator {
     if (!error) {
       // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
       // expressions.
-      auto fetch = [this, key, fetcher, policy, found](FlightHandle flight) -> asio::awaitable<V> {
-        return fetch_and_store_async(start_run(key, policy, found, false), fetcher,
-                                     std::move(flight));
+      // Shared: the fetch may outlive this caller (max_wait), and only this caller's runs.
+      auto filled = std::make_shared<std::optional<Answer<V>>>();
+      auto fetch = [this, key, fetcher, policy, found,
+                    filled](FlightHandle flight) -> asio::awaitable<V> {
+        if ((*filled = filled_meanwhile(key))) co_return (*filled)->value;
+        auto fetching =
+            fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
+        co_return co_await std::move(fetching);
       };
       try {
         auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
         FlightResult<V> r = co_await std::move(joining);
+        if (*filled && !r.coalesced) co_return std::move(**filled);
         co_return settled(std::move(r));
       } catch (...) {
         error = std::current_exception();
@@ -413,6 +422,16 @@ class Coordinator {
       return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
     }
     return std::nullopt;
+  }
+
+  // Run by the caller that starts a new flight, before it fetches: a fetch of the same key may
+  // have stored its value and settled between this caller's cache lookup and its joining (a
+  // flight settles after it stores), and fetching again would be a second call for one herd.
+  // Counts nothing when memory has no fresh value.
+  std::optional<Answer<V>> filled_meanwhile(const K& key) {
+    std::optional<Lookup<V>> again = cache_.lookup_fresh(key, clock_.now());
+    if (!again) return std::nullopt;
+    return from_cache(*again);
   }
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled

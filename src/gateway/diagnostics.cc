@@ -5,9 +5,19 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 namespace unherd::gateway {
+
+namespace {
+// The writer of the default logger; kept for the life of the process (see drain_diagnostics).
+std::shared_ptr<spdlog::details::thread_pool>& diagnostics_pool() {
+  static std::shared_ptr<spdlog::details::thread_pool> pool;
+  return pool;
+}
+}  // namespace
 
 void start_diagnostics(const std::string& level) {
   static std::once_flag once;
@@ -18,12 +28,20 @@ void start_diagnostics(const std::string& level) {
         spdlog::async_overflow_policy::overrun_oldest);
     logger->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %l %v", spdlog::pattern_time_type::utc);
     logger->flush_on(spdlog::level::info);
-    // The pool lives as long as the logger: keep it with the logger's registration.
-    static std::shared_ptr<spdlog::details::thread_pool> keep;
-    keep = std::move(pool);
+    diagnostics_pool() = std::move(pool);
     spdlog::set_default_logger(std::move(logger));
   });
   set_log_level(level);
+}
+
+void drain_diagnostics(std::chrono::milliseconds limit) {
+  auto& pool = diagnostics_pool();
+  if (!pool) return;
+  spdlog::default_logger_raw()->flush();
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (pool->queue_size() > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 void set_log_level(const std::string& level) {

@@ -39,7 +39,7 @@ int serve(const std::string& path) {
     // period still references its io_contexts.
     // No flush of stdout here: when it is the access log and nobody reads it, a flush would
     // block the exit forever. The access log's writer has had its chance during the drain.
-    spdlog::shutdown();
+    drain_diagnostics(std::chrono::seconds(1));
     std::_Exit(0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "unherd: %s\n", e.what());

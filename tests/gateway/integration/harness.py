@@ -8,6 +8,7 @@ import resource
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -151,6 +152,12 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr_text = self.proc.stderr.read()
+        if self.proc.returncode not in (0, -signal.SIGKILL):  # a sanitizer's report, say
+            kept = os.path.join(self.dir, "stderr.txt")
+            with open(kept, "w") as f:
+                f.write(self.stderr_text)
+            sys.stderr.write(f"gateway exited {self.proc.returncode}; its stderr is in {kept} "
+                             f"and begins:\n{self.stderr_text[:20000]}\n")
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode
