@@ -427,11 +427,11 @@ class Coordinator {
   // Run by the caller that starts a new flight, before it fetches: a fetch of the same key may
   // have stored its value and settled between this caller's cache lookup and its joining (a
   // flight settles after it stores), and fetching again would be a second call for one herd.
-  // Counts nothing when memory has no fresh value.
+  // Counts nothing: the flight this caller leads is counted as a fetch already.
   std::optional<Answer<V>> filled_meanwhile(const K& key) {
     std::optional<Lookup<V>> again = cache_.lookup_fresh(key, clock_.now());
     if (!again) return std::nullopt;
-    return from_cache(*again);
+    return Answer<V>{std::move(*again->value), Source::kHit, again->stored_at, kMemoryTier};
   }
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled

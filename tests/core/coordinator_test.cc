@@ -416,7 +416,9 @@ TEST(Coordinator, ThreadSafetyCountsAddUpExactly) {
     t.join();
   auto s = coord.stats();
   EXPECT_EQ(s.hits + s.flight.fetches + s.flight.coalesced_requests, 80'000u);
-  EXPECT_EQ(s.flight.fetches, fetched.load());
+  // A caller that leads a flight just after another flight stored the key's value takes that
+  // value and calls no fetcher: flights led are at least the fetcher's calls.
+  EXPECT_LE(fetched.load(), s.flight.fetches);
   EXPECT_GE(fetched.load(), 100u);
   EXPECT_EQ(s.cache.entries, 100u);
   EXPECT_EQ(coord.flights().in_flight(), 0u);
