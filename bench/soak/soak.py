@@ -39,7 +39,12 @@ def proc_figures(pid):
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     fds = os.listdir(f"/proc/{pid}/fd")
-    sockets = sum(1 for fd in fds if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+    sockets = 0
+    for fd in fds:
+        try:
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed since the listing
+            pass
     return rss // 1024, len(fds), sockets
 
 
