@@ -15,14 +15,11 @@
 #include <string>
 
 #include "gateway/cache_rules.h"
+#include "require.h"
 
 namespace {
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 void check_seconds(const std::optional<std::chrono::seconds>& s) {
   require(!s || (s->count() >= 0 && s->count() <= INT32_MAX), "a directive out of 0..2^31-1");

@@ -15,14 +15,11 @@
 #include <vector>
 
 #include "gateway/cache_key.h"
+#include "require.h"
 
 namespace {
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 int sign(int v) {
   return (v > 0) - (v < 0);

@@ -12,17 +12,14 @@
 #include <cstdlib>
 #include <string>
 
+#include "require.h"
 #include "store/record_codec.h"
 
 namespace {
 
 using namespace unherd::record;
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 std::string encode(std::string_view key, const unherd::TierRecord& r) {
   std::string out(record_size(key, r), '\0');

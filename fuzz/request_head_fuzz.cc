@@ -15,17 +15,14 @@
 #include "beast_feed.h"
 #include "gateway/config.h"
 #include "gateway/request_framing.h"
+#include "require.h"
 
 namespace {
 
 namespace http = boost::beast::http;
 using unherd::gateway::iequals;
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 }  // namespace
 

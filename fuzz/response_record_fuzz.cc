@@ -12,14 +12,11 @@
 #include <string_view>
 
 #include "gateway/response.h"
+#include "require.h"
 
 namespace {
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 bool same(const unherd::gateway::CachedResponse& a, const unherd::gateway::CachedResponse& b) {
   return a.status == b.status && a.status_line == b.status_line && a.head == b.head &&

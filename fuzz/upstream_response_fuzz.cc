@@ -21,17 +21,14 @@
 #include "gateway/cache_rules.h"
 #include "gateway/response.h"
 #include "gateway/text.h"
+#include "require.h"
 
 namespace {
 
 namespace http = boost::beast::http;
 using unherd::gateway::iequals;
 
-void require(bool ok, const char* what) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant violated: %s\n", what);
-  std::abort();
-}
+using unherd::fuzz::require;
 
 constexpr int kMaxInterim = 8;  // as in upstream.cc
 
