@@ -23,13 +23,25 @@ namespace {
 
 // The values of a message's Connection lines, combined: the fields it names describe that one
 // connection (RFC 9110 §7.6.1).
+// Appends every value of the lines named `name`, in order, joined by kLineSeparator.
+template <class Lines, class Name, class Value>
+bool append_values(const Lines& lines, std::string_view name, std::string& out, Name name_of,
+                   Value value_of) {
+  bool found = false;
+  for (const auto& line : lines) {
+    if (!iequals(name_of(line), name)) continue;
+    if (found) out += kLineSeparator;
+    out += value_of(line);
+    found = true;
+  }
+  return found;
+}
+
 std::string connection_options(const std::vector<std::pair<std::string, std::string>>& headers) {
   std::string options;
-  for (const auto& [name, value] : headers) {
-    if (!iequals(name, "connection")) continue;
-    options += options.empty() ? "" : ",";
-    options += value;
-  }
+  append_values(
+      headers, "connection", options, [](const auto& l) -> std::string_view { return l.first; },
+      [](const auto& l) -> std::string_view { return l.second; });
   return options;
 }
 
@@ -205,21 +217,6 @@ std::optional<std::string_view> RequestHead::header(std::string_view name) const
   }
   return std::nullopt;
 }
-
-namespace {
-template <class Lines, class Name, class Value>
-bool append_values(const Lines& lines, std::string_view name, std::string& out, Name name_of,
-                   Value value_of) {
-  bool found = false;
-  for (const auto& line : lines) {
-    if (!iequals(name_of(line), name)) continue;
-    if (found) out += kLineSeparator;
-    out += value_of(line);
-    found = true;
-  }
-  return found;
-}
-}  // namespace
 
 bool Request::header_values(std::string_view name, std::string& out) const {
   return append_values(
@@ -472,12 +469,11 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const Runtime> rt, cons
   const Route* r = &route;
   RouteCounters* counters = route.counters.get();
   ThreadState* ts = &thread;
-  auto fetch = [this, rt, r, shared_request, ts, counters, primary_key = *primary, vary](
+  auto fetch = [this, rt, r, shared_request, ts, counters, primary_key = *primary, vary, options](
                    const FetchContext<ResponsePtr>& ctx) -> asio::awaitable<Fetched<ResponsePtr>> {
     UpstreamRequest up;
     up.method = "GET";
     up.target = forwarded_target(r->config.key, shared_request->target);
-    const std::string options = connection_options(shared_request->headers);
     for (const auto& [name, value] : shared_request->headers) {
       // The shared fetch asks for the whole, unconditional resource: validators are the gateway's
       // own (from the stored answer), and a range would give the others a part.
