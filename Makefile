@@ -27,13 +27,15 @@ test-tsan: deps
 	@ctest --preset tsan -j $(JOBS)
 
 # libFuzzer targets (fuzz/), built with clang-14 in build-fuzz/: each replays its saved crashes,
-# then fuzzes for FUZZ_SECONDS (default 60) from its committed corpus. Fails on any crash.
+# then fuzzes for FUZZ_SECONDS (default 60) from its committed corpus, or for FUZZ_RUNS inputs
+# from a fixed seed (reproducible; what CI does). Fails on any crash.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
 fuzz: deps
 	@scripts/install-deps fuzz
 	@cmake --preset fuzz >/dev/null
 	@cmake --build --preset fuzz -j $(JOBS)
-	@FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) fuzz/run
 
 bench: build
 	@scripts/install-deps bench

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/asio/ip/address.hpp>
 #include <boost/url/parse.hpp>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -205,6 +206,17 @@ class TableReader {
         host = host.substr(1, host.size() - 2);  // [::1]
       }
       // serve binds to an address, never a name it would have to look up ("localhost" aside).
+      // Asio reads a C string, so a NUL would cut the address short; an IPv6 zone ("%eth0")
+      // is an interface name.
+      const auto zone = host.find('%');
+      ok = ok && std::all_of(host.begin(), host.end(), [](char c) { return c > ' ' && c < 0x7f; });
+      ok = ok && (zone == std::string::npos ||
+                  (zone + 1 < host.size() &&
+                   std::all_of(host.begin() + static_cast<std::ptrdiff_t>(zone) + 1, host.end(),
+                               [](char c) {
+                                 return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+                                        c == '_' || c == '-' || c == '.';
+                               })));
       boost::system::error_code ec;
       if (ok && host != "localhost") boost::asio::ip::make_address(host, ec);
       if (!ok || ec) {
