@@ -13,6 +13,12 @@ and by request header: X-Cc: V   Cache-Control V instead of cc= (an input the ke
 and for the whole server, by control calls:
   POST /__fail?n=N&status=S   the next N requests answer S (default 503)
   POST /__down?on=1|0         every request answers 503 while on
+  POST /__hold?path=P         requests for path P (P* for a prefix) wait, once counted, until
+                              released: a test sees the herd arrive and decides when it is answered
+  POST /__release?path=P&n=N  lets the N oldest held requests for P go on, the hold staying; without
+                              n, lets every one go and ends the hold
+  GET /__held?path=P&n=N&timeout_ms=T   waits until N requests for P are held (at most T ms);
+                              answers how many are held now
 Counters: GET /__count?target=T (requests for T), /__total, /__304s; POST /__reset.
 What it saw: GET /__headers (the last 20 requests' headers); `state.bodies_seen` in process.
 """
@@ -24,9 +30,19 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+# A held request goes on by itself after this long, so a test that fails before releasing it
+# cannot leave the server's threads waiting for good.
+HOLD_LIMIT_S = 120
+
+
+def _matches(pattern, path):
+    return path.startswith(pattern[:-1]) if pattern.endswith("*") else path == pattern
+
+
 class State:
     def __init__(self):
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified when a request is held
         self.counts = {}
         self.total = 0
         self.not_modified = 0
@@ -35,10 +51,56 @@ class State:
         self.down = False
         self.headers_seen = []
         self.bodies_seen = []  # request bodies, in the order of headers_seen
+        self.holds = set()  # path patterns held
+        self.held = []  # (path, gate) of the requests waiting now, oldest first
 
     def reset(self):
         with self.lock:
+            for _, gate in self.held:
+                gate.set()
             self.__init__()
+
+    # -- holding requests (the caller holds no lock)
+
+    def hold(self, pattern):
+        """From now on, requests whose URL path matches `pattern` (exact, or a prefix when it
+        ends with *) wait, after they are counted, until released."""
+        with self.lock:
+            self.holds.add(pattern)
+
+    def release(self, pattern, n=None):
+        """Lets the `n` oldest held requests matching `pattern` go on, the hold staying; with
+        n None, every one of them, and the hold ends. Returns how many it let go."""
+        with self.lock:
+            matching = [h for h in self.held if _matches(pattern, h[0])]
+            if n is None:
+                self.holds.discard(pattern)
+            else:
+                matching = matching[:n]
+            for entry in matching:
+                self.held.remove(entry)
+                entry[1].set()
+            return len(matching)
+
+    def held_count(self, pattern):
+        with self.lock:
+            return sum(1 for path, _ in self.held if _matches(pattern, path))
+
+    def wait_held(self, pattern, n, timeout=30):
+        """Waits until `n` requests matching `pattern` are held at once; whether they are."""
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: sum(1 for path, _ in self.held if _matches(pattern, path)) >= n,
+                timeout=timeout)
+
+    def _hold_here(self, path):
+        """Called with the lock held, as a request is counted: its gate if it is to wait."""
+        if not any(_matches(p, path) for p in self.holds):
+            return None
+        gate = threading.Event()
+        self.held.append((path, gate))
+        self.changed.notify_all()
+        return gate
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -82,6 +144,16 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.down = q.get("on", ["1"])[0] == "1"
             return self._send(200, b"ok")
+        if url.path == "/__hold":
+            st.hold(q["path"][0])
+            return self._send(200, b"ok")
+        if url.path == "/__release":
+            n = int(q["n"][0]) if "n" in q else None
+            return self._send(200, str(st.release(q["path"][0], n)).encode())
+        if url.path == "/__held":
+            st.wait_held(q["path"][0], int(q.get("n", ["0"])[0]),
+                         int(q.get("timeout_ms", ["0"])[0]) / 1000)
+            return self._send(200, str(st.held_count(q["path"][0])).encode())
         return self._send(404, b"no such control")
 
     def _handle(self):
@@ -102,6 +174,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.fail_next -= 1
             fail_status = 503 if st.down else st.fail_status
             number = st.counts[self.path]
+            gate = st._hold_here(url.path)
+        if gate is not None and not gate.wait(HOLD_LIMIT_S):
+            with st.lock:  # never released: it goes on by itself, and is held no more
+                st.held = [h for h in st.held if h[1] is not gate]
         delay = int(q.get("delay_ms", ["0"])[0])
         if delay:
             time.sleep(delay / 1000)
@@ -184,6 +260,18 @@ class Upstream:
         with self.state.lock:
             return self.state.counts.get(target, 0)
 
+    def hold(self, pattern):
+        self.state.hold(pattern)
+
+    def release(self, pattern, n=None):
+        return self.state.release(pattern, n)
+
+    def wait_held(self, pattern, n, timeout=30):
+        return self.state.wait_held(pattern, n, timeout)
+
     def stop(self):
+        with self.state.lock:
+            self.state.holds.clear()
+        self.state.release("*")
         self.server.shutdown()
         self.server.server_close()
