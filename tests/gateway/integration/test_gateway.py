@@ -118,21 +118,33 @@ class CacheRules(GatewayCase):
     @classmethod
     def routes(cls, port):
         retry = '{ attempts = 1 }'
-        return (route("api", "/api", port, retry=retry) +
+        # Requests held at the upstream are never given up on while a test holds them.
+        return (route("api", "/api", port, retry=retry, timeout='"30s"', max_wait='"30s"') +
                 route("sie", "/sie", port, stale_ttl='"0s"', stale_if_error='"300s"', retry=retry) +
                 route("byauth", "/byauth", port, key='["path", "header:Authorization"]'))
 
     def test_stale_while_revalidate_answers_at_once_and_refreshes_once(self):
-        target = "/api/swr" + q(cc="max-age=0, stale-while-revalidate=60", delay_ms=400)
-        self.assertEqual(self.gw.get(target)[1]["x-cache"], "MISS")
-        start = time.monotonic()
-        answers = self.gw.herd([target] * 20)
-        elapsed = time.monotonic() - start
-        self.assertEqual({a[1]["x-cache"] for a in answers}, {"STALE"})
-        self.assertLess(elapsed, 0.4, "stale answers must not wait for the 400 ms refresh")
-        self.assertTrue(eventually(lambda: self.up.count(target) == 2))
-        time.sleep(0.1)
+        target = "/api/swr" + q(cc="max-age=0, stale-while-revalidate=60")
+        _, _, first = self.gw.get(target)
+        before = self.gw.stats()["routes"]["api"]
+        self.up.hold("/api/swr")  # the refresh waits at the upstream until released
+        try:
+            answers = self.gw.herd([target] * 20)
+            # Answered while the refresh cannot have finished: nobody waited for it.
+            self.assertEqual({(a[1]["x-cache"], a[2]) for a in answers}, {("STALE", first)})
+            self.assertTrue(self.up.wait_held("/api/swr", 1), "a refresh started")
+        finally:
+            self.up.release("/api/swr")
+        # Every refresh the herd started was in flight before its stale answer was sent; once
+        # the gateway has none in flight, each has been to the upstream. (No request here: with
+        # max-age=0, one would start the next refresh.)
+        self.assertTrue(eventually(lambda: self.gw.stats()["in_flight"] == 0))
         self.assertEqual(self.up.count(target), 2, "exactly one background refresh")
+        after = self.gw.stats()["routes"]["api"]
+        self.assertEqual(after["upstream_requests"] - before["upstream_requests"], 1)
+        self.assertEqual(after["stale_hits"] - before["stale_hits"], 20)
+        # The refresh, answered only after the herd was, is what the cache holds now.
+        self.assertEqual(json.loads(self.gw.get(target)[2])["n"], 2)
 
     def test_stale_if_error_serves_the_old_answer_when_the_upstream_fails(self):
         target = "/sie/item" + q(cc="max-age=0")
@@ -160,13 +172,23 @@ class CacheRules(GatewayCase):
             self.assertEqual(self.up.count(target), 2, params)
 
     def test_private_answer_sends_the_herd_upstream_in_parallel(self):
-        target = "/api/private" + q(cc="private", delay_ms=300)
-        start = time.monotonic()
-        answers = self.gw.herd([target] * 20)
-        elapsed = time.monotonic() - start
-        self.assertEqual({a[0] for a in answers}, {200})
+        target = "/api/private" + q(cc="private")
+        self.up.hold("/api/private")
+        answers = []
+        herd = threading.Thread(target=lambda: answers.extend(self.gw.herd([target] * 20)))
+        herd.start()
+        try:
+            self.assertTrue(self.up.wait_held("/api/private", 1))
+            self.up.release("/api/private", n=1)  # the first answer is private: nobody shares it
+            # Waiters go upstream together, not one by one: all of them are there at once.
+            self.assertTrue(self.up.wait_held("/api/private", 19),
+                            f"{self.up.state.held_count('/api/private')} of 19 at the upstream")
+        finally:
+            self.up.release("/api/private")
+            herd.join(timeout=60)
+        self.assertEqual([a[0] for a in answers], [200] * 20)
+        self.assertEqual(len({json.loads(a[2])["n"] for a in answers}), 20, "each its own answer")
         self.assertEqual(self.up.count(target), 20)
-        self.assertLess(elapsed, 1.5, "waiters must go upstream together, not one by one")
         # Remembered as pass-through: the next request does not queue behind a fetch.
         self.assertEqual(self.gw.get(target)[1]["x-cache"], "PASS")
 
