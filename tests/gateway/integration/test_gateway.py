@@ -284,30 +284,26 @@ class Protocol(GatewayCase):
             self.assertEqual(json.loads(body)["target"], target)
 
     def test_head_passed_through_does_not_wait_for_a_body(self):
-        start = time.monotonic()
+        # The upstream sends none and keeps the connection: a gateway waiting for one would
+        # answer 504 once the attempt's timeout passed.
         s, h, body = self.gw.get("/api/head-pass", {"Cookie": "a=1"}, method="HEAD")
         self.assertEqual((s, h["x-cache"], body), (200, "PASS", b""))
-        self.assertLess(time.monotonic() - start, 1.0)
 
     def test_unknown_methods_are_proxied(self):
         s, h, _ = self.gw.get("/api/m", method="FROB")
         self.assertEqual((s, h["x-cache"]), (501, "PASS"))  # the upstream's own answer
 
     def test_gateway_made_answers_to_head_have_no_body(self):
-        import socket
-        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=5) as sock:
-            sock.sendall(b"HEAD /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(4096)
-            sock.settimeout(0.3)
-            try:
-                data += sock.recv(4096)  # anything after the header block would be a body
-            except socket.timeout:
-                pass
+        # A second request on the connection: its answer must follow the HEAD answer's header
+        # block at once, with nothing (a body) between them.
+        data = self.gw.raw_exchange(b"HEAD /nowhere HTTP/1.1\r\nHost: t\r\n\r\n"
+                                    b"GET /nowhere HTTP/1.1\r\nHost: t\r\nX-Request-Id: next\r\n"
+                                    b"Connection: close\r\n\r\n")
         head, _, rest = data.partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 404"))
-        self.assertEqual(rest, b"", "a HEAD answer carries no body")
+        self.assertTrue(head.startswith(b"HTTP/1.1 404"), data)
+        self.assertNotIn(b"X-Request-Id: next", head)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 404"), "a HEAD answer carries no body")
+        self.assertIn(b"X-Request-Id: next", rest.partition(b"\r\n\r\n")[0])
 
     def test_range_is_not_forwarded_on_the_shared_fetch(self):
         s, h, body = self.gw.get("/api/ranged", {"Range": "bytes=0-3"})
