@@ -339,12 +339,13 @@ class SaturatedPool(unittest.TestCase):
                            breaker='{ failure_rate = 1.0, window = 1000, min_calls = 1000 }'),
                      server_extra="upstream_connections = 1")
         try:
-            targets = [f"/api/slow/{i}" + q(delay_ms=700) for i in range(8)]
+            up.hold("/api/slow/*")  # answered only after every caller gave up
+            targets = [f"/api/slow/{i}" for i in range(8)]
             answers = gw.herd(targets)
             self.assertTrue(all(a[0] in (502, 504) for a in answers), [a[0] for a in answers])
-            time.sleep(1.0)  # let the held connection come back
-            s, _, _ = gw.get("/api/after")
-            self.assertEqual(s, 200)
+            up.release("/api/slow/*")  # the late answers arrive on connections given up on
+            s, _, body = gw.get("/api/after")
+            self.assertEqual((s, json.loads(body)["target"]), (200, "/api/after"))
             self.assertIsNone(gw.proc.poll())
         finally:
             gw.stop()
