@@ -236,7 +236,7 @@ class Failures(GatewayCase):
     def routes(cls, port):
         return (route("api", "/api", port, breaker=cls.NO_BREAKER,
                       retry='{ attempts = 3, base = "10ms", cap = "50ms", budget = 10.0 }') +
-                route("waits", "/waits", port, max_wait='"300ms"', timeout='"3s"',
+                route("waits", "/waits", port, max_wait='"300ms"', timeout='"30s"',
                       breaker=cls.NO_BREAKER))
 
     def control(self, path):
@@ -251,9 +251,13 @@ class Failures(GatewayCase):
         self.assertEqual(self.up.count("/api/flaky"), 3)
 
     def test_max_wait_gives_504_and_the_fetch_still_fills_the_cache(self):
-        target = "/waits/slow" + q(delay_ms=800)
-        s, _, _ = self.gw.get(target)
-        self.assertEqual(s, 504)
+        target = "/waits/slow"
+        self.up.hold(target)  # until the caller has given up
+        try:
+            s, _, _ = self.gw.get(target)
+            self.assertEqual(s, 504)
+        finally:
+            self.up.release(target)
         self.assertTrue(eventually(lambda: self.gw.get(target)[1].get("x-cache") == "HIT"))
         self.assertEqual(self.up.count(target), 1)
 
@@ -363,9 +367,7 @@ class Breaker(unittest.TestCase):
             for i in range(4):
                 self.assertEqual(gw.get(f"/b/{i}")[0], 503)
             calls = up.state.total
-            start = time.monotonic()
-            s, h, _ = gw.get("/b/next")
-            self.assertLess(time.monotonic() - start, 0.2)
+            s, h, _ = gw.get("/b/next")  # answered by the gateway: the upstream is not asked
             self.assertEqual(s, 503)
             self.assertIn("retry-after", h)
             self.assertEqual(up.state.total, calls, "no upstream call while open")
@@ -373,7 +375,7 @@ class Breaker(unittest.TestCase):
             self.assertEqual(list(health["upstreams"].values()), ["open"])
             up.state.down = False
             # open_for is 1 s of real time; the half-open probe then succeeds and closes it.
-            self.assertTrue(eventually(lambda: gw.get("/b/probe")[0] == 200, timeout=5))
+            self.assertTrue(eventually(lambda: gw.get("/b/probe")[0] == 200, timeout=30))
             health = json.loads(gw.get("/health", admin=True)[2])
             self.assertEqual(list(health["upstreams"].values()), ["closed"])
         finally:
