@@ -1,6 +1,7 @@
 """Starts real `unherd serve` processes on 127.0.0.1 with ports chosen at run time, and talks
 HTTP/1.1 to them: one request at a time (http.client) or a herd of them at once (asyncio)."""
 import asyncio
+import codecs
 import http.client
 import os
 import re
@@ -46,6 +47,8 @@ class Gateway:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=preexec_fn)
         self.log_lines = []  # what it printed before it said where it listens
+        self._stderr_seen = ""  # what wait_for_stderr has read so far
+        self._stderr_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         m = None
         while m is None:
             line = self._read_line(timeout=30)
@@ -68,6 +71,21 @@ class Gateway:
     def stats(self):
         import json
         return json.loads(self.get("/stats", admin=True)[2])
+
+    def wait_for_stderr(self, text, timeout=30):
+        """Waits until the gateway has written `text` to stderr (since it started); returns
+        whether it has. What is read here is still part of `stderr_text` after stop()."""
+        fd = self.proc.stderr.fileno()
+        end = time.monotonic() + timeout
+        while text not in self._stderr_seen:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return False
+            chunk = os.read(fd, 65536)
+            if not chunk:  # it exited
+                return False
+            self._stderr_seen += self._stderr_decoder.decode(chunk)
+        return True
 
     def _read_line(self, timeout):
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -151,7 +169,7 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.stderr_text = self.proc.stderr.read()
+        self.stderr_text = self._stderr_seen + self.proc.stderr.read()
         if self.proc.returncode not in (0, -signal.SIGKILL):  # a sanitizer's report, say
             kept = os.path.join(self.dir, "stderr.txt")
             with open(kept, "w") as f:
