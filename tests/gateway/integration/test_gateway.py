@@ -21,6 +21,27 @@ def q(**params):
     return "?" + urllib.parse.urlencode(params)
 
 
+def held_herd(gw, up, pattern, route_name, targets, headers="", held=1):
+    """Sends `targets` as a herd while `up` holds the requests for `pattern`, and ends the hold
+    once `held` of them wait there and the gateway has had every request of the herd: the herd
+    meets those fetches in flight. Returns the answers, in order."""
+    before = gw.stats()["routes"][route_name]["total_requests"]
+    up.hold(pattern)
+    answers = []
+    herd = threading.Thread(target=lambda: answers.extend(gw.herd(targets, headers)))
+    herd.start()
+    try:
+        if not up.wait_held(pattern, held):
+            raise AssertionError(f"{up.state.held_count(pattern)} of {held} fetches held")
+        arrived = lambda: gw.stats()["routes"][route_name]["total_requests"] - before
+        if not eventually(lambda: arrived() >= len(targets), timeout=60):
+            raise AssertionError(f"{arrived()} of {len(targets)} requests reached the gateway")
+    finally:
+        up.release(pattern)
+        herd.join(timeout=120)
+    return answers
+
+
 class GatewayCase(unittest.TestCase):
     """One upstream and one gateway per test class."""
 
@@ -38,13 +59,15 @@ class GatewayCase(unittest.TestCase):
 
     @classmethod
     def routes(cls, port):
-        return route("api", "/api", port, retry='{ attempts = 3, base = "10ms", cap = "50ms", budget = 10.0 }')
+        # Requests held at the upstream are never given up on while a test holds them.
+        return route("api", "/api", port, timeout='"30s"', max_wait='"30s"',
+                     retry='{ attempts = 3, base = "10ms", cap = "50ms", budget = 10.0 }')
 
 
 class Coalescing(GatewayCase):
     def test_thousand_identical_cold_requests_make_one_upstream_call(self):
-        target = "/api/herd" + q(delay_ms=200)
-        answers = self.gw.herd([target] * 1000)
+        target = "/api/herd"
+        answers = held_herd(self.gw, self.up, "/api/herd", "api", [target] * 1000)
         self.assertEqual(self.up.count(target), 1)
         self.assertEqual([a[0] for a in answers], [200] * 1000)
         self.assertEqual(len({a[2] for a in answers}), 1, "every caller gets the same body")
@@ -53,8 +76,8 @@ class Coalescing(GatewayCase):
         self.assertEqual(caches.count("COALESCED") + caches.count("HIT"), 999)
 
     def test_thousand_requests_over_hundred_keys_make_hundred_calls(self):
-        targets = [f"/api/keys/{i % 100}" + q(delay_ms=100) for i in range(1000)]
-        answers = self.gw.herd(targets)
+        targets = [f"/api/keys/{i % 100}" for i in range(1000)]
+        answers = held_herd(self.gw, self.up, "/api/keys/*", "api", targets, held=100)
         self.assertEqual([a[0] for a in answers], [200] * 1000)
         self.assertEqual(sum(self.up.count(t) for t in set(targets)), 100)
 
@@ -217,9 +240,10 @@ class CacheRules(GatewayCase):
         self.assertEqual(get("en"), ("HIT", "en"))
 
     def test_herd_on_an_unlearned_vary_never_gets_another_variant(self):
-        target = "/api/vary-herd" + q(vary="Accept-Language", delay_ms=200)
+        target = "/api/vary-herd" + q(vary="Accept-Language")
         langs = ["de", "en"] * 10
-        answers = self.gw.herd([target] * 20, headers=[f"Accept-Language: {l}\r\n" for l in langs])
+        answers = held_herd(self.gw, self.up, "/api/vary-herd", "api", [target] * 20,
+                            headers=[f"Accept-Language: {l}\r\n" for l in langs])
         self.assertEqual([json.loads(a[2])["varied"] for a in answers], langs)
 
     def gw_down(self, on):
@@ -472,7 +496,8 @@ class Poisoning(GatewayCase):
         cls.failing = Upstream()  # its own breaker: the error answers below must not trip ours
         cls.gw = Gateway(
             route("api", "/api", cls.up.port) +
-            route("err", "/err", cls.failing.port, retry='{ attempts = 1 }',
+            route("err", "/err", cls.failing.port, retry='{ attempts = 1 }', timeout='"30s"',
+                  max_wait='"30s"',
                   breaker='{ window = 1000, min_calls = 1000 }') +
             route("tenant", "/tenant", cls.up.port,
                   key='["path", "header:X-Tenant", "query:echo"]') +
@@ -543,8 +568,8 @@ class Poisoning(GatewayCase):
         self.assertEqual(self.up.count("/tenant/x"), 0)
 
     def test_an_answer_that_may_not_be_stored_is_not_given_to_waiters(self):
-        target = "/err/forbidden" + q(status=403, delay_ms=300)
-        answers = self.gw.herd([target] * 10)
+        target = "/err/forbidden" + q(status=403)
+        answers = held_herd(self.gw, self.failing, "/err/forbidden", "err", [target] * 10)
         self.assertEqual({a[0] for a in answers}, {403})
         self.assertNotIn("COALESCED", {a[1]["x-cache"] for a in answers})
         self.assertEqual(self.failing.count(target), 10, "each asks for its own")
@@ -568,8 +593,8 @@ class Poisoning(GatewayCase):
         for params in ({"status": 500, "cookie": 1}, {"status": 429, "cookie": 1},
                        {"status": 503, "cc": "private"}):
             with self.subTest(**params):
-                target = "/err/e" + q(delay_ms=300, **params)
-                answers = self.gw.herd([target] * 30)
+                target = "/err/e" + q(**params)
+                answers = held_herd(self.gw, self.failing, "/err/e", "err", [target] * 30)
                 self.assertEqual({a[0] for a in answers}, {params["status"]})
                 self.assertEqual(self.failing.count(target), 30, "each waiter asks for its own")
                 if "cookie" in params:
