@@ -9,7 +9,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import unittest
 import urllib.parse
 
@@ -789,7 +788,7 @@ class Store(unittest.TestCase):
     def test_after_a_restart_expired_entries_are_not_fresh_and_stale_rules_apply(self):
         gone = "/short/gone" + q(cc="max-age=1")
         stale = "/short/stale" + q(cc="max-age=1, stale-while-revalidate=300")
-        clock = "/short/clock" + q(cc="max-age=1")  # stored last: the first to be fresh no more
+        clock = "/short/clock" + q(cc="max-age=1")  # stored last: the last of the three to expire
         gw = self.start()
         gw.get(gone)
         gw.get(stale)
