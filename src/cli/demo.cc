@@ -1,13 +1,16 @@
-#include "gateway/demo.h"
+#include "cli/demo.h"
 
 #include <cstdio>
 #include <string>
 #include <thread>
 
 #include "gateway/gateway.h"
-#include "gateway/herd.h"
+#include "herd/herd.h"
 
-namespace unherd::gateway {
+namespace unherd::cli {
+
+using namespace unherd::gateway;
+using namespace unherd::herd;
 
 namespace {
 
@@ -93,4 +96,4 @@ int run_demo(const DemoOptions& options) {
   std::_Exit(0);
 }
 
-}  // namespace unherd::gateway
+}  // namespace unherd::cli

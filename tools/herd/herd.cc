@@ -1,4 +1,4 @@
-#include "gateway/herd.h"
+#include "herd/herd.h"
 
 #include <sys/resource.h>
 
@@ -19,7 +19,7 @@
 #include <random>
 #include <thread>
 
-namespace unherd::gateway {
+namespace unherd::herd {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -206,4 +206,4 @@ HerdResult run_herd(const std::string& host, std::uint16_t port,
   return result;
 }
 
-}  // namespace unherd::gateway
+}  // namespace unherd::herd
