@@ -1,3 +1,4 @@
+// `unherd demo` (demo.h): the gateway, a simulated upstream and three herds of clients.
 #include "cli/demo.h"
 
 #include <cstdio>

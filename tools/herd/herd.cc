@@ -1,3 +1,4 @@
+// The load tools declared in herd.h: a simulated upstream and a herd of clients, on plain Asio.
 #include "herd/herd.h"
 
 #include <sys/resource.h>
