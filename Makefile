@@ -52,8 +52,10 @@ compare: build
 demo: build
 	@build/unherd demo
 
-example: build
-	@build/unherd_example
+# The library as a program outside this repository uses it: unherd built alone and installed
+# under build/example/, then examples/ built against the installed package and run (examples/run).
+example: deps
+	@JOBS=$(JOBS) examples/run
 
 format:
 	@clang-format -i $$(git ls-files '*.h' '*.cc')

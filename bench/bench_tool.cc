@@ -10,9 +10,9 @@
 #include <cstdio>
 #include <thread>
 
-#include "gateway/herd.h"
+#include "herd/herd.h"
 
-using namespace unherd::gateway;
+using namespace unherd::herd;
 
 int main(int argc, char** argv) {
   CLI::App app{"unherd-bench: load tools for the gateway benchmarks"};

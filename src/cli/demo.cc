@@ -1,13 +1,17 @@
-#include "gateway/demo.h"
+// `unherd demo` (demo.h): the gateway, a simulated upstream and three herds of clients.
+#include "cli/demo.h"
 
 #include <cstdio>
 #include <string>
 #include <thread>
 
 #include "gateway/gateway.h"
-#include "gateway/herd.h"
+#include "herd/herd.h"
 
-namespace unherd::gateway {
+namespace unherd::cli {
+
+using namespace unherd::gateway;
+using namespace unherd::herd;
 
 namespace {
 
@@ -93,4 +97,4 @@ int run_demo(const DemoOptions& options) {
   std::_Exit(0);
 }
 
-}  // namespace unherd::gateway
+}  // namespace unherd::cli

@@ -5,11 +5,11 @@
 #include <cstdio>
 #include <iostream>
 
+#include "cli/demo.h"
 #include "gateway/config.h"
-#include "gateway/demo.h"
 #include "gateway/diagnostics.h"
 #include "gateway/gateway.h"
-#include "gateway/herd.h"
+#include "herd/herd.h"
 
 namespace {
 
@@ -27,7 +27,7 @@ int serve(const std::string& path) {
   }
   try {
     start_diagnostics(config.server.log_level);
-    raise_file_limit();
+    unherd::herd::raise_file_limit();
     Gateway gateway(config);
     gateway.start();
     std::printf("unherd listening on http://%s (admin http://%s), %u threads\n",
@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--config,-c", config_path, "TOML configuration file")->required();
   auto* check_cmd = app.add_subcommand("check", "Validate a configuration and print it in full");
   check_cmd->add_option("--config,-c", config_path, "TOML configuration file")->required();
-  unherd::gateway::DemoOptions demo_options;
+  unherd::cli::DemoOptions demo_options;
   auto* demo_cmd = app.add_subcommand(
       "demo", "Gateway + simulated slow, flaky upstream + a herd of clients, then keep serving");
   demo_cmd->add_option("--port", demo_options.port, "Gateway port")->capture_default_str();
@@ -89,6 +89,6 @@ int main(int argc, char** argv) {
   }
   if (*serve_cmd) return serve(config_path);
   if (*check_cmd) return check(config_path);
-  if (*demo_cmd) return unherd::gateway::run_demo(demo_options);
+  if (*demo_cmd) return unherd::cli::run_demo(demo_options);
   return 2;
 }

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-namespace unherd::gateway {
+namespace unherd::cli {
 
 struct DemoOptions {
   std::uint16_t port = 8080;
@@ -14,4 +14,4 @@ struct DemoOptions {
 
 int run_demo(const DemoOptions& options);
 
-}  // namespace unherd::gateway
+}  // namespace unherd::cli

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace unherd::gateway {
+namespace unherd::herd {
 
 class SimulatedUpstream {
  public:
@@ -50,4 +50,4 @@ HerdResult run_herd(const std::string& host, std::uint16_t port,
 // Raises the open-files limit to its hard maximum (a herd needs a descriptor per client).
 void raise_file_limit();
 
-}  // namespace unherd::gateway
+}  // namespace unherd::herd

@@ -1,4 +1,5 @@
-#include "gateway/herd.h"
+// The load tools declared in herd.h: a simulated upstream and a herd of clients, on plain Asio.
+#include "herd/herd.h"
 
 #include <sys/resource.h>
 
@@ -19,7 +20,7 @@
 #include <random>
 #include <thread>
 
-namespace unherd::gateway {
+namespace unherd::herd {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -206,4 +207,4 @@ HerdResult run_herd(const std::string& host, std::uint16_t port,
   return result;
 }
 
-}  // namespace unherd::gateway
+}  // namespace unherd::herd
