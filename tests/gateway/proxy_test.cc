@@ -164,11 +164,13 @@ class ProxyTest : public ::testing::Test {
   static unsigned status(const Reply& r) { return r.cached ? r.cached->status : r.status; }
   static std::string body(const Reply& r) { return r.cached ? r.cached->body : r.body; }
 
+  // Destroyed in reverse: the upstream's held answers, then the coroutines on `io` (which use the
+  // proxy), then the proxy.
   ManualClock clock;
-  asio::io_context io;
-  ScriptedUpstream upstream;
   Config config = test_config();
   std::unique_ptr<Proxy> proxy;
+  asio::io_context io;
+  ScriptedUpstream upstream;
 };
 
 TEST_F(ProxyTest, MissFetchesOnceAndForwardsWhatTheKeySays) {
