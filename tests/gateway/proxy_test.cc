@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -17,6 +18,7 @@
 #include "gateway/upstreams.h"
 #include "unherd/async.h"
 #include "unherd/clock.h"
+#include "unherd/tier.h"
 
 namespace unherd::gateway {
 namespace {
@@ -102,6 +104,29 @@ class ScriptedUpstream final : public Upstreams, public Upstream {
   std::deque<std::function<void()>> gates_;
 };
 
+// A lower tier kept in a map: what the composition root could hand the proxy instead of a disk.
+// Not locked: these tests run every coroutine and timer on their one thread.
+class MapTier final : public Tier {
+ public:
+  std::string_view name() const noexcept override { return "map"; }
+  std::optional<TierRecord> lookup(std::string_view key, WallTime) override {
+    auto it = records.find(std::string(key));
+    if (it == records.end()) return std::nullopt;
+    return it->second;
+  }
+  void insert(std::string_view key, TierRecord record) override {
+    records[std::string(key)] = std::move(record);
+  }
+  bool erase(std::string_view key) override { return records.erase(std::string(key)) > 0; }
+  std::size_t purge_prefix(std::string_view) override { return 0; }
+  TierStats stats() const override { return {.entries = records.size()}; }
+  void reset_stats() override {}
+  void sync() override { ++syncs; }
+
+  std::map<std::string, TierRecord> records;
+  int syncs = 0;
+};
+
 Config test_config() {
   Config config = parse_config(R"(
 [cache]
@@ -127,6 +152,10 @@ class ProxyTest : public ::testing::Test {
  protected:
   using Slot = std::shared_ptr<std::optional<Reply>>;
 
+  // Builds the proxy over `tiers`; call after adjusting `config`.
+  void start(std::vector<std::shared_ptr<Tier>> tiers) {
+    proxy = std::make_unique<Proxy>(config, std::move(tiers), clock);
+  }
   // Builds the proxy; call after adjusting `config`.
   void start() {
     proxy = std::make_unique<Proxy>(config, std::vector<std::shared_ptr<Tier>>{}, clock);
@@ -354,6 +383,23 @@ TEST_F(ProxyTest, AKeyWhoseAnswerIsPrivatePassesUntilAShareableAnswerComes) {
   EXPECT_EQ((*request("/api/p"))->x_cache, "MISS");
   EXPECT_EQ((*request("/api/p"))->x_cache, "HIT");
   EXPECT_EQ(upstream.sent.size(), 4u);
+}
+
+TEST_F(ProxyTest, TheTierChainItIsHandedIsWrittenReadAfterARestartAndSynced) {
+  auto tier = std::make_shared<MapTier>();
+  start({tier});
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "kept below");
+  EXPECT_EQ((*request("/api/t"))->x_cache, "MISS");
+  EXPECT_EQ(tier->records.size(), 1u);
+  start({tier});  // a restart: memory is empty, the tier is not
+  auto reply = request("/api/t");
+  ASSERT_TRUE(*reply);
+  EXPECT_EQ((*reply)->x_cache, "HIT");
+  EXPECT_EQ((*reply)->tier, "map");
+  EXPECT_EQ(body(**reply), "kept below");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  proxy->sync_store();
+  EXPECT_EQ(tier->syncs, 1);
 }
 
 }  // namespace
