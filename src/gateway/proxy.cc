@@ -59,6 +59,46 @@ void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
   reply.tier = answer.tier;
 }
 
+// Counts an answer from the cache or a fetch by where it came from.
+void count(RouteCounters& counters, Source source) {
+  switch (source) {
+    case Source::kHit:
+      counters.hits.add();
+      break;
+    case Source::kStale:
+    case Source::kStaleIfError:
+      counters.stale.add();
+      break;
+    case Source::kCoalesced:
+      counters.coalesced.add();
+      break;
+    case Source::kFetched:
+      counters.misses.add();
+      break;
+  }
+}
+
+// The reply for a cacheable request the Coordinator refused or gave up on with one of its own
+// errors (max_wait passed, breaker open, too many waiters, the gateway short of resources).
+Reply refusal_reply(const std::system_error& e, CircuitBreaker& breaker) {
+  if (e.code() == Errc::wait_timeout) {
+    return Reply::text(504, "gateway timeout: the upstream answer did not come within max_wait");
+  }
+  if (e.code() == Errc::circuit_open) {
+    const auto after = std::chrono::ceil<std::chrono::seconds>(breaker.retry_after());
+    Reply reply = Reply::text(503, "upstream unavailable: circuit breaker open");
+    reply.extra_head = "Retry-After: " + std::to_string(std::max<long>(1, after.count())) + "\r\n";
+    return reply;
+  }
+  if (e.code() == Errc::too_many_waiters) {
+    return Reply::text(503, "too many requests waiting for this resource");
+  }
+  if (e.code() == Errc::local_failure) {
+    return Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
+  }
+  return Reply::text(502, std::string("bad gateway: ") + e.what());
+}
+
 }  // namespace
 
 Proxy::Proxy(const Config& config, std::vector<std::shared_ptr<Tier>> tiers, Clock& clock)
@@ -211,38 +251,10 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       }
     }
     fill_cached(reply, answer, clock_.now());
-    switch (answer.source) {
-      case Source::kHit:
-        counters->hits.add();
-        break;
-      case Source::kStale:
-      case Source::kStaleIfError:
-        counters->stale.add();
-        break;
-      case Source::kCoalesced:
-        counters->coalesced.add();
-        break;
-      case Source::kFetched:
-        counters->misses.add();
-        break;
-    }
+    count(*counters, answer.source);
   } catch (const std::system_error& e) {
     counters->errors.add();
-    reply.x_cache = "MISS";
-    if (e.code() == Errc::wait_timeout) {
-      reply = Reply::text(504, "gateway timeout: the upstream answer did not come within max_wait");
-    } else if (e.code() == Errc::circuit_open) {
-      const auto after = std::chrono::ceil<std::chrono::seconds>(route.breaker->retry_after());
-      reply = Reply::text(503, "upstream unavailable: circuit breaker open");
-      reply.extra_head =
-          "Retry-After: " + std::to_string(std::max<long>(1, after.count())) + "\r\n";
-    } else if (e.code() == Errc::too_many_waiters) {
-      reply = Reply::text(503, "too many requests waiting for this resource");
-    } else if (e.code() == Errc::local_failure) {
-      reply = Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
-    } else {
-      reply = Reply::text(502, std::string("bad gateway: ") + e.what());
-    }
+    reply = refusal_reply(e, *route.breaker);
     reply.head_only = head_only;
     reply.x_cache = "MISS";
   } catch (const UpstreamStatusError& e) {
