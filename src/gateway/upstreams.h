@@ -7,8 +7,8 @@
 //
 // Failures surface as UpstreamError, with a kind the retry classifier understands, or as a
 // std::system_error of Errc::local_failure when this machine ran out of descriptors or memory
-// (not the upstream's fault). An answer of any status is an answer, not an error: judging it is
-// the proxy's job.
+// (not the upstream's fault). A well-formed answer is returned whatever its status (a 503 too):
+// judging it is the proxy's job.
 //
 // Thread safety: an Upstreams belongs to one thread (its executor); the proxy calls it only from
 // coroutines running there.
