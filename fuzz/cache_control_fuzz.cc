@@ -64,7 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (cc.no_store || cc.is_private || facts.has_set_cookie || vary_star ||
       !cacheable_status(facts.status)) {
     require(!p.store, "stored what must never be stored");
-    require(!p.reason.empty(), "not stored without a reason");
+    require(p.reason != NoCacheReason::kNone, "not stored without a reason");
     return 0;
   }
   require(p.store, "not stored without a reason");

@@ -6,8 +6,8 @@
 // read and passed over, at most kMaxInterim of them, a 101 is refused; each answer's header is
 // read, then its body (none for HEAD); fields after the header are trailers and never headers;
 // a transfer coding other than chunked is refused. The headers are then turned into the facts
-// response_policy() decides on, as build_response() in src/gateway/proxy.cc does, and the
-// stored form is encoded and decoded again.
+// response_policy() decides on, as build_response() in src/gateway/upstream_answer.cc does, and
+// the stored form is encoded and decoded again.
 #include <boost/beast/http.hpp>
 #include <cstdint>
 #include <cstdio>

@@ -72,7 +72,7 @@ class DiskTier final : public Tier {
   // Returns once every write queued before the call has been applied (or dropped).
   void flush();
   // flush(), then forces what is written to stable storage (a clean shutdown).
-  void sync();
+  void sync() override;
   // Where a broken store was moved at open ("" if none was).
   std::string moved_aside() const;
   const std::string& path() const noexcept;

@@ -72,8 +72,14 @@ class Tier {
   virtual bool erase(std::string_view key) = 0;
   virtual std::size_t purge_prefix(std::string_view prefix) = 0;
 
+  // What the tier reports; stats().available and unavailable_reason say whether it works and,
+  // when not, why (the gateway's health shows it as degraded).
   virtual TierStats stats() const = 0;
   virtual void reset_stats() = 0;
+
+  // At shutdown: returns once what was inserted before the call is written and made durable.
+  // Nothing to do for a tier that writes at once or keeps nothing across restarts.
+  virtual void sync() {}
 };
 
 // How a Coordinator turns its values into a lower tier's bytes and back. decode returns nullopt

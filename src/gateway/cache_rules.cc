@@ -92,12 +92,12 @@ StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   using std::chrono::milliseconds;
   StorePolicy p;
   const CacheControl cc = parse_cache_control(r.cache_control);
-  if (cc.no_store) return StorePolicy{false, "no-store", {}};
-  if (cc.is_private) return StorePolicy{false, "private", {}};
-  if (r.has_set_cookie) return StorePolicy{false, "set-cookie", {}};
-  if (!cacheable_status(r.status)) return StorePolicy{false, "status", {}};
+  if (cc.no_store) return StorePolicy{false, NoCacheReason::kNoStore, {}};
+  if (cc.is_private) return StorePolicy{false, NoCacheReason::kPrivate, {}};
+  if (r.has_set_cookie) return StorePolicy{false, NoCacheReason::kSetCookie, {}};
+  if (!cacheable_status(r.status)) return StorePolicy{false, NoCacheReason::kStatus, {}};
   for (const auto& name : vary_headers(r.vary)) {
-    if (name == "*") return StorePolicy{false, "vary-*", {}};
+    if (name == "*") return StorePolicy{false, NoCacheReason::kVaryStar, {}};
   }
   milliseconds fresh = route.fresh;
   if (cc.s_maxage) {

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gateway/no_cache_reason.h"
 #include "unherd/cache.h"
 
 namespace unherd::gateway {
@@ -50,9 +51,8 @@ struct ResponseFacts {
 
 struct StorePolicy {
   bool store = false;
-  // Why not, for logs and the PASS decision ("no-store", "private", "set-cookie", "vary-*",
-  // "status").
-  std::string_view reason;
+  // Why not (kNoStore, kPrivate, kSetCookie, kStatus, kVaryStar); kNone when stored.
+  NoCacheReason reason = NoCacheReason::kNone;
   unherd::Ttl ttl;
 };
 

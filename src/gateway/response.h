@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "gateway/no_cache_reason.h"
+
 namespace unherd::gateway {
 
 struct CachedResponse {
@@ -29,7 +31,7 @@ struct CachedResponse {
   // here, but the length a GET would have had is what the client is told). Not stored.
   std::optional<std::uint64_t> declared_length;
   bool shareable = true;  // false: private / no-store / Set-Cookie (never given to others)
-  std::string_view not_shareable_reason;
+  NoCacheReason not_shareable_reason = NoCacheReason::kNone;
 
   std::size_t charge() const {
     return sizeof(*this) + status_line.size() + head.size() + body.size();

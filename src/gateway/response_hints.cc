@@ -63,6 +63,12 @@ void ResponseHints::remember_pass(std::string_view key, Duration for_how_long) {
   recharge(shard, *e);
 }
 
+bool ResponseHints::remember_unshareable(std::string_view key, NoCacheReason why) {
+  if (why == NoCacheReason::kNone || why == NoCacheReason::kVary) return false;
+  remember_pass(key, kPassFor);
+  return true;
+}
+
 void ResponseHints::forget_pass(std::string_view key) {
   if (entries_.load(std::memory_order_relaxed) == 0) return;
   Shard& shard = shard_of(key);

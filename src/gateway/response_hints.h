@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/no_cache_reason.h"
 #include "unherd/clock.h"
 
 namespace unherd::gateway {
@@ -36,6 +37,12 @@ class ResponseHints {
   // Whether requests for `key` pass straight upstream (until a time remember_pass() set).
   bool passing(std::string_view key);
   void remember_pass(std::string_view key, Duration for_how_long);
+  // After an answer for `key` that may not be given to other requests (`why` is not kNone):
+  // the key passes for kPassFor, so its next requests go upstream in parallel. An answer that
+  // was only its request's Vary variant (kVary) sets no mark: its names were learned, and the
+  // key's next request, keyed on them, may be cached. Returns whether a mark was set.
+  bool remember_unshareable(std::string_view key, NoCacheReason why);
+  static constexpr Duration kPassFor = std::chrono::seconds(30);
   // Ends a pass mark (a later answer for the key turned out shareable).
   void forget_pass(std::string_view key);
 

@@ -27,6 +27,8 @@
 #include "gateway/gateway.h"
 #include "gateway/proxy.h"
 #include "gateway/request_framing.h"
+#include "gateway/thread_state.h"
+#include "gateway/tier_chain.h"
 
 namespace unherd::gateway {
 
@@ -212,7 +214,9 @@ tcp::endpoint resolve_endpoint(const Endpoint& e) {
 }  // namespace
 
 struct Gateway::Impl {
-  explicit Impl(Config c) : config(std::move(c)), proxy(config) {}
+  // The composition root: the tier chain is built here and handed to the proxy.
+  explicit Impl(Config c)
+      : config(std::move(c)), proxy(config, make_tier_chain(config.cache, system_clock())) {}
 
   Config config;
   Proxy proxy;

@@ -1,4 +1,5 @@
-// UpstreamClient: HTTP/1.1 requests to one upstream over a keep-alive connection pool.
+// UpstreamClient: the Upstream (upstreams.h) that sends HTTP/1.1 requests over a keep-alive
+// connection pool.
 //
 // Each gateway thread has its own client per upstream (sockets belong to one io_context), so
 // the pool needs no lock. At most `max_connections` connections are open at once; callers past
@@ -20,45 +21,24 @@
 #include <vector>
 
 #include "gateway/config.h"
+#include "gateway/upstreams.h"
 
 namespace unherd::gateway {
 
-struct UpstreamError : std::runtime_error {
-  enum class Kind { kConnect, kReset, kTimeout, kBadResponse, kTooLarge };
-  UpstreamError(Kind k, const std::string& what) : std::runtime_error(what), kind(k) {}
-  Kind kind;
-};
-
-// A request to send: method, target (origin-form), headers (name, value), body.
-struct UpstreamRequest {
-  std::string method = "GET";
-  std::string target;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-};
-
-struct UpstreamResponse {
-  unsigned status = 0;
-  std::string reason;
-  std::vector<std::pair<std::string, std::string>> headers;  // as received
-  std::string body;
-  bool keep_alive = true;
-};
-
-class UpstreamClient {
+class UpstreamClient final : public Upstream {
  public:
   // Idle connections are closed after `idle_timeout`, and never reused once the upstream has
   // closed them or sent anything unasked.
   UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream,
                  std::size_t max_connections, std::size_t max_body_bytes,
                  std::chrono::milliseconds idle_timeout);
-  ~UpstreamClient();
+  ~UpstreamClient() override;
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
   // Sends request and reads the whole response within `timeout`. Throws UpstreamError.
   boost::asio::awaitable<UpstreamResponse> send(const UpstreamRequest& request,
-                                                std::chrono::milliseconds timeout);
+                                                std::chrono::milliseconds timeout) override;
 
   std::size_t open_connections() const;
   // Closes the connections idle for upstream_idle_timeout or longer.

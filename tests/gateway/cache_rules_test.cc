@@ -35,10 +35,11 @@ TEST(CacheRules, ResponseDirectivesExtendTheStaleWindows) {
 
 TEST(CacheRules, NeverStored) {
   EXPECT_FALSE(policy("no-store").store);
-  EXPECT_EQ(policy("no-store").reason, "no-store");
+  EXPECT_EQ(policy("no-store").reason, NoCacheReason::kNoStore);
+  EXPECT_EQ(to_string(policy("no-store").reason), "no-store");
   EXPECT_FALSE(policy("private, max-age=60").store);
   EXPECT_FALSE(policy("max-age=60", 200, true).store);
-  EXPECT_EQ(policy("max-age=60", 200, true).reason, "set-cookie");
+  EXPECT_EQ(policy("max-age=60", 200, true).reason, NoCacheReason::kSetCookie);
   EXPECT_FALSE(policy("max-age=60", 500).store);
   EXPECT_FALSE(policy("max-age=60", 200, false, "Accept, *").store);
   EXPECT_TRUE(policy("max-age=60", 404).store);

@@ -23,6 +23,17 @@ TEST(ResponseHints, RemembersPassUntilItsTimeAndVaryNames) {
   EXPECT_TRUE(hints.vary("/other").empty());
 }
 
+TEST(ResponseHints, AnUnshareableAnswerMarksPassUnlessItWasOnlyAVaryVariant) {
+  ManualClock clock;
+  ResponseHints hints(1 << 20, clock);
+  EXPECT_FALSE(hints.remember_unshareable("/v", NoCacheReason::kVary));
+  EXPECT_FALSE(hints.passing("/v"));
+  EXPECT_TRUE(hints.remember_unshareable("/p", NoCacheReason::kPrivate));
+  EXPECT_TRUE(hints.passing("/p"));
+  clock.advance(ResponseHints::kPassFor);
+  EXPECT_FALSE(hints.passing("/p"));
+}
+
 // 5,000 long client-chosen URLs grew memory without bound; now it stays within the budget.
 TEST(ResponseHints, StaysWithinItsBudgetForgettingTheLeastRecentlyUsed) {
   ManualClock clock;

@@ -1,0 +1,47 @@
+// NoCacheReason: why an upstream answer is not stored, or not given to another request.
+//
+// Decided once, where the answer is judged (response_policy(), the proxy's classification of
+// what it fetched), and carried with the answer; later decisions (hit-for-pass, coalesced
+// waiters asking for their own) compare the value, never its spelling. to_string() gives the
+// name stats and logs print.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace unherd::gateway {
+
+enum class NoCacheReason : std::uint8_t {
+  kNone,       // stored and shared
+  kNoStore,    // Cache-Control: no-store
+  kPrivate,    // Cache-Control: private
+  kSetCookie,  // the answer sets a cookie
+  kStatus,     // a status that is not stored without explicit freshness (5xx, 429, 206, ...)
+  kVaryStar,   // Vary: *
+  kPartial,    // 206: one client's range of the resource
+  kVary,       // varies on request headers its key did not include: this request's variant only
+};
+
+constexpr std::string_view to_string(NoCacheReason r) noexcept {
+  switch (r) {
+    case NoCacheReason::kNone:
+      return "";
+    case NoCacheReason::kNoStore:
+      return "no-store";
+    case NoCacheReason::kPrivate:
+      return "private";
+    case NoCacheReason::kSetCookie:
+      return "set-cookie";
+    case NoCacheReason::kStatus:
+      return "status";
+    case NoCacheReason::kVaryStar:
+      return "vary-*";
+    case NoCacheReason::kPartial:
+      return "partial";
+    case NoCacheReason::kVary:
+      return "vary";
+  }
+  return "";
+}
+
+}  // namespace unherd::gateway

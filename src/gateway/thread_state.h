@@ -1,0 +1,35 @@
+// ThreadState: one gateway thread's Upstreams — a connection pool (UpstreamClient) per upstream,
+// opened on first use.
+//
+// Thread safety: none; it belongs to the thread whose executor it was made with.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "gateway/config.h"
+#include "gateway/upstream.h"
+#include "gateway/upstreams.h"
+
+namespace unherd::gateway {
+
+class ThreadState final : public Upstreams {
+ public:
+  ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server);
+  UpstreamClient& client(const UpstreamUrl& upstream) override;
+  // Closes every pool's connections idle past upstream_idle_timeout.
+  void close_idle();
+  boost::asio::any_io_executor executor() const { return executor_; }
+
+ private:
+  boost::asio::any_io_executor executor_;
+  std::size_t max_connections_;
+  std::size_t max_body_;
+  std::chrono::milliseconds idle_timeout_;
+  std::map<std::string, std::unique_ptr<UpstreamClient>> clients_;
+};
+
+}  // namespace unherd::gateway

@@ -1,0 +1,71 @@
+// What an upstream's answer means to the gateway: the CachedResponse made of it, whether and how
+// long it may be stored, whether it may be given to other requests, and whether it is a failure
+// the retry policy and the breaker count.
+//
+// A 5xx or 429 answer is a failure: it is thrown as UpstreamStatusError (so that retries, the
+// breaker and stale-if-error apply), and classify_upstream() tells the retry policy which
+// failures are worth another attempt. Pure functions of their inputs.
+#pragma once
+
+#include <chrono>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "gateway/cache_rules.h"
+#include "gateway/response.h"
+#include "gateway/upstreams.h"
+#include "unherd/clock.h"
+#include "unherd/retry.h"
+
+namespace unherd::gateway {
+
+// An upstream answer that counts as a failure (5xx, 429): retried, breaker-counted, and
+// replaced by a stale copy when one may be served.
+// `owner` names the request whose fetch received it: coalesced waiters get the same exception,
+// and an answer that may not be shared (Set-Cookie, private) is given to its owner only.
+struct UpstreamStatusError : std::runtime_error {
+  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after, const void* owner = nullptr)
+      : std::runtime_error("upstream answered " + std::to_string(r->status)),
+        response(std::move(r)),
+        retry_after(after),
+        owner(owner) {}
+  ResponsePtr response;
+  std::optional<Duration> retry_after;
+  const void* owner;
+};
+
+// Whether an upstream failure is retried: 502, 503, 504 and 429 answers; connect errors, resets
+// and timeouts. Anything else as classify_default() judges it.
+RetryVerdict classify_upstream(const std::exception_ptr& error);
+
+// A Retry-After (or Age) value in whole seconds, at most an hour; nullopt if it is not one.
+std::optional<Duration> parse_retry_after(std::string_view value);
+// The Retry-After of an answer: its last Retry-After line, if that holds a valid value.
+std::optional<Duration> retry_after_of(const UpstreamResponse& response);
+
+// An answer as the gateway keeps it, and what the cache rules decided for it.
+struct BuiltResponse {
+  std::shared_ptr<CachedResponse> response;
+  StorePolicy policy;
+};
+
+// Makes the CachedResponse of `r` (taking its body): the end-to-end header lines serialised
+// once, validators, Vary names; hop-by-hop and gateway-own fields dropped. An answer that may not
+// be stored is not shareable either (RFC 9111 §3, §4), except an error whose status alone keeps it
+// out of the cache; a 206 never is.
+BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl);
+
+// A stored answer renewed by a 304: fresh again from now, judged by its own Cache-Control, or the
+// one the 304 brings.
+struct Renewed {
+  ResponsePtr response;
+  StorePolicy policy;
+};
+Renewed renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
+                       const RouteTtl& ttl);
+
+}  // namespace unherd::gateway

@@ -1,0 +1,406 @@
+// The proxy's decisions, in process: a scripted upstream instead of the network, a ManualClock
+// instead of time. Nothing sleeps: a test holds an upstream answer to make callers meet, and
+// advances the clock to make entries stale, backoffs end and breakers half-open.
+#include "gateway/proxy.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+
+#include "gateway/config.h"
+#include "gateway/upstreams.h"
+#include "unherd/async.h"
+#include "unherd/clock.h"
+#include "unherd/tier.h"
+
+namespace unherd::gateway {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// An upstream that answers what the test scripted, in order, and records what it was sent. A
+// held answer is given only when the test calls release().
+class ScriptedUpstream final : public Upstreams, public Upstream {
+ public:
+  void answer(unsigned status, Headers headers = {}, std::string body = "body") {
+    steps_.push_back({response(status, std::move(headers), std::move(body)), {}, false});
+  }
+  void hold(unsigned status, Headers headers = {}, std::string body = "body") {
+    steps_.push_back({response(status, std::move(headers), std::move(body)), {}, true});
+  }
+  void fail(UpstreamError::Kind kind) { steps_.push_back({{}, kind, false}); }
+  // Lets the earliest held send answer. Returns false if none is waiting.
+  bool release() {
+    if (gates_.empty()) return false;
+    auto open = std::move(gates_.front());
+    gates_.pop_front();
+    open();
+    return true;
+  }
+
+  std::vector<UpstreamRequest> sent;
+
+  Upstream& client(const UpstreamUrl&) override { return *this; }
+
+  asio::awaitable<UpstreamResponse> send(const UpstreamRequest& request,
+                                         std::chrono::milliseconds) override {
+    sent.push_back(request);
+    if (steps_.empty()) {
+      ADD_FAILURE() << "an upstream call nothing was scripted for: " << request.target;
+      throw UpstreamError(UpstreamError::Kind::kConnect, "nothing scripted");
+    }
+    Step step = std::move(steps_.front());
+    steps_.pop_front();
+    if (step.held) {
+      auto waiting = gate();
+      co_await std::move(waiting);
+    }
+    if (step.error) throw UpstreamError(*step.error, "scripted failure");
+    co_return std::move(step.response);
+  }
+
+ private:
+  struct Step {
+    UpstreamResponse response;
+    std::optional<UpstreamError::Kind> error;
+    bool held = false;
+  };
+
+  static UpstreamResponse response(unsigned status, Headers headers, std::string body) {
+    UpstreamResponse r;
+    r.status = status;
+    r.reason = "Scripted";
+    r.headers = std::move(headers);
+    r.body = std::move(body);
+    return r;
+  }
+
+  // Completes when release() opens it, or fails when the awaiting operation is cancelled.
+  asio::awaitable<void> gate() {
+    return asio::async_initiate<decltype(asio::use_awaitable), void(boost::system::error_code)>(
+        [this](auto handler) {
+          using Pending = detail::PendingHandler<decltype(handler), boost::system::error_code>;
+          auto pending = std::make_shared<Pending>(std::move(handler));
+          if (auto slot = pending->cancellation_slot(); slot.is_connected()) {
+            slot.assign([weak = std::weak_ptr<Pending>(pending)](asio::cancellation_type) {
+              if (auto p = weak.lock()) p->complete(asio::error::operation_aborted);
+            });
+          }
+          gates_.push_back([pending] { pending->complete({}); });
+        },
+        asio::use_awaitable);
+  }
+
+  std::deque<Step> steps_;
+  std::deque<std::function<void()>> gates_;
+};
+
+// A lower tier kept in a map: what the composition root could hand the proxy instead of a disk.
+// Not locked: these tests run every coroutine and timer on their one thread.
+class MapTier final : public Tier {
+ public:
+  std::string_view name() const noexcept override { return "map"; }
+  std::optional<TierRecord> lookup(std::string_view key, WallTime) override {
+    auto it = records.find(std::string(key));
+    if (it == records.end()) return std::nullopt;
+    return it->second;
+  }
+  void insert(std::string_view key, TierRecord record) override {
+    records[std::string(key)] = std::move(record);
+  }
+  bool erase(std::string_view key) override { return records.erase(std::string(key)) > 0; }
+  std::size_t purge_prefix(std::string_view) override { return 0; }
+  TierStats stats() const override { return {.entries = records.size()}; }
+  void reset_stats() override {}
+  void sync() override { ++syncs; }
+
+  std::map<std::string, TierRecord> records;
+  int syncs = 0;
+};
+
+Config test_config() {
+  Config config = parse_config(R"(
+[cache]
+store = "none"
+
+[[routes]]
+name = "api"
+prefix = "/api"
+upstream = "http://127.0.0.1:9"
+fresh_ttl = "10s"
+stale_ttl = "60s"
+stale_if_error = "300s"
+max_wait = "5s"
+timeout = "2s"
+retry = { attempts = 1, base = "100ms", cap = "100ms", budget = 0.2 }
+breaker = { failure_rate = 0.5, window = 20, min_calls = 10, open_for = "30s", half_open_calls = 1 }
+)",
+                               "proxy_test.toml");
+  return config;
+}
+
+class ProxyTest : public ::testing::Test {
+ protected:
+  using Slot = std::shared_ptr<std::optional<Reply>>;
+
+  // Builds the proxy over `tiers`; call after adjusting `config`.
+  void start(std::vector<std::shared_ptr<Tier>> tiers) {
+    proxy = std::make_unique<Proxy>(config, std::move(tiers), clock);
+  }
+  // Builds the proxy; call after adjusting `config`.
+  void start() {
+    proxy = std::make_unique<Proxy>(config, std::vector<std::shared_ptr<Tier>>{}, clock);
+  }
+  RouteConfig& route() { return config.routes.at(0); }
+
+  // Starts handling a request; its reply lands in the slot once the proxy has answered.
+  Slot request(std::string target, Headers headers = {}, std::string method = "GET") {
+    Request r;
+    r.method = std::move(method);
+    r.target = std::move(target);
+    r.headers = std::move(headers);
+    auto slot = std::make_shared<std::optional<Reply>>();
+    asio::co_spawn(io, proxy->handle(std::move(r), upstream),
+                   [slot](std::exception_ptr error, Reply reply) {
+                     if (error) {
+                       ADD_FAILURE() << "handle() threw";
+                       return;
+                     }
+                     *slot = std::move(reply);
+                   });
+    run();
+    return slot;
+  }
+  // Runs what is ready on the executor (never waits).
+  void run() {
+    io.restart();
+    io.poll();
+  }
+  void advance(Duration d) {
+    clock.advance(d);
+    run();
+  }
+
+  static unsigned status(const Reply& r) { return r.cached ? r.cached->status : r.status; }
+  static std::string body(const Reply& r) { return r.cached ? r.cached->body : r.body; }
+
+  // Destroyed in reverse: the upstream's held answers, then the coroutines on `io` (which use the
+  // proxy), then the proxy.
+  ManualClock clock;
+  Config config = test_config();
+  std::unique_ptr<Proxy> proxy;
+  asio::io_context io;
+  ScriptedUpstream upstream;
+};
+
+TEST_F(ProxyTest, MissFetchesOnceAndForwardsWhatTheKeySays) {
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "fresh");
+  auto reply = request("/api/item?b=2&a=1", {{"If-None-Match", "\"client\""}, {"X-Trace", "t"}});
+  ASSERT_TRUE(*reply);
+  EXPECT_EQ((*reply)->x_cache, "MISS");
+  EXPECT_EQ(body(**reply), "fresh");
+  ASSERT_EQ(upstream.sent.size(), 1u);
+  const UpstreamRequest& up = upstream.sent[0];
+  EXPECT_EQ(up.method, "GET");
+  bool via = false;
+  for (const auto& [name, value] : up.headers) {
+    EXPECT_NE(name, "If-None-Match") << "a client's validator is not the shared fetch's";
+    via = via || (name == "Via" && value == proxy->via());
+  }
+  EXPECT_TRUE(via);
+  EXPECT_EQ(proxy->stats().total.misses, 1u);
+}
+
+TEST_F(ProxyTest, HitIsAnsweredFromMemoryOnTheFastPathAndTheGeneralOne) {
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "stored");
+  request("/api/item");
+  advance(5s);
+  auto again = request("/api/item");
+  ASSERT_TRUE(*again);
+  EXPECT_EQ((*again)->x_cache, "HIT");
+  EXPECT_EQ((*again)->age, 5s);
+  const RequestHead head{"GET", "/api/item", {}};
+  Reply fast;
+  ASSERT_TRUE(proxy->try_hit(head, fast));
+  EXPECT_EQ(body(fast), "stored");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  EXPECT_EQ(proxy->stats().total.cache_hits, 2u);
+}
+
+TEST_F(ProxyTest, ConcurrentMissesOfOneKeyShareOneUpstreamCall) {
+  start();
+  upstream.hold(200, {{"Cache-Control", "max-age=60"}}, "shared");
+  auto first = request("/api/herd");
+  auto second = request("/api/herd");
+  auto third = request("/api/herd");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  EXPECT_FALSE(*first || *second || *third);
+  EXPECT_EQ(proxy->in_flight(), 1u);
+  ASSERT_TRUE(upstream.release());
+  run();
+  ASSERT_TRUE(*first && *second && *third);
+  EXPECT_EQ((*first)->x_cache, "MISS");
+  EXPECT_EQ((*second)->x_cache, "COALESCED");
+  EXPECT_EQ((*third)->x_cache, "COALESCED");
+  EXPECT_EQ(body(**third), "shared");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  EXPECT_EQ(proxy->stats().total.coalesced_requests, 2u);
+}
+
+TEST_F(ProxyTest, StaleIsAnsweredAtOnceWhileOneRefreshRevalidates) {
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}, {"ETag", "\"v1\""}}, "old");
+  request("/api/s");
+  advance(2s);
+  upstream.hold(304, {{"Cache-Control", "max-age=60"}});
+  auto stale = request("/api/s");
+  ASSERT_TRUE(*stale) << "a stale answer does not wait for the refresh";
+  EXPECT_EQ((*stale)->x_cache, "STALE");
+  EXPECT_EQ(body(**stale), "old");
+  ASSERT_EQ(upstream.sent.size(), 2u);
+  bool conditional = false;
+  for (const auto& [name, value] : upstream.sent[1].headers)
+    conditional = conditional || (name == "If-None-Match" && value == "\"v1\"");
+  EXPECT_TRUE(conditional);
+  auto during = request("/api/s");  // no second refresh while one runs
+  EXPECT_EQ((*during)->x_cache, "STALE");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+  ASSERT_TRUE(upstream.release());
+  run();
+  auto renewed = request("/api/s");
+  ASSERT_TRUE(*renewed);
+  EXPECT_EQ((*renewed)->x_cache, "HIT");
+  EXPECT_EQ(body(**renewed), "old");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+}
+
+TEST_F(ProxyTest, AFailingUpstreamIsAnsweredWithTheStaleIfErrorCopy) {
+  route().stale_ttl = 0ms;
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}}, "kept");
+  request("/api/e");
+  advance(2s);
+  upstream.fail(UpstreamError::Kind::kConnect);
+  auto reply = request("/api/e");
+  ASSERT_TRUE(*reply);
+  EXPECT_EQ((*reply)->x_cache, "STALE");
+  EXPECT_EQ(body(**reply), "kept");
+  EXPECT_EQ(proxy->stats().total.stale_hits, 1u);
+}
+
+TEST_F(ProxyTest, AnOpenBreakerAnswers503WithoutCallingTheUpstream) {
+  route().breaker = {
+      .failure_rate = 0.5, .window = 2, .min_calls = 2, .open_for = 30'000ms, .half_open_calls = 1};
+  start();
+  upstream.answer(503);
+  upstream.answer(503);
+  EXPECT_EQ(status(**request("/api/a")), 503u);
+  EXPECT_EQ(status(**request("/api/b")), 503u);
+  auto refused = request("/api/c");
+  ASSERT_TRUE(*refused);
+  EXPECT_EQ((*refused)->status, 503u);
+  EXPECT_NE((*refused)->extra_head.find("Retry-After: 30"), std::string::npos);
+  EXPECT_EQ(upstream.sent.size(), 2u);
+  EXPECT_EQ(proxy->stats().breakers.begin()->second, "open");
+  advance(30s);  // half-open: one trial call goes through, and closes it
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "back");
+  EXPECT_EQ(body(**request("/api/c")), "back");
+  EXPECT_EQ(proxy->stats().breakers.begin()->second, "closed");
+}
+
+TEST_F(ProxyTest, AFailedAttemptIsRetriedAfterItsBackoffWhileTheBudgetLasts) {
+  route().retry = {.attempts = 2, .base = 100ms, .cap = 100ms, .budget = 0.0};
+  start();
+  // The budget allows 3 retries in its window whatever the traffic; ratio 0 adds none.
+  for (int i = 0; i < 3; ++i) {
+    upstream.fail(UpstreamError::Kind::kReset);
+    upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "second try");
+    auto reply = request("/api/r" + std::to_string(i));
+    EXPECT_FALSE(*reply) << "the retry waits for its backoff";
+    advance(100ms);
+    ASSERT_TRUE(*reply);
+    EXPECT_EQ(body(**reply), "second try");
+  }
+  upstream.fail(UpstreamError::Kind::kReset);
+  auto spent = request("/api/r3");
+  ASSERT_TRUE(*spent) << "no retry once the budget is spent";
+  EXPECT_EQ((*spent)->status, 502u);
+  EXPECT_EQ(upstream.sent.size(), 7u);
+  EXPECT_EQ(proxy->stats().total.retries, 3u);
+}
+
+TEST_F(ProxyTest, PassThroughIsRetriedForIdempotentMethodsOnly) {
+  route().retry = {.attempts = 2, .base = 100ms, .cap = 100ms, .budget = 0.2};
+  start();
+  upstream.fail(UpstreamError::Kind::kConnect);
+  upstream.answer(200, {}, "yours");
+  auto get = request("/api/me", {{"Authorization", "Bearer x"}});
+  EXPECT_FALSE(*get);
+  advance(100ms);
+  ASSERT_TRUE(*get);
+  EXPECT_EQ((*get)->x_cache, "PASS");
+  EXPECT_EQ(body(**get), "yours");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+  upstream.fail(UpstreamError::Kind::kConnect);
+  auto post = request("/api/me", {}, "POST");
+  ASSERT_TRUE(*post) << "a POST is never sent twice";
+  EXPECT_EQ((*post)->status, 502u);
+  EXPECT_EQ(upstream.sent.size(), 3u);
+  EXPECT_EQ(proxy->stats().total.passes, 2u);
+}
+
+TEST_F(ProxyTest, AKeyWhoseAnswerIsPrivatePassesUntilAShareableAnswerComes) {
+  start();
+  upstream.answer(200, {{"Cache-Control", "private"}}, "mine");
+  auto first = request("/api/p");
+  ASSERT_TRUE(*first);
+  EXPECT_EQ((*first)->x_cache, "MISS");
+  // Marked hit-for-pass: concurrent requests go upstream in parallel, not behind one fetch.
+  upstream.hold(200, {{"Cache-Control", "private"}}, "a");
+  upstream.hold(200, {{"Cache-Control", "max-age=60"}}, "b");
+  auto second = request("/api/p");
+  auto third = request("/api/p");
+  EXPECT_EQ(upstream.sent.size(), 3u);
+  upstream.release();
+  upstream.release();
+  run();
+  ASSERT_TRUE(*second && *third);
+  EXPECT_EQ((*second)->x_cache, "PASS");
+  EXPECT_EQ((*third)->x_cache, "PASS");
+  // The shareable answer ended the mark: the next request is a miss that is stored.
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "shared");
+  EXPECT_EQ((*request("/api/p"))->x_cache, "MISS");
+  EXPECT_EQ((*request("/api/p"))->x_cache, "HIT");
+  EXPECT_EQ(upstream.sent.size(), 4u);
+}
+
+TEST_F(ProxyTest, TheTierChainItIsHandedIsWrittenReadAfterARestartAndSynced) {
+  auto tier = std::make_shared<MapTier>();
+  start({tier});
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "kept below");
+  EXPECT_EQ((*request("/api/t"))->x_cache, "MISS");
+  EXPECT_EQ(tier->records.size(), 1u);
+  start({tier});  // a restart: memory is empty, the tier is not
+  auto reply = request("/api/t");
+  ASSERT_TRUE(*reply);
+  EXPECT_EQ((*reply)->x_cache, "HIT");
+  EXPECT_EQ((*reply)->tier, "map");
+  EXPECT_EQ(body(**reply), "kept below");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  proxy->sync_store();
+  EXPECT_EQ(tier->syncs, 1);
+}
+
+}  // namespace
+}  // namespace unherd::gateway
