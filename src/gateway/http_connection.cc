@@ -1,4 +1,4 @@
-// HttpConnection: the Beast translation unit of the client side — one connection's request
+// Connection serving, the Beast translation unit of the client side: one connection's request
 // reading, refusals and reply writing (http_connection.h), shared by both session types.
 #include "gateway/http_connection.h"
 

@@ -1,4 +1,4 @@
-// HttpConnection: serving one accepted connection, HTTP/1.1, until it closes.
+// Connection serving: one accepted connection, HTTP/1.1, served until it closes.
 //
 // A connection reads a request (refusing a head that is malformed, too large or framed in a
 // way another server could read differently), has its session answer it, and writes the reply;

@@ -25,6 +25,8 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using namespace std::chrono_literals;
 
+// What the threads share, and what only the lifecycle touches: the listening sockets, the
+// threads and the state of a stop.
 struct Gateway::Impl : ServerState {
   using ServerState::ServerState;
 
