@@ -1,4 +1,5 @@
-// Fuzz target: the gateway's client-request path, as session() in src/gateway/server.cc runs it.
+// Fuzz target: the gateway's client-request path, as serve_connection() in
+// src/gateway/http_connection.cc runs it.
 //
 // The input is what a client sent before closing. As the server does: the raw head is checked
 // for obs-fold, Beast's request parser reads the head with the server's header and body limits,

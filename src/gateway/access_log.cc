@@ -1,6 +1,7 @@
 // AccessLog: a non-blocking spdlog logger over a sink whose file can be swapped (access_log.h).
 #include "gateway/access_log.h"
 
+#include <fmt/chrono.h>
 #include <spdlog/async.h>
 #include <spdlog/async_logger.h>
 #include <spdlog/sinks/base_sink.h>
@@ -13,6 +14,8 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+
+#include "gateway/proxy.h"
 
 namespace unherd::gateway {
 namespace {
@@ -75,6 +78,31 @@ class SwappableSink final : public spdlog::sinks::base_sink<std::mutex> {
   std::optional<std::FILE*> pending_;
 };
 
+void json_escape(std::string& out, std::string_view s) {
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
+      // Control bytes, and bytes of a target or request id that may not be UTF-8: the line
+      // stays valid JSON either way (a byte ≥ 0x80 reads as the code point of that value).
+      out += "\\u00";
+      out += "0123456789abcdef"[(c >> 4) & 15];
+      out += "0123456789abcdef"[c & 15];
+    } else {
+      out += c;
+    }
+  }
+}
+
+std::string utc_now() {
+  const auto now = std::chrono::system_clock::now();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch());
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z",
+                     fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
+                     static_cast<int>(ms.count() % 1000));
+}
+
 }  // namespace
 
 struct AccessLog::Impl {
@@ -135,6 +163,24 @@ void AccessLog::drain(std::chrono::milliseconds limit) {
   while (impl_->pool->queue_size() > 0 && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+}
+
+void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::string_view method,
+                 std::string_view target, std::chrono::steady_clock::time_point started) {
+  if (!log.enabled()) return;
+  const double total_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  std::string line = "{\"time\":\"" + utc_now() + "\",\"request_id\":\"";
+  json_escape(line, id);
+  line += "\",\"method\":\"";
+  json_escape(line, method);
+  line += "\",\"path\":\"";
+  json_escape(line, target);
+  line += fmt::format(
+      "\",\"status\":{},\"x_cache\":\"{}\",\"upstream_ms\":{:.3f},\"total_ms\":{:.3f}}}",
+      reply.cached ? reply.cached->status : reply.status, reply.x_cache, reply.upstream_ms,
+      total_ms);
+  log.write(line);
 }
 
 }  // namespace unherd::gateway

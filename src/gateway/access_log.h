@@ -4,7 +4,8 @@
 // out, and when the queue is full (a terminal nobody reads, a stalled disk) the oldest lines
 // are dropped and counted (`dropped()`, in /stats and /metrics) instead of blocking the I/O
 // threads. The target can be changed while running (SIGHUP): the writer thread switches files
-// between two lines. Lines reach the file within a second.
+// between two lines. Lines reach the file within a second. log_request() writes the line of
+// one answered request.
 //
 // Thread safety: write() and dropped() from any thread; retarget() from any thread.
 #pragma once
@@ -16,6 +17,8 @@
 #include <string_view>
 
 namespace unherd::gateway {
+
+struct Reply;
 
 class AccessLog {
  public:
@@ -45,5 +48,11 @@ class AccessLog {
   std::unique_ptr<Impl> impl_;
   std::atomic<bool> enabled_{false};
 };
+
+// Queues the line of one answered request, as a JSON object: time (UTC), request_id, method,
+// path, status, x_cache, upstream_ms and total_ms (since `started`). Nothing while the log is
+// off.
+void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::string_view method,
+                 std::string_view target, std::chrono::steady_clock::time_point started);
 
 }  // namespace unherd::gateway

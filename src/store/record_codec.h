@@ -1,4 +1,5 @@
-// RecordCodec: the bytes of one DiskTier record, and their CRC-32C (see unherd/disk_tier.h).
+// RecordCodec: the bytes of one DiskTier record (see unherd/disk_tier.h), checked by a CRC-32C
+// (crc32c.h).
 //
 // A record, as LMDB stores it under its key:
 //   u32 magic | u32 crc32c of everything after it | u32 key length | u32 zero
@@ -15,6 +16,7 @@
 #include <optional>
 #include <string_view>
 
+#include "store/crc32c.h"
 #include "unherd/clock.h"
 #include "unherd/tier.h"
 
@@ -22,10 +24,6 @@ namespace unherd::record {
 
 inline constexpr std::uint32_t kMagic = 0x31444855;  // "UHD1"
 inline constexpr std::size_t kHeader = 48;
-
-// CRC-32C (Castagnoli) of n bytes, continuing `crc`: SSE4.2 when the CPU has it, a table
-// otherwise.
-std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0);
 
 inline std::int64_t to_ns(WallTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();

@@ -1,0 +1,316 @@
+// Connection serving, the Beast translation unit of the client side: one connection's request
+// reading, refusals and reply writing (http_connection.h), shared by both session types.
+#include "gateway/http_connection.h"
+
+#include <array>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+// GCC 12 under AddressSanitizer finds a boost::optional<std::size_t> in Beast's request parser
+// (content_length_unchecked) "maybe used uninitialized" once the parser is inlined into the
+// connection loop: the Boost.Optional false positive of GCC bug 80635.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#include <charconv>
+#include <random>
+
+#include "gateway/admin_session.h"
+#include "gateway/http_session.h"
+#include "gateway/request_framing.h"
+
+namespace unherd::gateway {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A random 16-hex-digit request id, for requests that bring none.
+using RequestIdBuffer = std::array<char, 16>;
+std::string_view new_request_id(RequestIdBuffer& id) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::uint64_t v = rng();
+  for (auto& c : id) {
+    c = kHex[v & 15];
+    v >>= 4;
+  }
+  return {id.data(), id.size()};
+}
+
+void append_number(std::string& out, std::uint64_t n) {
+  char digits[20];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  out.append(digits, end);
+}
+
+// Memory for one request's parsed header fields: the parser allocates an element per field and
+// one string for the method and target. Served from a block inside the connection, reset for
+// each request; a request with larger headers than the block takes the rest from the heap.
+class HeaderArena {
+ public:
+  void* allocate(std::size_t n) {
+    n = (n + kAlign - 1) & ~(kAlign - 1);
+    if (n <= sizeof(block_) - used_) {
+      void* p = block_ + used_;
+      used_ += n;
+      return p;
+    }
+    return ::operator new(n);
+  }
+  void deallocate(void* p) noexcept {
+    if (p >= static_cast<void*>(block_) && p < static_cast<void*>(block_ + sizeof(block_))) return;
+    ::operator delete(p);
+  }
+  // Only when nothing allocated from the block is alive (the previous request's parser is gone).
+  void reset() noexcept { used_ = 0; }
+
+ private:
+  static constexpr std::size_t kAlign = alignof(std::max_align_t);
+  alignas(kAlign) std::byte block_[2048];
+  std::size_t used_ = 0;
+};
+
+template <class T>
+struct ArenaAllocator {
+  using value_type = T;
+  explicit ArenaAllocator(HeaderArena& a) noexcept : arena(&a) {}
+  template <class U>
+  ArenaAllocator(const ArenaAllocator<U>& other) noexcept : arena(other.arena) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(arena->allocate(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) noexcept { arena->deallocate(p); }
+  friend bool operator==(const ArenaAllocator& a, const ArenaAllocator& b) noexcept {
+    return a.arena == b.arena;
+  }
+  HeaderArena* arena;
+};
+
+using RequestParser = http::request_parser<http::string_body, ArenaAllocator<char>>;
+
+// The head of a reply, in `head` (reused: no allocation once it has grown), and the buffers
+// to write: the stored status line and header block of a cached response as they are, the
+// per-request lines (X-Cache, Age, X-Request-Id, Content-Length) from `head`, the body.
+// HTTP/1.0 clients are told when the connection stays open; 1xx, 204 and 304 carry neither a
+// body nor a Content-Length.
+std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string& head,
+                                                std::string_view request_id, bool keep_alive,
+                                                unsigned version) {
+  const std::string& body = reply.cached ? reply.cached->body : reply.body;
+  head.clear();
+  if (!reply.cached) {
+    head += "HTTP/1.1 ";
+    append_number(head, reply.status);
+    head += ' ';
+    head += http::obsolete_reason(static_cast<http::status>(reply.status));
+    head += "\r\nContent-Type: ";
+    head += reply.content_type;
+    head += "\r\n";
+  }
+  head += reply.extra_head;
+  if (!reply.x_cache.empty()) {
+    head += "X-Cache: ";
+    head += reply.x_cache;
+    head += "\r\n";
+  }
+  if (reply.age) {
+    head += "Age: ";
+    append_number(head, static_cast<std::uint64_t>(std::max<long>(0, reply.age->count())));
+    head += "\r\n";
+  }
+  if (!reply.tier.empty()) {
+    head += "X-Cache-Tier: ";
+    head += reply.tier;
+    head += "\r\n";
+  }
+  head += "X-Request-Id: ";
+  head += request_id;
+  head += "\r\n";
+  const unsigned status = reply.cached ? reply.cached->status : reply.status;
+  const bool bodiless = status < 200 || status == 204 || status == 304;
+  if (!bodiless) {
+    // A HEAD passed through has no body here: the length is the one the upstream declared.
+    const bool declared =
+        reply.head_only && body.empty() && reply.cached && reply.cached->declared_length;
+    head += "Content-Length: ";
+    append_number(head, declared ? *reply.cached->declared_length : body.size());
+    head += "\r\n";
+  }
+  if (!keep_alive) {
+    head += "Connection: close\r\n";
+  } else if (version == 10) {
+    head += "Connection: keep-alive\r\n";
+  }
+  head += "\r\n";
+  const bool send_body = !reply.head_only && !bodiless;
+  std::array<asio::const_buffer, 4> buffers{};
+  if (reply.cached) {
+    buffers[0] = asio::buffer(reply.cached->status_line);
+    buffers[1] = asio::buffer(reply.cached->head);
+  }
+  buffers[2] = asio::buffer(head);
+  if (send_body) buffers[3] = asio::buffer(body);
+  return buffers;
+}
+
+// Serves requests on `socket` until it closes, a deadline passes or a reply closes it. Each
+// request is answered by `session`: try_answer() (at once, without suspending), else answer();
+// then answered() is told what was sent.
+template <class Session>
+asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, std::size_t thread,
+                                       Session session) {
+  struct Count {
+    std::atomic<int>& n;
+    ~Count() { n.fetch_sub(1, std::memory_order_relaxed); }
+  } count{server.sessions[thread]};
+  Sweeper::Watch watch(*server.sweepers[thread], socket);
+  const auto idle_timeout = server.config.server.idle_timeout;
+  const auto send_timeout = server.config.server.send_timeout;
+  beast::flat_buffer buffer;
+  HeaderArena arena;
+  std::string head;                        // a reply's head, reused
+  std::vector<RequestHead::Field> fields;  // a request's header fields, reused
+  std::string target_buffer;               // an absolute-form target, made origin-form
+  for (;;) {
+    arena.reset();  // the previous request's parser is gone
+    RequestParser parser(std::piecewise_construct, std::make_tuple(),
+                         std::make_tuple(ArenaAllocator<char>(arena)));
+    parser.header_limit(static_cast<std::uint32_t>(server.config.server.max_header_bytes));
+    parser.body_limit(server.config.server.max_body_bytes);
+    watch.expire_after(idle_timeout);
+    boost::system::error_code ec;
+    // The whole head is read before Beast parses it, so that its raw bytes can be checked
+    // for what Beast accepts and unfolds silently: obs-fold (RFC 9112 §5.2).
+    bool folded = false;
+    for (;;) {
+      const auto bytes = buffer.data();
+      const std::string_view raw(static_cast<const char*>(bytes.data()), bytes.size());
+      // The blank line that ends a head (a bare-LF one too, which Beast then refuses).
+      if (const auto end = std::min(raw.find("\r\n\r\n"), raw.find("\n\n"));
+          end != std::string_view::npos) {
+        folded = has_obs_fold(raw.substr(0, end + 2));
+        break;
+      }
+      if (raw.size() > server.config.server.max_header_bytes) break;  // Beast answers 431
+      const std::size_t n = co_await socket.async_read_some(
+          buffer.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
+      buffer.commit(n);
+      if (ec) break;
+    }
+    // Closed or reset between requests, or the head stalled past idle_timeout. A head cut
+    // short by a close goes on to Beast, which answers it 400.
+    if (ec && (buffer.size() == 0 || watch.expired || ec == asio::error::operation_aborted)) {
+      break;
+    }
+    ec = {};
+    if (!folded) {
+      co_await http::async_read_header(socket, buffer, parser,
+                                       asio::redirect_error(asio::use_awaitable, ec));
+    }
+    const auto started = std::chrono::steady_clock::now();
+    std::optional<Reply> refusal;
+    std::size_t head_fields = 0;
+    if (folded) {
+      refusal = Reply::text(400, "obsolete line folding (obs-fold) is refused");
+    } else if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
+               ec == asio::error::operation_aborted || watch.expired) {
+      break;
+    } else if (ec == http::error::header_limit) {
+      refusal = Reply::text(431, "request header fields too large");
+    } else if (ec == http::error::body_limit) {  // a Content-Length over the limit
+      refusal = Reply::text(413, "request body too large");
+    } else if (ec) {
+      refusal = Reply::text(400, "malformed request: " + ec.message());
+    } else if (auto refused = refuse_framing(parser.get(), parser.chunked())) {
+      refusal = Reply::text(refused->status, std::string(refused->reason));
+    } else {
+      // Fields after these are a chunked body's trailers: never forwarded as headers.
+      head_fields =
+          static_cast<std::size_t>(std::distance(parser.get().begin(), parser.get().end()));
+      if (!parser.is_done()) {
+        co_await http::async_read(socket, buffer, parser,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+        if (watch.expired) {
+          break;
+        } else if (ec == http::error::body_limit) {
+          refusal = Reply::text(413, "request body too large");
+        } else if (ec) {
+          refusal = Reply::text(400, "malformed request body: " + ec.message());
+        }
+      }
+    }
+    RequestIdBuffer id_buffer;
+    if (refusal) {
+      boost::system::error_code wec;
+      watch.expire_after(5s);
+      const std::string_view refusal_id = new_request_id(id_buffer);
+      const auto buffers = prepare_reply(*refusal, head, refusal_id, false, 11);
+      co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, wec));
+      log_request(*server.access_log, *refusal, refusal_id, "-", "-", started);
+      break;
+    }
+    watch.never();  // no deadline while the request is answered (the route's timeouts apply)
+    auto& msg = parser.get();
+    fields.clear();
+    for (const auto& field : msg) {
+      if (fields.size() == head_fields) break;
+      fields.push_back({field.name_string(), field.value()});
+    }
+    RequestHead request_head{msg.method_string(), origin_form(msg.target(), target_buffer), fields};
+    std::string_view request_id;
+    const auto given_id = request_head.header("x-request-id");
+    const bool generated_id = !given_id || given_id->empty() || given_id->size() > 200;
+    request_id = generated_id ? new_request_id(id_buffer) : *given_id;
+    const unsigned version = msg.version();
+    const bool keep = msg.keep_alive() && !server.draining;
+    server.active++;
+    Reply reply;
+    if (!session.try_answer(request_head, reply)) {
+      Request request;
+      request.method = std::string(msg.method_string());
+      request.target = std::string(request_head.target);
+      request.version = version;
+      request.keep_alive = msg.keep_alive();
+      request.headers.reserve(fields.size() + 1);
+      for (const auto& f : fields)
+        request.headers.emplace_back(std::string(f.name), std::string(f.value));
+      if (generated_id) request.headers.emplace_back("X-Request-Id", std::string(request_id));
+      request.body = std::move(msg.body());
+      // No co_await inside a conditional expression or beside temporaries: GCC 12
+      // miscompiles both. Each awaitable is built in a statement of its own.
+      auto answering = session.answer(std::move(request));
+      reply = co_await std::move(answering);
+      reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
+    }
+    watch.expire_after(send_timeout);
+    const auto buffers = prepare_reply(reply, head, request_id, keep, version);
+    co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    server.active--;
+    session.answered(reply, request_id, msg.method_string(), msg.target(), started);
+    if (ec || watch.expired || !keep) break;
+  }
+  boost::system::error_code ignored;
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+}  // namespace
+
+asio::awaitable<void> serve_client(ServerState& server, tcp::socket socket, std::size_t thread) {
+  return serve_connection(server, std::move(socket), thread,
+                          HttpSession(server, *server.states[thread]));
+}
+
+asio::awaitable<void> serve_admin(ServerState& server, tcp::socket socket, std::size_t thread) {
+  return serve_connection(server, std::move(socket), thread, AdminSession(server));
+}
+
+}  // namespace unherd::gateway

@@ -1,0 +1,202 @@
+// DiskTier, writing: the writer thread takes batches off the write-behind queue and applies
+// each in one LMDB transaction, keeping records, indexes and counters consistent
+// (disk_tier_impl.h).
+#include <algorithm>
+
+#include "store/disk_tier_impl.h"
+#include "store/record_codec.h"
+
+namespace unherd {
+
+using disk::big_endian;
+using disk::charge_of;
+using disk::check;
+using disk::del;
+using disk::expiry_key;
+using disk::kMetaSize;
+using disk::LmdbError;
+using disk::Meta;
+using disk::store_key;
+using disk::val;
+using disk::WriteTxn;
+using record::encode_record;
+using record::load;
+using record::record_size;
+using record::store;
+using record::to_ns;
+
+void DiskTier::Impl::write_loop() {
+  using steady = std::chrono::steady_clock;
+  auto next_sync = steady::now() + options.sync_interval;
+  auto next_sweep = steady::now() + options.sweep_interval;
+  bool dirty = false;
+  for (;;) {
+    if (!queue.wait_for_work(std::min(next_sync, next_sweep))) break;
+    // Holding write_mu while applying keeps erase() and purge_prefix() out of the window
+    // between taking a write off the queue and committing it.
+    std::unique_lock wl(write_mu);
+    const std::vector<Op> batch = queue.take_batch();
+    const bool ok = usable();
+    if (!batch.empty() && ok) {
+      apply(batch);
+      dirty = true;
+    }
+    if (ok && available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
+    const auto now = steady::now();
+    if (now >= next_sweep && ok && available) {
+      sweep_expired();
+      next_sweep = now + options.sweep_interval;
+    }
+    const bool sync_now = now >= next_sync && dirty;
+    if (now >= next_sync) next_sync = now + options.sync_interval;
+    wl.unlock();
+    if (sync_now) {  // LMDB lets a sync run beside a write transaction: erase/purge go on
+      mdb_env_sync(env, 1);
+      dirty = false;
+    }
+    queue.batch_done(batch);
+  }
+  mdb_env_sync(env, 1);
+  queue.all_done();
+}
+
+std::uint64_t DiskTier::Impl::read_counter(MDB_txn* txn, std::string_view name) {
+  MDB_val k = val(name), v{};
+  if (mdb_get(txn, info, &k, &v) != 0 || v.mv_size != 8) return 0;
+  return load<std::uint64_t>(static_cast<const char*>(v.mv_data));
+}
+
+void DiskTier::Impl::write_counter(MDB_txn* txn, std::string_view name, std::uint64_t n) {
+  MDB_val k = val(name), v{8, &n};
+  check(mdb_put(txn, info, &k, &v, 0), "info");
+}
+
+std::optional<Meta> DiskTier::Impl::read_meta(MDB_txn* txn, std::string_view skey) {
+  MDB_val k = val(skey), v{};
+  if (mdb_get(txn, metas, &k, &v) != 0 || v.mv_size != kMetaSize) return std::nullopt;
+  const char* p = static_cast<const char*>(v.mv_data);
+  return Meta{load<std::uint64_t>(p), load<std::int64_t>(p + 8), load<std::uint64_t>(p + 16)};
+}
+
+void DiskTier::Impl::write_meta(MDB_txn* txn, std::string_view skey, const Meta& m) {
+  char buf[kMetaSize];
+  store(buf, m.seq);
+  store(buf + 8, m.stale_if_error_until);
+  store(buf + 16, m.charge);
+  MDB_val k = val(skey), v{kMetaSize, buf};
+  check(mdb_put(txn, metas, &k, &v, 0), "meta");
+}
+
+// Removes the record stored under skey and its index entries. Returns whether one was there.
+bool DiskTier::Impl::remove(MDB_txn* txn, std::string_view skey, std::uint64_t& staged_bytes) {
+  auto meta = read_meta(txn, skey);
+  MDB_val k = val(skey);
+  const int rc = mdb_del(txn, records, &k, nullptr);
+  if (rc != MDB_NOTFOUND) check(rc, "delete");
+  if (meta) {
+    del(txn, lru, big_endian(meta->seq));
+    del(txn, expiry, expiry_key(meta->stale_if_error_until, skey));
+    del(txn, metas, skey);
+    staged_bytes -= std::min(staged_bytes, meta->charge);
+  }
+  return rc == 0;
+}
+
+void DiskTier::Impl::put(MDB_txn* txn, const Op& op, std::uint64_t& staged_bytes,
+                         std::uint64_t& staged_seq) {
+  const std::string skey = store_key(op.key);
+  remove(txn, skey, staged_bytes);
+  const std::size_t size = record_size(op.key, op.record);
+  MDB_val k = val(skey), v{size, nullptr};
+  check(mdb_put(txn, records, &k, &v, MDB_RESERVE), "put");
+  encode_record(static_cast<char*>(v.mv_data), op.key, op.record);
+  const Meta meta{staged_seq++, to_ns(op.record.stale_if_error_until),
+                  charge_of(size, skey.size())};
+  write_meta(txn, skey, meta);
+  const std::string order_key = big_endian(meta.seq);
+  MDB_val lk = val(order_key), lv = val(skey);
+  check(mdb_put(txn, lru, &lk, &lv, 0), "lru");
+  const std::string ek = expiry_key(meta.stale_if_error_until, skey);
+  MDB_val xk = val(ek), xv{0, nullptr};
+  check(mdb_put(txn, expiry, &xk, &xv, 0), "expiry");
+  staged_bytes += meta.charge;
+}
+
+void DiskTier::Impl::touch(MDB_txn* txn, const Op& op, std::uint64_t& staged_seq) {
+  const std::string skey = store_key(op.key);
+  auto meta = read_meta(txn, skey);
+  if (!meta) return;
+  del(txn, lru, big_endian(meta->seq));
+  meta->seq = staged_seq++;
+  write_meta(txn, skey, *meta);
+  const std::string order_key = big_endian(meta->seq);
+  MDB_val lk = val(order_key), lv = val(skey);
+  check(mdb_put(txn, lru, &lk, &lv, 0), "lru");
+}
+
+// Commits the staged counters with the transaction, then publishes them.
+void DiskTier::Impl::commit(WriteTxn& txn, std::uint64_t staged_bytes, std::uint64_t staged_seq) {
+  write_counter(txn.get(), "bytes", staged_bytes);
+  write_counter(txn.get(), "seq", staged_seq);
+  MDB_stat st{};
+  check(mdb_stat(txn.get(), records, &st), "stat");
+  txn.commit();
+  usable();  // notes how far the commit grew the file, before anyone reads what it wrote
+  bytes = staged_bytes;
+  seq = staged_seq;
+  next_seq = staged_seq;
+  entries = st.ms_entries;
+}
+
+void DiskTier::Impl::apply(const std::vector<Op>& batch) {
+  std::size_t puts = 0;
+  for (const auto& op : batch)
+    puts += op.kind == Op::kPut;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      WriteTxn txn(env);
+      std::uint64_t staged_bytes = bytes, staged_seq = seq;
+      for (const auto& op : batch) {
+        switch (op.kind) {
+          case Op::kPut:
+            put(txn.get(), op, staged_bytes, staged_seq);
+            break;
+          case Op::kTouch:
+            touch(txn.get(), op, staged_seq);
+            break;
+          case Op::kErase:
+            remove(txn.get(), store_key(op.key), staged_bytes);
+            break;
+        }
+      }
+      commit(txn, staged_bytes, staged_seq);
+      writes.add(puts);
+      return;
+    } catch (const LmdbError& e) {
+      if (e.code == MDB_MAP_FULL && attempt == 1) {
+        evict(bytes.load() / 10 * 9);  // the map filled before the budget did: make room
+        continue;
+      }
+      dropped.add(puts);
+      if (disk::damaged(e.code)) {
+        mark_broken(e.what());
+      } else {
+        warn_write_error(e.what());
+      }
+      return;
+    }
+  }
+}
+
+void DiskTier::Impl::warn_write_error(const std::string& what) {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_write_warning < std::chrono::minutes(1) &&
+      last_write_warning.time_since_epoch().count() != 0) {
+    return;
+  }
+  last_write_warning = now;
+  options.warn("disk cache " + options.path + ": write failed (" + what +
+               "); dropping disk writes, serving from memory");
+}
+
+}  // namespace unherd
