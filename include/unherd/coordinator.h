@@ -65,8 +65,6 @@ enum class Source {
   kCoalesced,     // another caller's fetch, joined while in flight
 };
 
-std::string_view to_string(Source s) noexcept;  // "HIT", "STALE", "STALE", "MISS", "COALESCED"
-
 template <class V>
 struct FetchContext {
   const V* previous = nullptr;  // the cached value being refreshed or replaced, if any

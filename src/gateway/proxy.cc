@@ -12,6 +12,7 @@
 #include "gateway/cache_key.h"
 #include "gateway/cache_rules.h"
 #include "gateway/text.h"
+#include "gateway/x_cache.h"
 #include "unherd/async.h"
 
 namespace unherd::gateway {
@@ -196,7 +197,7 @@ bool may_use_cache(std::string_view method, const std::vector<KeyPart>& key_part
 template <class Answer>
 void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
   reply.cached = answer.value;
-  reply.x_cache = to_string(answer.source);
+  reply.x_cache = x_cache(answer.source);
   reply.age = std::chrono::duration_cast<std::chrono::seconds>(now - answer.stored_at) +
               reply.cached->initial_age;
   reply.tier = answer.tier;
