@@ -35,10 +35,12 @@
 //   auto fetch = [key]() -> asio::awaitable<V> { ... };
 //   V v = co_await flights.async_get_or_fetch(key, fetch);
 //
+// A fetch that ends without an outcome (a fetch coroutine destroyed before it finished, its
+// io_context destroyed or stopped for good; a background job dropped unrun) settles its flight
+// as it goes: every waiter gets Errc::cancelled and the next call fetches anew.
+//
 // Thread safety: all members may be called concurrently, from any thread or executor (strands
-// are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed. A fetch
-// coroutine destroyed before it finishes (its io_context destroyed first) leaves its key in
-// flight for good: run io_contexts dry before destroying them.
+// are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed.
 #pragma once
 
 #include <boost/asio/co_spawn.hpp>
@@ -169,8 +171,10 @@ class SingleFlight {
     waiter->shard = &shard_for(key);
     Enrolment e = enrol(key, waiter, options, /*leader_waits=*/false);
     switch (e.role) {
-      case Role::kLeader:
-        return unpack(run_and_settle(e.flight, fetcher), false);
+      case Role::kLeader: {
+        Guard guard(this, e.flight);
+        return unpack(run_and_settle(guard, fetcher), false);
+      }
       case Role::kJoined:
         return unpack(e.early ? e.early : waiter->wait(), true);
       case Role::kBypass:
@@ -203,7 +207,8 @@ class SingleFlight {
       self->watch_cancellation(waiter);
       Enrolment e = self->enrol(key, waiter, options, /*leader_waits=*/true);
       if (e.leads) {
-        asio::co_spawn(ex, self->run_and_settle_async(e.flight, std::move(leader_fetch)),
+        asio::co_spawn(ex,
+                       self->run_and_settle_async(Guard(self, e.flight), std::move(leader_fetch)),
                        asio::detached);
       }
       if (e.early) {
@@ -234,8 +239,9 @@ class SingleFlight {
   bool start(const K& key, F fetcher, Runner&& run) {
     std::shared_ptr<Flight> flight = begin_if_idle(key);
     if (!flight) return false;
-    run([this, flight, fetcher = std::move(fetcher)]() mutable {
-      run_and_settle(flight, fetcher);
+    auto guard = std::make_shared<Guard>(this, std::move(flight));
+    run([guard = std::move(guard), fetcher = std::move(fetcher)]() mutable {
+      guard->owner()->run_and_settle(*guard, fetcher);
     });
     return true;
   }
@@ -245,7 +251,9 @@ class SingleFlight {
   bool async_start(const K& key, F fetcher, const Executor& executor) {
     std::shared_ptr<Flight> flight = begin_if_idle(key);
     if (!flight) return false;
-    asio::co_spawn(executor, run_and_settle_async(flight, std::move(fetcher)), asio::detached);
+    asio::co_spawn(executor,
+                   run_and_settle_async(Guard(this, std::move(flight)), std::move(fetcher)),
+                   asio::detached);
     return true;
   }
 
@@ -522,29 +530,58 @@ class SingleFlight {
     }
   }
 
+  // The duty to settle one flight, as an object: settle() discharges it with the fetch's outcome;
+  // a Guard destroyed still armed (its fetch destroyed unfinished, its job dropped unrun)
+  // settles the flight with Errc::cancelled, so no waiter is left waiting and the key is freed.
+  class Guard {
+   public:
+    Guard(SingleFlight* owner, std::shared_ptr<Flight> flight)
+        : owner_(owner), flight_(std::move(flight)) {}
+    Guard(Guard&& other) noexcept
+        : owner_(other.owner_), flight_(std::exchange(other.flight_, nullptr)) {}
+    Guard& operator=(Guard&&) = delete;
+    ~Guard() {
+      if (!flight_) return;
+      auto outcome = std::make_shared<Outcome>();
+      outcome->error = std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled)));
+      settle(outcome);
+    }
+    void settle(const OutcomePtr& outcome) {
+      owner_->settle(std::exchange(flight_, nullptr), outcome);
+    }
+    SingleFlight* owner() const noexcept { return owner_; }
+    const std::shared_ptr<Flight>& flight() const noexcept { return flight_; }
+
+   private:
+    SingleFlight* owner_;
+    std::shared_ptr<Flight> flight_;
+  };
+
   template <class F>
-  OutcomePtr run_and_settle(const std::shared_ptr<Flight>& flight, F& fetcher) {
+  OutcomePtr run_and_settle(Guard& guard, F& fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      outcome->value.emplace(call(fetcher, flight));
+      outcome->value.emplace(call(fetcher, guard.flight()));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, outcome);
+    guard.settle(outcome);
     return outcome;
   }
 
+  // The guard is a parameter, not a local: a coroutine destroyed before its first resumption
+  // still destroys its parameters.
   template <class F>
-  asio::awaitable<void> run_and_settle_async(std::shared_ptr<Flight> flight, F fetcher) {
+  asio::awaitable<void> run_and_settle_async(Guard guard, F fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      auto fetching = call(fetcher, flight);
+      auto fetching = call(fetcher, guard.flight());
       V value = co_await std::move(fetching);
       outcome->value.emplace(std::move(value));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, outcome);
+    guard.settle(outcome);
   }
 
   static FlightResult<V> unpack(const OutcomePtr& outcome, bool coalesced) {
