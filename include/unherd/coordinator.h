@@ -51,6 +51,7 @@
 #include "unherd/circuit_breaker.h"
 #include "unherd/detail/background_worker.h"
 #include "unherd/detail/fill_registry.h"
+#include "unherd/resilient_call.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
 #include "unherd/tier.h"
@@ -571,28 +572,9 @@ class Coordinator {
   static Fetched<V> normalize(Fetched<V> f) { return f; }
   static Fetched<V> normalize(V v) { return Fetched<V>{std::move(v)}; }
 
-  std::optional<CircuitBreaker::Permit> acquire(const CallPolicy& policy) {
-    if (policy.breaker == nullptr) return CircuitBreaker::Permit{};
-    auto permit = policy.breaker->try_acquire();
-    if (!permit) throw_error(Errc::circuit_open);
-    return permit;
-  }
-
-  void report(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
-              const std::exception_ptr& error) {
-    if (policy.breaker == nullptr) return;
-    if (!error) {
-      policy.breaker->on_success(permit);
-    } else if (holds_error(error, Errc::cancelled) || holds_error(error, Errc::local_failure)) {
-      policy.breaker->release(permit);  // neither tells anything about the upstream
-    } else {
-      policy.breaker->on_failure(permit);
-    }
-  }
-
-  // One upstream call sequence of a key: attempts and backoffs under the breaker and the retry
-  // policy, then the cache. It starts with the caller that leads the key's flight and may move,
-  // once, to the background (see hand_off).
+  // One upstream call sequence of a key: its ResilientCall (attempts and backoffs under the
+  // breaker and the retry policy), then the cache. It starts with the caller that leads the
+  // key's flight and may move, once, to the background (see hand_off).
   struct Run {
     K key;
     CallPolicy policy;
@@ -600,32 +582,35 @@ class Coordinator {
     Deadlines previous_deadlines;
     std::uint32_t failures = 0;  // failed call sequences of the key in a row before this one
     bool background = false;     // nobody waits for the outcome
-    TimePoint started{};
     Fill fill;
+    ResilientCall call;
     typename Flights::Continuation hold;  // keeps the key in flight once handed off
   };
 
   Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background) {
+    // No retry that no waiter could still wait for.
+    ResilienceOptions resilience{policy.retry, policy.breaker, true,
+                                 [this, key] { return flight_.waiters_deadline(key); }};
     return Run{key,
                policy,
                found.value,
                found.deadlines,
                found.refresh_failures,
                background,
-               clock_.now(),
                fills_.enter(key),
+               ResilientCall(clock_, std::move(resilience)),
                {}};
   }
 
-  // After a failed attempt: the delay before the next, or nullopt to give up.
-  // Never one that no waiter could still wait for.
-  std::optional<Duration> retry_delay(const Run& run, const std::exception_ptr& error,
-                                      int attempt) {
-    if (run.policy.retry == nullptr) return std::nullopt;
-    auto delay = run.policy.retry->next_delay(error, attempt, run.started, clock_.now(),
-                                              flight_.waiters_deadline(run.key));
-    if (delay) retries_.add();
-    return delay;
+  Ctx context(const Run& run, const AttemptInfo& attempt) const {
+    return Ctx{run.previous ? &*run.previous : nullptr, attempt.number, attempt.deadline,
+               run.background};
+  }
+
+  // A retry has been decided: whether it runs here (true) or the run stops to be handed off.
+  bool on_retry(const Run& run, const FlightHandle& flight) {
+    retries_.add();
+    return !may_hand_off(run, flight);
   }
 
   // Whether the waiters should have the stale-if-error value now rather than after the retries:
@@ -677,168 +662,84 @@ class Coordinator {
     return std::move(fetched.value);
   }
 
-  // One attempt's result or error, as a value.
-  struct Attempt {
-    std::optional<Fetched<V>> fetched;
-    std::exception_ptr error;
-  };
-
-  template <class F>
-  Attempt attempt_once(F& fetcher, const Ctx& ctx) {
-    Attempt a;
-    try {
-      a.fetched.emplace(normalize(invoke(fetcher, ctx)));
-    } catch (...) {
-      a.error = std::current_exception();
-    }
-    return a;
-  }
-
-  template <class F>
-  asio::awaitable<Attempt> attempt_once_async(F& fetcher, const Ctx& ctx) {
-    Attempt a;
-    try {
-      auto call = invoke(fetcher, ctx);
-      auto value = co_await std::move(call);
-      a.fetched.emplace(normalize(std::move(value)));
-    } catch (...) {
-      a.error = std::current_exception();
-    }
-    co_return a;
-  }
-
-  // An attempt under its deadline. The attempt never throws into the race (asio's || would
-  // then wait for the other side): its error leaves the race as a value.
-  template <class F>
-  asio::awaitable<Attempt> attempt_async(F& fetcher, const Ctx& ctx) {
-    using namespace asio::experimental::awaitable_operators;
-    if (!ctx.attempt_deadline) {
-      auto attempt = attempt_once_async(fetcher, ctx);
-      co_return co_await std::move(attempt);
-    }
-    auto attempt = attempt_once_async(fetcher, ctx);
-    auto deadline = async_sleep_until(clock_, *ctx.attempt_deadline);
-    auto race = std::move(attempt) || std::move(deadline);
-    auto raced = co_await std::move(race);
-    if (raced.index() == 0) co_return std::move(std::get<0>(raced));
-    Attempt timed_out;
-    timed_out.error =
-        std::make_exception_ptr(std::system_error(make_error_code(Errc::attempt_timeout)));
-    co_return timed_out;
-  }
-
-  // Reports an attempt to the breaker; returns its value or rethrows its error.
-  Fetched<V> conclude(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
-                      Attempt& attempt) {
-    report(policy, permit, attempt.error);
-    if (attempt.error) std::rethrow_exception(attempt.error);
-    return std::move(*attempt.fetched);
-  }
-
-  Ctx context(const Run& run, int attempt) {
-    Ctx ctx{run.previous ? &*run.previous : nullptr, attempt, std::nullopt, run.background};
-    if (run.policy.retry) {
-      ctx.attempt_deadline = run.policy.retry->attempt_deadline(clock_.now(), run.started);
-    }
-    return ctx;
-  }
-
-  void record_first_attempt(const CallPolicy& policy) {
-    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
-  }
-
-  // The fetch a flight runs: breaker, retries, fetcher, then the cache. Errors propagate.
+  // The fetch a flight runs: the run's attempts, then the cache. Errors propagate; a run
+  // handed off goes on on the worker thread.
   template <class F>
   V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {}) {
-    record_first_attempt(run.policy);
-    return attempts(run, fetcher, 1, flight);
+    return attempts(run, fetcher, flight);
   }
 
-  // Attempts from number `first` on, until one succeeds or the retry policy gives up.
   template <class F>
-  V attempts(Run& run, F& fetcher, int first, const FlightHandle& flight) {
-    for (int attempt = first;; ++attempt) {
-      const Ctx ctx = context(run, attempt);
-      std::exception_ptr error;
-      std::optional<Fetched<V>> fetched;
-      try {
-        auto permit = acquire(run.policy);
-        Attempt outcome = attempt_once(fetcher, ctx);
-        fetched.emplace(conclude(run.policy, *permit, outcome));
-      } catch (...) {
-        error = std::current_exception();
+  V attempts(Run& run, F& fetcher, const FlightHandle& flight) {
+    auto attempt = [&](const AttemptInfo& a) {
+      const Ctx ctx = context(run, a);
+      return normalize(invoke(fetcher, ctx));
+    };
+    std::optional<Fetched<V>> fetched;
+    try {
+      fetched.emplace(run.call.run(
+          attempt, [&](const std::exception_ptr&, TimePoint) { return on_retry(run, flight); }));
+    } catch (...) {
+      if (!run.call.paused()) {
+        give_up(run, std::current_exception());
+        throw;
       }
-      if (fetched) return store(run, std::move(*fetched));
-      auto delay = retry_delay(run, error, attempt);
-      if (!delay) {
-        give_up(run, error);
-        std::rethrow_exception(error);
-      }
-      const TimePoint next = clock_.now() + *delay;
-      if (may_hand_off(run, flight)) {
-        hand_off(run, flight);
-        auto rest = std::make_shared<Run>(std::move(run));
-        worker_.post([this, rest, fetcher, attempt, next]() mutable {
-          clock_.sleep_until(next);
-          try {
-            attempts(*rest, fetcher, attempt + 1, {});
-          } catch (...) {  // given up: give_up() has remembered it
-          }
-          rest.reset();  // ends the flight, after the cache has the outcome
-        });
-        std::rethrow_exception(error);
-      }
-      clock_.sleep_until(next);
+      hand_off(run, flight);
+      auto rest = std::make_shared<Run>(std::move(run));
+      worker_.post([this, rest, fetcher]() mutable {
+        try {
+          attempts(*rest, fetcher, {});
+        } catch (...) {  // given up: give_up() has remembered it
+        }
+        rest.reset();  // ends the flight, after the cache has the outcome
+      });
+      throw;
     }
+    return store(run, std::move(*fetched));
   }
 
   template <class F>
   asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {}) {
-    record_first_attempt(run.policy);
-    auto attempting = attempts_async(std::move(run), std::move(fetcher), 1, std::move(flight));
+    auto attempting = attempts_async(std::move(run), std::move(fetcher), std::move(flight));
     co_return co_await std::move(attempting);
   }
 
   template <class F>
-  asio::awaitable<V> attempts_async(Run run, F fetcher, int first, FlightHandle flight) {
-    for (int attempt = first;; ++attempt) {
-      const Ctx ctx = context(run, attempt);
-      std::exception_ptr error;
-      std::optional<Fetched<V>> fetched;
-      try {
-        auto permit = acquire(run.policy);
-        auto call = attempt_async(fetcher, ctx);
-        Attempt outcome = co_await std::move(call);
-        fetched.emplace(conclude(run.policy, *permit, outcome));
-      } catch (...) {
-        error = std::current_exception();
-      }
-      if (fetched) co_return store(run, std::move(*fetched));
-      auto delay = retry_delay(run, error, attempt);
-      if (!delay) {
-        give_up(run, error);
-        std::rethrow_exception(error);
-      }
-      const TimePoint next = clock_.now() + *delay;
-      if (may_hand_off(run, flight)) {
-        hand_off(run, flight);
-        auto executor = co_await asio::this_coro::executor;
-        auto rest = resume_async(std::move(run), std::move(fetcher), attempt + 1, next);
-        asio::co_spawn(executor, std::move(rest), asio::detached);
-        std::rethrow_exception(error);
-      }
-      auto pause = async_sleep_until(clock_, next);
-      co_await std::move(pause);
+  asio::awaitable<V> attempts_async(Run run, F fetcher, FlightHandle flight) {
+    auto attempt = [this, &run, &fetcher](AttemptInfo a) -> asio::awaitable<Fetched<V>> {
+      const Ctx ctx = context(run, a);
+      auto call = invoke(fetcher, ctx);
+      auto value = co_await std::move(call);
+      co_return normalize(std::move(value));
+    };
+    auto retry_here = [this, &run, &flight](const std::exception_ptr&, TimePoint) {
+      return on_retry(run, flight);
+    };
+    std::optional<Fetched<V>> fetched;
+    std::exception_ptr error;
+    try {
+      auto calling = run.call.async_run(attempt, retry_here);
+      fetched.emplace(co_await std::move(calling));
+    } catch (...) {
+      error = std::current_exception();
     }
+    if (fetched) co_return store(run, std::move(*fetched));
+    if (!run.call.paused()) {
+      give_up(run, error);
+      std::rethrow_exception(error);
+    }
+    hand_off(run, flight);
+    auto executor = co_await asio::this_coro::executor;
+    auto rest = resume_async(std::move(run), std::move(fetcher));
+    asio::co_spawn(executor, std::move(rest), asio::detached);
+    std::rethrow_exception(error);
   }
 
-  // A handed-off run's remaining attempts, from `at`; the flight ends when it does.
+  // A handed-off run's remaining attempts; the flight ends when it does.
   template <class F>
-  asio::awaitable<void> resume_async(Run run, F fetcher, int attempt, TimePoint at) {
-    auto pause = async_sleep_until(clock_, at);
-    co_await std::move(pause);
+  asio::awaitable<void> resume_async(Run run, F fetcher) {
     try {
-      auto attempting = attempts_async(std::move(run), std::move(fetcher), attempt, {});
+      auto attempting = attempts_async(std::move(run), std::move(fetcher), {});
       co_await std::move(attempting);
     } catch (...) {  // given up: give_up() has remembered it
     }
