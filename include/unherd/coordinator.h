@@ -32,6 +32,16 @@
 // TTL rules: negative durations count as zero; a value whose Ttl is all zero is handed to every
 // waiter but not stored. Answer::source says why the caller got what it got.
 //
+// Who owns the fetcher:
+//   - get() borrows it: the fetcher runs only on the calling thread, before get() returns, so it
+//     may capture the caller's locals by reference. Work that outlives the call (a stale value's
+//     background refresh, retries gone to the background) runs the Coordinator's own loader
+//     (set_loader(), as Caffeine's LoadingCache). With no loader, the caller that finds a value
+//     due for refresh refreshes it before it returns (other callers meanwhile get the stale
+//     value at once), and retries stay with the caller.
+//   - async_get() copies the fetcher into the coroutines it starts, which may outlive the call:
+//     the fetcher must own what it captures (by value, or shared_ptr).
+//
 // Thread safety: all members may be called concurrently. Blocking callers' background
 // refreshes (and retries gone to the background) run on one worker thread the Coordinator owns;
 // coroutine callers' fetches and refreshes run detached on the caller's executor and may outlive
@@ -161,17 +171,36 @@ class Coordinator {
         fills_(options.flight_shards),
         tier_flight_(clock, options.flight_shards) {}
 
-  // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
-  // Errc: wait_timeout, too_many_waiters, circuit_open).
+  // The fetcher the Coordinator owns, for work no blocking caller waits for (see the top of
+  // the file). loader: (const K&, const FetchContext<V>&) or (const K&), returning V or
+  // Fetched<V>. REQUIRES: called before the first get.
+  template <class L>
+  void set_loader(L loader) {
+    loader_ = [loader = std::move(loader)](const K& key, const Ctx& ctx) mutable -> Fetched<V> {
+      if constexpr (std::is_invocable_v<L&, const K&, const Ctx&>) {
+        return normalize(loader(key, ctx));
+      } else {
+        return normalize(loader(key));
+      }
+    };
+  }
+
+  // Blocking, fetching with the loader. REQUIRES: set_loader() was called.
+  Answer<V> get(const K& key, const CallPolicy& policy) {
+    auto load = loading(key);
+    return get(key, load, policy);
+  }
+
+  // Blocking, with a borrowed fetcher: () or (const FetchContext<V>&) -> V or Fetched<V>.
+  // Returns the answer or throws the fetch's exception (or a std::system_error of Errc:
+  // wait_timeout, too_many_waiters, circuit_open).
   template <class F>
   Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy) {
     const TimePoint now = clock_.now();
     Lookup<V> found = cache_.lookup(key, now);
     if (auto answer = from_cache(found)) {
-      if (found.freshness != Freshness::kFresh && now >= found.refresh_after &&
-          flight_.start(key, refresh_job(key, fetcher, policy, found),
-                        [this](auto job) { worker_.post(std::move(job)); })) {
-        refreshes_.add();
+      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
+        refresh(key, fetcher, policy, found);
       }
       return *std::move(answer);
     }
@@ -186,10 +215,8 @@ class Coordinator {
       if (loaded && loaded->value) {
         Loaded& l = *loaded->value;
         if (auto answer = from_tier(l)) {
-          if (answer->source == Source::kStale && !loaded->coalesced &&
-              flight_.start(key, refresh_job(key, fetcher, policy, l.as_lookup()),
-                            [this](auto job) { worker_.post(std::move(job)); })) {
-            refreshes_.add();
+          if (answer->source == Source::kStale && !loaded->coalesced) {
+            refresh(key, fetcher, policy, l.as_lookup());
           }
           return *std::move(answer);
         }
@@ -607,10 +634,33 @@ class Coordinator {
                run.background};
   }
 
-  // A retry has been decided: whether it runs here (true) or the run stops to be handed off.
-  bool on_retry(const Run& run, const FlightHandle& flight) {
+  // A retry has been decided: whether it runs here (true) or the run stops to be handed off
+  // (only where the rest can run without the caller's fetcher: a coroutine's own copy, or the
+  // loader).
+  bool on_retry(const Run& run, const FlightHandle& flight, bool can_go_on_elsewhere) {
     retries_.add();
-    return !may_hand_off(run, flight);
+    return !(can_go_on_elsewhere && may_hand_off(run, flight));
+  }
+
+  // A fetcher that loads key with the loader; it owns what it needs.
+  auto loading(const K& key) {
+    return [this, key](const Ctx& ctx) { return loader_(key, ctx); };
+  }
+
+  // A blocking caller's refresh of a value due for one: on the worker with the loader or, with
+  // none, by this caller before it returns (its fetcher may not outlive the call).
+  template <class F>
+  void refresh(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found) {
+    bool started = false;
+    if (loader_) {
+      auto load = loading(key);
+      started = flight_.start(key, refresh_job(key, load, policy, found),
+                              [this](auto job) { worker_.post(std::move(job)); });
+    } else {
+      started =
+          flight_.start(key, refresh_job(key, fetcher, policy, found), [](auto job) { job(); });
+    }
+    if (started) refreshes_.add();
   }
 
   // Whether the waiters should have the stale-if-error value now rather than after the retries:
@@ -677,8 +727,9 @@ class Coordinator {
     };
     std::optional<Fetched<V>> fetched;
     try {
-      fetched.emplace(run.call.run(
-          attempt, [&](const std::exception_ptr&, TimePoint) { return on_retry(run, flight); }));
+      fetched.emplace(run.call.run(attempt, [&](const std::exception_ptr&, TimePoint) {
+        return on_retry(run, flight, static_cast<bool>(loader_));
+      }));
     } catch (...) {
       if (!run.call.paused()) {
         give_up(run, std::current_exception());
@@ -686,9 +737,10 @@ class Coordinator {
       }
       hand_off(run, flight);
       auto rest = std::make_shared<Run>(std::move(run));
-      worker_.post([this, rest, fetcher]() mutable {
+      worker_.post([this, rest]() mutable {
+        auto load = loading(rest->key);
         try {
-          attempts(*rest, fetcher, {});
+          attempts(*rest, load, {});
         } catch (...) {  // given up: give_up() has remembered it
         }
         rest.reset();  // ends the flight, after the cache has the outcome
@@ -713,7 +765,7 @@ class Coordinator {
       co_return normalize(std::move(value));
     };
     auto retry_here = [this, &run, &flight](const std::exception_ptr&, TimePoint) {
-      return on_retry(run, flight);
+      return on_retry(run, flight, true);
     };
     std::optional<Fetched<V>> fetched;
     std::exception_ptr error;
@@ -781,6 +833,7 @@ class Coordinator {
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
   Fills fills_;
+  std::function<Fetched<V>(const K&, const Ctx&)> loader_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;

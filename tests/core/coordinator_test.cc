@@ -246,10 +246,11 @@ TEST(Coordinator, StaleServedAtOnceWithExactlyOneRefreshForFiftyCallers) {
     gate.wait();
     return std::string("new");
   };
+  coord.set_loader(
+      [&](const std::string&, const FetchContext<std::string>& ctx) { return refresh(ctx); });
   std::vector<std::future<Answer<std::string>>> answers;
   for (int i = 0; i < 50; ++i) {
-    answers.push_back(
-        std::async(std::launch::async, [&] { return coord.get("k", refresh, policy); }));
+    answers.push_back(std::async(std::launch::async, [&] { return coord.get("k", policy); }));
   }
   // Every caller is answered while the refresh is still held at the gate.
   for (auto& a : answers) {
@@ -302,10 +303,10 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
     retry_succeeds.wait();
     return "new";
   };
+  coord.set_loader([&](const std::string&) { return fetch(); });
   std::vector<std::future<Answer<std::string>>> answers;
   for (int i = 0; i < 5; ++i) {
-    answers.push_back(
-        std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); }));
+    answers.push_back(std::async(std::launch::async, [&] { return coord.get("k", policy); }));
   }
   ASSERT_TRUE(eventually([&] { return coord.stats().flight.total_requests == 5; }));
   first_fails.open();
@@ -316,7 +317,7 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
   EXPECT_TRUE(answered) << "the waiters waited for the retry";
   EXPECT_TRUE(eventually([&] { return calls.load() == 2; }));  // the retry, held in the background
   // A caller that comes while the retry is pending gets the stale value too, and no new fetch.
-  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); });
+  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", policy); });
   EXPECT_TRUE(eventually([&] { return meanwhile.wait_for(0s) == std::future_status::ready; }));
   EXPECT_EQ(calls.load(), 2);
   retry_succeeds.open();
@@ -334,6 +335,56 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
   EXPECT_EQ(next.value, "new");
   EXPECT_EQ(next.source, Source::kHit);
   EXPECT_EQ(calls.load(), 2);
+}
+
+// A blocking caller's fetcher is borrowed: it may capture the caller's locals by reference, and
+// never runs after get() returns. A refresh due without a loader is made by the caller; with
+// one, in the background by the loader.
+TEST(Coordinator, ABlockingCallersFetcherNeverRunsAfterTheCallReturns) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 60s}};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(11s);
+  {
+    auto calls = std::make_unique<int>(0);  // freed when the caller's scope ends
+    auto fetch = [&calls] {
+      ++*calls;
+      return std::string("new");
+    };
+    const Answer<std::string> answer = coord.get("k", fetch, policy);
+    EXPECT_EQ(answer.source, Source::kStale);
+    EXPECT_EQ(*calls, 1);  // refreshed before get() returned
+  }
+  EXPECT_EQ(coord.flights().in_flight(), 0u);
+  EXPECT_EQ(coord
+                .get(
+                    "k", [] { return std::string("unused"); }, policy)
+                .value,
+            "new");
+
+  Gate loader_gate;
+  std::atomic<int> loads{0};
+  coord.set_loader([&](const std::string& key) {
+    loads++;
+    loader_gate.wait();
+    return key + " loaded";
+  });
+  clock.advance(11s);
+  {
+    auto calls = std::make_unique<int>(0);
+    auto fetch = [&calls] {
+      ++*calls;
+      return std::string("borrowed");
+    };
+    const Answer<std::string> answer = coord.get("k", fetch, policy);
+    EXPECT_EQ(answer.source, Source::kStale);
+    EXPECT_EQ(*calls, 0);  // the refresh is the loader's
+  }
+  loader_gate.open();
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 0; }));
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_EQ(coord.get("k", policy).value, "k loaded");
 }
 
 TEST(Coordinator, FailedRefreshIsRetriedWithBackoffOnALaterStaleHit) {
