@@ -195,54 +195,7 @@ class Coordinator {
   // Returns the answer or throws the fetch's exception (or a std::system_error of Errc:
   // wait_timeout, too_many_waiters, circuit_open).
   template <class F>
-  Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy) {
-    const TimePoint now = clock_.now();
-    Lookup<V> found = cache_.lookup(key, now);
-    if (auto answer = from_cache(found)) {
-      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
-        refresh(key, fetcher, policy, found);
-      }
-      return *std::move(answer);
-    }
-    std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty() && !found.value) {
-      std::optional<FlightResult<std::optional<Loaded>>> loaded;
-      try {
-        loaded = tier_flight_.join(
-            key, [&] { return load_tiers(key); }, policy.flight);
-      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
-      }
-      if (loaded && loaded->value) {
-        Loaded& l = *loaded->value;
-        if (auto answer = from_tier(l)) {
-          if (answer->source == Source::kStale && !loaded->coalesced) {
-            refresh(key, fetcher, policy, l.as_lookup());
-          }
-          return *std::move(answer);
-        }
-        found = l.as_lookup();
-        found_in = tiers_[l.tier]->name();
-      } else if (auto answer = fresh_after_read(key, found)) {
-        return *std::move(answer);
-      }
-    }
-    std::exception_ptr error = negative_hit(key, now);
-    if (!error) {
-      try {
-        std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
-        auto fetch = [&](const FlightHandle& flight) {
-          if ((filled = filled_meanwhile(key))) return filled->value;
-          return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
-        };
-        auto r = flight_.join(key, fetch, policy.flight);
-        if (filled && !r.coalesced) return *std::move(filled);
-        return settled(std::move(r));
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    return fallback(std::move(found), found_in, error);
-  }
+  Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy);
 
   // A fresh answer from memory, without a coroutine or a fetcher: the fast path for hits.
   // nullopt, counting nothing, when memory has no fresh value; get() or async_get() then
@@ -255,71 +208,7 @@ class Coordinator {
 
   // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
   template <class F>
-  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy) {
-    const TimePoint now = clock_.now();
-    Lookup<V> found = cache_.lookup(key, now);
-    if (auto answer = from_cache(found)) {
-      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
-        auto job = refresh_job_async(key, fetcher, policy, found);
-        auto executor = co_await asio::this_coro::executor;
-        if (flight_.async_start(key, std::move(job), executor)) {
-          refreshes_.add();
-        }
-      }
-      co_return *std::move(answer);
-    }
-    std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty() && !found.value) {
-      std::optional<FlightResult<std::optional<Loaded>>> loaded;
-      auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
-        return load_tiers_async(key);
-      };
-      try {
-        auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
-        FlightResult<std::optional<Loaded>> read = co_await std::move(joining);
-        loaded.emplace(std::move(read));
-      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
-      }
-      if (loaded && loaded->value) {
-        Loaded& l = *loaded->value;
-        if (auto answer = from_tier(l)) {
-          if (answer->source == Source::kStale && !loaded->coalesced) {
-            auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
-            auto executor = co_await asio::this_coro::executor;
-            if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
-          }
-          co_return *std::move(answer);
-        }
-        found = l.as_lookup();
-        found_in = tiers_[l.tier]->name();
-      } else if (auto answer = fresh_after_read(key, found)) {
-        co_return *std::move(answer);
-      }
-    }
-    std::exception_ptr error = negative_hit(key, now);
-    if (!error) {
-      // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
-      // expressions.
-      // Shared: the fetch may outlive this caller (max_wait), and only this caller's runs.
-      auto filled = std::make_shared<std::optional<Answer<V>>>();
-      auto fetch = [this, key, fetcher, policy, found,
-                    filled](FlightHandle flight) -> asio::awaitable<V> {
-        if ((*filled = filled_meanwhile(key))) co_return (*filled)->value;
-        auto fetching =
-            fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
-        co_return co_await std::move(fetching);
-      };
-      try {
-        auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
-        FlightResult<V> r = co_await std::move(joining);
-        if (*filled && !r.coalesced) co_return std::move(**filled);
-        co_return settled(std::move(r));
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    co_return fallback(std::move(found), found_in, error);
-  }
+  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy);
 
   // Installs lower tiers, looked up in this order after memory, and how values are stored in
   // them. Call before the first get. Needs keys that convert to std::string_view.
@@ -431,24 +320,7 @@ class Coordinator {
   using Flights = SingleFlight<K, V, Hash, KeyEq>;
   using FlightHandle = typename Flights::Handle;
 
-  std::optional<Answer<V>> from_cache(Lookup<V>& found) {
-    if (found.freshness == Freshness::kFresh) {
-      hits_.add();
-      return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at, kMemoryTier};
-    }
-    if (found.freshness == Freshness::kStale) {
-      stale_.add();
-      return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
-    }
-    if (found.value && found.refresh_failures > 0) {
-      // Only good for errors, and the key's last call sequence failed: rather than wait for
-      // another that would likely fail too, callers get the value at once and, as for a stale
-      // hit, one background refresh runs once the backoff since the failure has passed.
-      stale_if_error_.add();
-      return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
-    }
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> from_cache(Lookup<V>& found);
 
   // Run by the caller that starts a new flight, before it fetches: a fetch of the same key may
   // have stored its value and settled between this caller's cache lookup and its joining (a
@@ -462,12 +334,7 @@ class Coordinator {
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
   // memory meanwhile, and joining the flight now would start a second one.
-  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found) {
-    Lookup<V> again = cache_.lookup(key, clock_.now());
-    if (again.freshness == Freshness::kFresh) return from_cache(again);
-    if (again.value) found = std::move(again);
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found);
 
   // A value read from a lower tier, in this process's clock.
   struct Loaded {
@@ -487,91 +354,19 @@ class Coordinator {
   };
 
   // A lower tier's Fresh or Stale value as an answer; nullopt if it is only good for errors.
-  std::optional<Answer<V>> from_tier(const Loaded& l) {
-    const TimePoint now = clock_.now();
-    if (now < l.deadlines.fresh_until) {
-      hits_.add();
-      return Answer<V>{l.value, Source::kHit, l.stored_at, tiers_[l.tier]->name()};
-    }
-    if (now < l.deadlines.stale_until) {
-      stale_.add();
-      return Answer<V>{l.value, Source::kStale, l.stored_at, tiers_[l.tier]->name()};
-    }
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> from_tier(const Loaded& l);
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
-  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill) {
-    if constexpr (kStringKeys) {
-      std::optional<V> value = codec_.decode(record.value);
-      if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
-        tiers_[i]->insert(key, TierRecord{});
-        return std::nullopt;
-      }
-      const TimePoint now = clock_.now();
-      const WallTime wall = clock_.wall_now();
-      auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
-      Loaded l{std::move(*value),
-               Deadlines{local(record.fresh_until), local(record.stale_until),
-                         local(record.stale_if_error_until)},
-               std::min(now, local(record.stored_at)), i};
-      if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
-      for (std::size_t j = 0; j < i; ++j)
-        tiers_[j]->insert(key, record);
-      cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
-      return l;
-    } else {
-      return std::nullopt;
-    }
-  }
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill);
 
-  std::optional<Loaded> load_tiers(const K& key) {
-    const Fill fill = fills_.enter(key);
-    for (std::size_t i = 0; i < tiers_.size(); ++i) {
-      auto record = tiers_[i]->lookup(key, clock_.wall_now());
-      if (record) {
-        if (auto l = promote(key, *record, i, fill)) return l;
-      }
-    }
-    return std::nullopt;
-  }
+  std::optional<Loaded> load_tiers(const K& key);
 
-  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
-    const Fill fill = fills_.enter(key);
-    for (std::size_t i = 0; i < tiers_.size(); ++i) {
-      auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
-      std::optional<TierRecord> record = co_await std::move(reading);
-      if (record) {
-        if (auto l = promote(key, *record, i, fill)) co_return l;
-      }
-    }
-    co_return std::nullopt;
-  }
+  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
 
   // Hands a value to every lower tier, its deadlines as wall-clock times.
-  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now) {
-    if constexpr (kStringKeys) {
-      if (tiers_.empty()) return;
-      const WallTime wall = clock_.wall_now();
-      auto at = [&](TimePoint t) {
-        return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
-      };
-      // A dead record is a removal: no need to encode the value.
-      TierRecord record{d.stale_if_error_until > now ? codec_.encode(value) : std::string(), wall,
-                        at(d.fresh_until), at(d.stale_until), at(d.stale_if_error_until)};
-      for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
-        tiers_[i]->insert(key, record);
-      tiers_.back()->insert(key, std::move(record));
-    }
-  }
+  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now);
 
-  std::exception_ptr negative_hit(const K& key, TimePoint now) {
-    if (!negative_used_.load(std::memory_order_relaxed)) return nullptr;
-    Lookup<std::exception_ptr> n = negative_.lookup(key, now);
-    if (n.freshness != Freshness::kFresh) return nullptr;
-    negative_hits_.add();
-    return *n.value;
-  }
+  std::exception_ptr negative_hit(const K& key, TimePoint now);
 
   Answer<V> settled(FlightResult<V> r) {
     return Answer<V>{std::move(r.value), r.coalesced ? Source::kCoalesced : Source::kFetched,
@@ -579,14 +374,7 @@ class Coordinator {
   }
 
   // A fetch failed for this caller: the stale-if-error value if the key has one, else rethrow.
-  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error) {
-    if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
-      stale_if_error_.add();
-      return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, tier};
-    }
-    errors_.add();
-    std::rethrow_exception(error);
-  }
+  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error);
 
   template <class F>
   static auto invoke(F& fetcher, const Ctx& ctx) {
@@ -614,20 +402,7 @@ class Coordinator {
     typename Flights::Continuation hold;  // keeps the key in flight once handed off
   };
 
-  Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background) {
-    // No retry that no waiter could still wait for.
-    ResilienceOptions resilience{policy.retry, policy.breaker, true,
-                                 [this, key] { return flight_.waiters_deadline(key); }};
-    return Run{key,
-               policy,
-               found.value,
-               found.deadlines,
-               found.refresh_failures,
-               background,
-               fills_.enter(key),
-               ResilientCall(clock_, std::move(resilience)),
-               {}};
-  }
+  Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background);
 
   Ctx context(const Run& run, const AttemptInfo& attempt) const {
     return Ctx{run.previous ? &*run.previous : nullptr, attempt.number, attempt.deadline,
@@ -650,18 +425,7 @@ class Coordinator {
   // A blocking caller's refresh of a value due for one: on the worker with the loader or, with
   // none, by this caller before it returns (its fetcher may not outlive the call).
   template <class F>
-  void refresh(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found) {
-    bool started = false;
-    if (loader_) {
-      auto load = loading(key);
-      started = flight_.start(key, refresh_job(key, load, policy, found),
-                              [this](auto job) { worker_.post(std::move(job)); });
-    } else {
-      started =
-          flight_.start(key, refresh_job(key, fetcher, policy, found), [](auto job) { job(); });
-    }
-    if (started) refreshes_.add();
-  }
+  void refresh(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found);
 
   // Whether the waiters should have the stale-if-error value now rather than after the retries:
   // the run has one to fall back on, and a flight to answer early.
@@ -681,132 +445,29 @@ class Coordinator {
   // The run failed for good. A key with a value to fall back on remembers it in its entry: the
   // next refresh waits a growing, jittered pause, and the value answers at once (see
   // from_cache) until a refresh succeeds.
-  void give_up(const Run& run, const std::exception_ptr& error) {
-    remember_error(run.key, run.policy, error);
-    if (run.background) refresh_failures_.add();
-    if (!run.previous) return;
-    static const RetryPolicy kDefault{};
-    const RetryPolicy& backoff = run.policy.retry ? *run.policy.retry : kDefault;
-    const int n = static_cast<int>(std::min<std::uint32_t>(run.failures + 1, 30));
-    const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
-    cache_.defer_refresh(run.key, clock_.now() + pause, run.failures + 1);
-  }
+  void give_up(const Run& run, const std::exception_ptr& error);
 
-  V store(Run& run, Fetched<V> fetched) {
-    if (run.fill.spoiled()) return std::move(fetched.value);  // a purge of the key ran meanwhile
-    const K& key = run.key;
-    const TimePoint now = clock_.now();
-    if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
-    const Ttl ttl = fetched.ttl.value_or(run.policy.ttl);
-    if (fetched.store) {
-      const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
-      const Deadlines deadlines = Deadlines::from(now, ttl);
-      cache_.insert(key, fetched.value, charge, deadlines, now);
-      // A value dead on arrival removes the old one from every tier, as from memory.
-      write_tiers(key, fetched.value, deadlines, now);
-    } else if (run.background) {
-      // The refresh's answer may not be stored, so the stale entry stays: without this, every
-      // stale hit would start another refresh at once.
-      cache_.defer_refresh(key, now + std::max<Duration>(ttl.fresh, std::chrono::seconds(1)), 0);
-    }
-    return std::move(fetched.value);
-  }
+  V store(Run& run, Fetched<V> fetched);
 
   // The fetch a flight runs: the run's attempts, then the cache. Errors propagate; a run
   // handed off goes on on the worker thread.
   template <class F>
-  V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {}) {
-    return attempts(run, fetcher, flight);
-  }
+  V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {});
 
   template <class F>
-  V attempts(Run& run, F& fetcher, const FlightHandle& flight) {
-    auto attempt = [&](const AttemptInfo& a) {
-      const Ctx ctx = context(run, a);
-      return normalize(invoke(fetcher, ctx));
-    };
-    std::optional<Fetched<V>> fetched;
-    try {
-      fetched.emplace(run.call.run(attempt, [&](const std::exception_ptr&, TimePoint) {
-        return on_retry(run, flight, static_cast<bool>(loader_));
-      }));
-    } catch (...) {
-      if (!run.call.paused()) {
-        give_up(run, std::current_exception());
-        throw;
-      }
-      hand_off(run, flight);
-      auto rest = std::make_shared<Run>(std::move(run));
-      worker_.post([this, rest]() mutable {
-        auto load = loading(rest->key);
-        try {
-          attempts(*rest, load, {});
-        } catch (...) {  // given up: give_up() has remembered it
-        }
-        rest.reset();  // ends the flight, after the cache has the outcome
-      });
-      throw;
-    }
-    return store(run, std::move(*fetched));
-  }
+  V attempts(Run& run, F& fetcher, const FlightHandle& flight);
 
   template <class F>
-  asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {}) {
-    auto attempting = attempts_async(std::move(run), std::move(fetcher), std::move(flight));
-    co_return co_await std::move(attempting);
-  }
+  asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {});
 
   template <class F>
-  asio::awaitable<V> attempts_async(Run run, F fetcher, FlightHandle flight) {
-    auto attempt = [this, &run, &fetcher](AttemptInfo a) -> asio::awaitable<Fetched<V>> {
-      const Ctx ctx = context(run, a);
-      auto call = invoke(fetcher, ctx);
-      auto value = co_await std::move(call);
-      co_return normalize(std::move(value));
-    };
-    auto retry_here = [this, &run, &flight](const std::exception_ptr&, TimePoint) {
-      return on_retry(run, flight, true);
-    };
-    std::optional<Fetched<V>> fetched;
-    std::exception_ptr error;
-    try {
-      auto calling = run.call.async_run(attempt, retry_here);
-      fetched.emplace(co_await std::move(calling));
-    } catch (...) {
-      error = std::current_exception();
-    }
-    if (fetched) co_return store(run, std::move(*fetched));
-    if (!run.call.paused()) {
-      give_up(run, error);
-      std::rethrow_exception(error);
-    }
-    hand_off(run, flight);
-    auto executor = co_await asio::this_coro::executor;
-    auto rest = resume_async(std::move(run), std::move(fetcher));
-    asio::co_spawn(executor, std::move(rest), asio::detached);
-    std::rethrow_exception(error);
-  }
+  asio::awaitable<V> attempts_async(Run run, F fetcher, FlightHandle flight);
 
   // A handed-off run's remaining attempts; the flight ends when it does.
   template <class F>
-  asio::awaitable<void> resume_async(Run run, F fetcher) {
-    try {
-      auto attempting = attempts_async(std::move(run), std::move(fetcher), {});
-      co_await std::move(attempting);
-    } catch (...) {  // given up: give_up() has remembered it
-    }
-  }
+  asio::awaitable<void> resume_async(Run run, F fetcher);
 
-  void remember_error(const K& key, const CallPolicy& policy, const std::exception_ptr& error) {
-    if (policy.negative_ttl <= Duration::zero() || holds_error(error, Errc::circuit_open)) return;
-    thread_local std::minstd_rand rng{std::random_device{}()};
-    const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
-    const auto ttl = std::chrono::duration_cast<Duration>(policy.negative_ttl * jitter);
-    const TimePoint now = clock_.now();
-    negative_used_.store(true, std::memory_order_relaxed);
-    negative_.insert(key, error, 64 + detail::default_charge(key), Deadlines::from(now, Ttl{ttl}),
-                     now);
-  }
+  void remember_error(const K& key, const CallPolicy& policy, const std::exception_ptr& error);
 
   // A background refresh of a stale value (its failure is remembered by give_up()).
   template <class F>
@@ -841,3 +502,6 @@ class Coordinator {
 };
 
 }  // namespace unherd
+
+#include "unherd/detail/coordinator_answer.h"
+#include "unherd/detail/coordinator_run.h"
