@@ -376,149 +376,26 @@ class SingleFlight {
   // Decides, atomically with respect to settle(), whether the caller leads a new flight, joins
   // the one in flight, bypasses it or is refused; links the waiter and arms its max_wait timer.
   Enrolment enrol(const K& key, const std::shared_ptr<Waiter>& waiter, const FlightOptions& options,
-                  bool leader_waits) {
-    total_.add();
-    const bool waits = options.max_wait > Duration::zero();
-    Shard& shard = shard_for(key);
-    Enrolment e;
-    std::lock_guard lock(shard.mu);
-    auto [it, created] = shard.flights.try_emplace(key);
-    if (created) {
-      it->second = std::make_shared<Flight>(key);
-      fetches_.add();
-      e.role = Role::kLeader;
-      e.leads = true;
-    } else if (it->second->early) {
-      coalesced_.add();
-      e.role = waiter->role = Role::kJoined;
-      e.flight = it->second;
-      e.early = it->second->early;
-      return e;
-    } else if (it->second->waiters.size() >= options.max_waiters) {
-      overflows_.add();
-      if (options.overflow == Overflow::kBypass) {
-        fetches_.add();
-        e.role = Role::kBypass;
-      } else {
-        e.refusal =
-            std::make_exception_ptr(std::system_error(make_error_code(Errc::too_many_waiters)));
-      }
-      return e;
-    } else {
-      coalesced_.add();
-      e.role = Role::kJoined;
-    }
-    e.flight = it->second;
-    waiter->role = e.role;
-    waiter->flight = e.flight;
-    e.flight->has_waiters = true;
-    if (e.role == Role::kLeader && !leader_waits) {
-      e.flight->unbounded = true;  // a blocking leader waits for its own fetch
-      return e;
-    }
-    if (!waits) {
-      timeouts_.add();
-      e.role = Role::kRefused;
-      e.refusal = timeout_error();
-      return e;
-    }
-    waiter->linked = true;
-    waiter->position = e.flight->waiters.insert(e.flight->waiters.end(), waiter);
-    if (options.max_wait >= std::chrono::hours(24 * 365)) {
-      e.flight->unbounded = true;
-    } else {
-      const TimePoint deadline = clock_.now() + options.max_wait;
-      e.flight->latest_deadline = std::max(e.flight->latest_deadline, deadline);
-      waiter->timer = clock_.schedule(deadline, [this, w = std::weak_ptr<Waiter>(waiter)] {
-        give_up(w, timeout_error(), timeouts_);
-      });
-    }
-    return e;
-  }
+                  bool leader_waits);
 
-  std::shared_ptr<Flight> begin_if_idle(const K& key) {
-    Shard& shard = shard_for(key);
-    std::lock_guard lock(shard.mu);
-    auto [it, created] = shard.flights.try_emplace(key);
-    if (!created) return nullptr;
-    it->second = std::make_shared<Flight>(key);
-    fetches_.add();
-    return it->second;
-  }
+  std::shared_ptr<Flight> begin_if_idle(const K& key);
 
   // A waiter leaves its flight early (max_wait or cancellation); the flight goes on.
   void give_up(const std::weak_ptr<Waiter>& weak_waiter, std::exception_ptr why,
-               detail::StripedCounter& counter) {
-    auto waiter = weak_waiter.lock();
-    if (!waiter) return;
-    TimerId timer = 0;
-    {
-      std::lock_guard lock(waiter->shard->mu);
-      if (waiter->linked) {
-        if (auto flight = waiter->flight.lock()) flight->waiters.erase(waiter->position);
-        waiter->linked = false;
-      }
-      timer = std::exchange(waiter->timer, 0);
-    }
-    if (timer != 0) clock_.cancel(timer);
-    if (!waiter->claim()) return;
-    counter.add();
-    auto outcome = std::make_shared<Outcome>();
-    outcome->error = std::move(why);
-    waiter->deliver(std::move(outcome));
-  }
+               detail::StripedCounter& counter);
 
   // Arms the waiter's asio cancellation slot. Called before the waiter is enrolled: the slot is
   // the caller's, and may not be touched once the waiter can complete on another thread.
   template <class Handler>
-  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter) {
-    auto slot = waiter->pending->cancellation_slot();
-    if (!slot.is_connected()) return;
-    slot.assign([this, w = std::weak_ptr<Waiter>(waiter)](asio::cancellation_type) {
-      give_up(w, std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled))),
-              cancelled_);
-    });
-  }
+  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter);
 
   // Removes the flight (or, if it is detached, makes the outcome its early answer and leaves it
   // in flight), then wakes every waiter still linked to it.
-  void settle(const std::shared_ptr<Flight>& flight, const OutcomePtr& outcome) {
-    std::list<std::shared_ptr<Waiter>> waiters;
-    std::vector<TimerId> timers;
-    {
-      Shard& shard = shard_for(flight->key);
-      std::lock_guard lock(shard.mu);
-      timers.reserve(flight->waiters.size());  // before anything changes: it may throw
-      if (flight->held) {
-        flight->early = outcome;
-        flight->has_waiters = false;  // nobody waits for the rest: no deadline bounds it
-        flight->unbounded = false;
-      } else {
-        shard.flights.erase(flight->key);
-      }
-      waiters.swap(flight->waiters);
-      for (auto& w : waiters) {
-        w->linked = false;
-        timers.push_back(std::exchange(w->timer, 0));
-      }
-    }
-    auto timer = timers.begin();
-    for (auto& w : waiters) {
-      if (const TimerId id = *timer++; id != 0) clock_.cancel(id);
-      if (w->claim()) w->deliver(outcome);
-    }
-  }
+  void settle(const std::shared_ptr<Flight>& flight, const OutcomePtr& outcome);
 
   // A Continuation has ended: the flight ends too, unless its fetcher has not returned yet (its
   // settle() then ends it).
-  void release_hold(const std::shared_ptr<Flight>& flight) {
-    Shard& shard = shard_for(flight->key);
-    std::lock_guard lock(shard.mu);
-    flight->held = false;
-    if (!flight->early) return;
-    auto it = shard.flights.find(flight->key);
-    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
-  }
+  void release_hold(const std::shared_ptr<Flight>& flight);
 
   // Calls the fetcher, with a Handle on the flight if it takes one (an empty one if it has none).
   template <class F>
@@ -599,3 +476,5 @@ class SingleFlight {
 };
 
 }  // namespace unherd
+
+#include "unherd/detail/flight_table.h"
