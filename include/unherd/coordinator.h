@@ -5,9 +5,10 @@
 //                    any other fetch of the key; after a failed refresh the next one waits a
 //                    growing, jittered backoff, so refreshing never stops but never hammers)
 //         --Miss---> single-flight: the first caller fetches, concurrent callers join it
-//                      -> circuit breaker (refuses at once while open)
-//                      -> retry policy (backoff, deadline, budget)
-//                      -> the fetcher
+//                      -> one ResilientCall (resilient_call.h):
+//                           circuit breaker (refuses at once while open)
+//                           -> retry policy (backoff, deadline, budget)
+//                           -> the fetcher
 //                    the value fills the cache before any waiter wakes.
 //   A fetch that fails (or a waiter that gives up) while the key has a value inside its
 //   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
@@ -51,7 +52,6 @@
 // destroying these.
 #pragma once
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <random>
 #include <string_view>
 #include <type_traits>
@@ -148,10 +148,6 @@ std::size_t default_charge(const T& t) {
     return sizeof(T);
   }
 }
-template <class T>
-struct is_awaitable : std::false_type {};
-template <class T, class E>
-struct is_awaitable<asio::awaitable<T, E>> : std::true_type {};
 }  // namespace detail
 
 template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
