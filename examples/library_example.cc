@@ -32,6 +32,6 @@ int main() {
   std::printf("  coalesced requests: %llu\n", (unsigned long long)s.flight.coalesced_requests);
   std::printf("  cache hits:         %llu\n", (unsigned long long)s.hits);
   std::printf("  last answer:        %s (%s)\n", again.value.c_str(),
-              std::string(unherd::to_string(again.source)).c_str());
+              again.source == unherd::Source::kHit ? "a cache hit" : "not a cache hit");
   return 0;
 }

@@ -5,9 +5,10 @@
 //                    any other fetch of the key; after a failed refresh the next one waits a
 //                    growing, jittered backoff, so refreshing never stops but never hammers)
 //         --Miss---> single-flight: the first caller fetches, concurrent callers join it
-//                      -> circuit breaker (refuses at once while open)
-//                      -> retry policy (backoff, deadline, budget)
-//                      -> the fetcher
+//                      -> one ResilientCall (resilient_call.h):
+//                           circuit breaker (refuses at once while open)
+//                           -> retry policy (backoff, deadline, budget)
+//                           -> the fetcher
 //                    the value fills the cache before any waiter wakes.
 //   A fetch that fails (or a waiter that gives up) while the key has a value inside its
 //   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
@@ -32,6 +33,16 @@
 // TTL rules: negative durations count as zero; a value whose Ttl is all zero is handed to every
 // waiter but not stored. Answer::source says why the caller got what it got.
 //
+// Who owns the fetcher:
+//   - get() borrows it: the fetcher runs only on the calling thread, before get() returns, so it
+//     may capture the caller's locals by reference. Work that outlives the call (a stale value's
+//     background refresh, retries gone to the background) runs the Coordinator's own loader
+//     (set_loader(), as Caffeine's LoadingCache). With no loader, the caller that finds a value
+//     due for refresh refreshes it before it returns (other callers meanwhile get the stale
+//     value at once), and retries stay with the caller.
+//   - async_get() copies the fetcher into the coroutines it starts, which may outlive the call:
+//     the fetcher must own what it captures (by value, or shared_ptr).
+//
 // Thread safety: all members may be called concurrently. Blocking callers' background
 // refreshes (and retries gone to the background) run on one worker thread the Coordinator owns;
 // coroutine callers' fetches and refreshes run detached on the caller's executor and may outlive
@@ -41,7 +52,6 @@
 // destroying these.
 #pragma once
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <random>
 #include <string_view>
 #include <type_traits>
@@ -51,6 +61,7 @@
 #include "unherd/circuit_breaker.h"
 #include "unherd/detail/background_worker.h"
 #include "unherd/detail/fill_registry.h"
+#include "unherd/resilient_call.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
 #include "unherd/tier.h"
@@ -64,8 +75,6 @@ enum class Source {
   kFetched,       // this caller's fetch
   kCoalesced,     // another caller's fetch, joined while in flight
 };
-
-std::string_view to_string(Source s) noexcept;  // "HIT", "STALE", "STALE", "MISS", "COALESCED"
 
 template <class V>
 struct FetchContext {
@@ -139,10 +148,6 @@ std::size_t default_charge(const T& t) {
     return sizeof(T);
   }
 }
-template <class T>
-struct is_awaitable : std::false_type {};
-template <class T, class E>
-struct is_awaitable<asio::awaitable<T, E>> : std::true_type {};
 }  // namespace detail
 
 template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
@@ -162,61 +167,31 @@ class Coordinator {
         fills_(options.flight_shards),
         tier_flight_(clock, options.flight_shards) {}
 
-  // Blocking. Returns the answer or throws the fetch's exception (or a std::system_error of
-  // Errc: wait_timeout, too_many_waiters, circuit_open).
-  template <class F>
-  Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy) {
-    const TimePoint now = clock_.now();
-    Lookup<V> found = cache_.lookup(key, now);
-    if (auto answer = from_cache(found)) {
-      if (found.freshness != Freshness::kFresh && now >= found.refresh_after &&
-          flight_.start(key, refresh_job(key, fetcher, policy, found),
-                        [this](auto job) { worker_.post(std::move(job)); })) {
-        refreshes_.add();
+  // The fetcher the Coordinator owns, for work no blocking caller waits for (see the top of
+  // the file). loader: (const K&, const FetchContext<V>&) or (const K&), returning V or
+  // Fetched<V>. REQUIRES: called before the first get.
+  template <class L>
+  void set_loader(L loader) {
+    loader_ = [loader = std::move(loader)](const K& key, const Ctx& ctx) mutable -> Fetched<V> {
+      if constexpr (std::is_invocable_v<L&, const K&, const Ctx&>) {
+        return normalize(loader(key, ctx));
+      } else {
+        return normalize(loader(key));
       }
-      return *std::move(answer);
-    }
-    std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty() && !found.value) {
-      std::optional<FlightResult<std::optional<Loaded>>> loaded;
-      try {
-        loaded = tier_flight_.join(
-            key, [&] { return load_tiers(key); }, policy.flight);
-      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
-      }
-      if (loaded && loaded->value) {
-        Loaded& l = *loaded->value;
-        if (auto answer = from_tier(l)) {
-          if (answer->source == Source::kStale && !loaded->coalesced &&
-              flight_.start(key, refresh_job(key, fetcher, policy, l.as_lookup()),
-                            [this](auto job) { worker_.post(std::move(job)); })) {
-            refreshes_.add();
-          }
-          return *std::move(answer);
-        }
-        found = l.as_lookup();
-        found_in = tiers_[l.tier]->name();
-      } else if (auto answer = fresh_after_read(key, found)) {
-        return *std::move(answer);
-      }
-    }
-    std::exception_ptr error = negative_hit(key, now);
-    if (!error) {
-      try {
-        std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
-        auto fetch = [&](const FlightHandle& flight) {
-          if ((filled = filled_meanwhile(key))) return filled->value;
-          return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
-        };
-        auto r = flight_.join(key, fetch, policy.flight);
-        if (filled && !r.coalesced) return *std::move(filled);
-        return settled(std::move(r));
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    return fallback(std::move(found), found_in, error);
+    };
   }
+
+  // Blocking, fetching with the loader. REQUIRES: set_loader() was called.
+  Answer<V> get(const K& key, const CallPolicy& policy) {
+    auto load = loading(key);
+    return get(key, load, policy);
+  }
+
+  // Blocking, with a borrowed fetcher: () or (const FetchContext<V>&) -> V or Fetched<V>.
+  // Returns the answer or throws the fetch's exception (or a std::system_error of Errc:
+  // wait_timeout, too_many_waiters, circuit_open).
+  template <class F>
+  Answer<V> get(const K& key, F&& fetcher, const CallPolicy& policy);
 
   // A fresh answer from memory, without a coroutine or a fetcher: the fast path for hits.
   // nullopt, counting nothing, when memory has no fresh value; get() or async_get() then
@@ -229,71 +204,7 @@ class Coordinator {
 
   // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
   template <class F>
-  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy) {
-    const TimePoint now = clock_.now();
-    Lookup<V> found = cache_.lookup(key, now);
-    if (auto answer = from_cache(found)) {
-      if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
-        auto job = refresh_job_async(key, fetcher, policy, found);
-        auto executor = co_await asio::this_coro::executor;
-        if (flight_.async_start(key, std::move(job), executor)) {
-          refreshes_.add();
-        }
-      }
-      co_return *std::move(answer);
-    }
-    std::string_view found_in = kMemoryTier;
-    if (!tiers_.empty() && !found.value) {
-      std::optional<FlightResult<std::optional<Loaded>>> loaded;
-      auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
-        return load_tiers_async(key);
-      };
-      try {
-        auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
-        FlightResult<std::optional<Loaded>> read = co_await std::move(joining);
-        loaded.emplace(std::move(read));
-      } catch (...) {  // a read that took too long: go on as if the tiers had nothing
-      }
-      if (loaded && loaded->value) {
-        Loaded& l = *loaded->value;
-        if (auto answer = from_tier(l)) {
-          if (answer->source == Source::kStale && !loaded->coalesced) {
-            auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
-            auto executor = co_await asio::this_coro::executor;
-            if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
-          }
-          co_return *std::move(answer);
-        }
-        found = l.as_lookup();
-        found_in = tiers_[l.tier]->name();
-      } else if (auto answer = fresh_after_read(key, found)) {
-        co_return *std::move(answer);
-      }
-    }
-    std::exception_ptr error = negative_hit(key, now);
-    if (!error) {
-      // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
-      // expressions.
-      // Shared: the fetch may outlive this caller (max_wait), and only this caller's runs.
-      auto filled = std::make_shared<std::optional<Answer<V>>>();
-      auto fetch = [this, key, fetcher, policy, found,
-                    filled](FlightHandle flight) -> asio::awaitable<V> {
-        if ((*filled = filled_meanwhile(key))) co_return (*filled)->value;
-        auto fetching =
-            fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
-        co_return co_await std::move(fetching);
-      };
-      try {
-        auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
-        FlightResult<V> r = co_await std::move(joining);
-        if (*filled && !r.coalesced) co_return std::move(**filled);
-        co_return settled(std::move(r));
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    co_return fallback(std::move(found), found_in, error);
-  }
+  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy);
 
   // Installs lower tiers, looked up in this order after memory, and how values are stored in
   // them. Call before the first get. Needs keys that convert to std::string_view.
@@ -349,45 +260,9 @@ class Coordinator {
     return cache_.insert(key, std::move(value), charge, deadlines, now);
   }
 
-  CoordinatorStats stats() const {
-    CoordinatorStats s;
-    s.hits = hits_.load();
-    s.stale_served = stale_.load();
-    s.stale_if_error_served = stale_if_error_.load();
-    s.negative_hits = negative_hits_.load();
-    s.refreshes = refreshes_.load();
-    s.refresh_failures = refresh_failures_.load();
-    s.errors = errors_.load();
-    s.retries = retries_.load();
-    s.flight = flight_.stats();
-    s.tier_reads = tier_flight_.stats();
-    s.cache = cache_.stats();
-    TierStats memory;
-    memory.hits = s.cache.hits + s.cache.stale_hits;
-    memory.misses = s.cache.misses;
-    memory.writes = s.cache.inserts;
-    memory.dropped_writes = s.cache.rejected;
-    memory.evictions = s.cache.evictions;
-    memory.entries = s.cache.entries;
-    memory.bytes = s.cache.charge;
-    memory.budget = cache_.capacity();
-    s.tiers.emplace_back(kMemoryTier, memory);
-    for (const auto& tier : tiers_)
-      s.tiers.emplace_back(tier->name(), tier->stats());
-    return s;
-  }
+  CoordinatorStats stats() const;
 
-  void reset_stats() {
-    for (auto* c : {&hits_, &stale_, &stale_if_error_, &negative_hits_, &refreshes_,
-                    &refresh_failures_, &errors_, &retries_}) {
-      c->reset();
-    }
-    flight_.reset_stats();
-    tier_flight_.reset_stats();
-    cache_.reset_stats();
-    for (auto& tier : tiers_)
-      tier->reset_stats();
-  }
+  void reset_stats();
 
   Cache<K, V, Hash, KeyEq>& cache() noexcept { return cache_; }
   SingleFlight<K, V, Hash, KeyEq>& flights() noexcept { return flight_; }
@@ -405,24 +280,7 @@ class Coordinator {
   using Flights = SingleFlight<K, V, Hash, KeyEq>;
   using FlightHandle = typename Flights::Handle;
 
-  std::optional<Answer<V>> from_cache(Lookup<V>& found) {
-    if (found.freshness == Freshness::kFresh) {
-      hits_.add();
-      return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at, kMemoryTier};
-    }
-    if (found.freshness == Freshness::kStale) {
-      stale_.add();
-      return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
-    }
-    if (found.value && found.refresh_failures > 0) {
-      // Only good for errors, and the key's last call sequence failed: rather than wait for
-      // another that would likely fail too, callers get the value at once and, as for a stale
-      // hit, one background refresh runs once the backoff since the failure has passed.
-      stale_if_error_.add();
-      return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
-    }
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> from_cache(Lookup<V>& found);
 
   // Run by the caller that starts a new flight, before it fetches: a fetch of the same key may
   // have stored its value and settled between this caller's cache lookup and its joining (a
@@ -436,12 +294,7 @@ class Coordinator {
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
   // memory meanwhile, and joining the flight now would start a second one.
-  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found) {
-    Lookup<V> again = cache_.lookup(key, clock_.now());
-    if (again.freshness == Freshness::kFresh) return from_cache(again);
-    if (again.value) found = std::move(again);
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found);
 
   // A value read from a lower tier, in this process's clock.
   struct Loaded {
@@ -461,91 +314,19 @@ class Coordinator {
   };
 
   // A lower tier's Fresh or Stale value as an answer; nullopt if it is only good for errors.
-  std::optional<Answer<V>> from_tier(const Loaded& l) {
-    const TimePoint now = clock_.now();
-    if (now < l.deadlines.fresh_until) {
-      hits_.add();
-      return Answer<V>{l.value, Source::kHit, l.stored_at, tiers_[l.tier]->name()};
-    }
-    if (now < l.deadlines.stale_until) {
-      stale_.add();
-      return Answer<V>{l.value, Source::kStale, l.stored_at, tiers_[l.tier]->name()};
-    }
-    return std::nullopt;
-  }
+  std::optional<Answer<V>> from_tier(const Loaded& l);
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
-  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill) {
-    if constexpr (kStringKeys) {
-      std::optional<V> value = codec_.decode(record.value);
-      if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
-        tiers_[i]->insert(key, TierRecord{});
-        return std::nullopt;
-      }
-      const TimePoint now = clock_.now();
-      const WallTime wall = clock_.wall_now();
-      auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
-      Loaded l{std::move(*value),
-               Deadlines{local(record.fresh_until), local(record.stale_until),
-                         local(record.stale_if_error_until)},
-               std::min(now, local(record.stored_at)), i};
-      if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
-      for (std::size_t j = 0; j < i; ++j)
-        tiers_[j]->insert(key, record);
-      cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
-      return l;
-    } else {
-      return std::nullopt;
-    }
-  }
+  std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill);
 
-  std::optional<Loaded> load_tiers(const K& key) {
-    const Fill fill = fills_.enter(key);
-    for (std::size_t i = 0; i < tiers_.size(); ++i) {
-      auto record = tiers_[i]->lookup(key, clock_.wall_now());
-      if (record) {
-        if (auto l = promote(key, *record, i, fill)) return l;
-      }
-    }
-    return std::nullopt;
-  }
+  std::optional<Loaded> load_tiers(const K& key);
 
-  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key) {
-    const Fill fill = fills_.enter(key);
-    for (std::size_t i = 0; i < tiers_.size(); ++i) {
-      auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
-      std::optional<TierRecord> record = co_await std::move(reading);
-      if (record) {
-        if (auto l = promote(key, *record, i, fill)) co_return l;
-      }
-    }
-    co_return std::nullopt;
-  }
+  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
 
   // Hands a value to every lower tier, its deadlines as wall-clock times.
-  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now) {
-    if constexpr (kStringKeys) {
-      if (tiers_.empty()) return;
-      const WallTime wall = clock_.wall_now();
-      auto at = [&](TimePoint t) {
-        return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
-      };
-      // A dead record is a removal: no need to encode the value.
-      TierRecord record{d.stale_if_error_until > now ? codec_.encode(value) : std::string(), wall,
-                        at(d.fresh_until), at(d.stale_until), at(d.stale_if_error_until)};
-      for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
-        tiers_[i]->insert(key, record);
-      tiers_.back()->insert(key, std::move(record));
-    }
-  }
+  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now);
 
-  std::exception_ptr negative_hit(const K& key, TimePoint now) {
-    if (!negative_used_.load(std::memory_order_relaxed)) return nullptr;
-    Lookup<std::exception_ptr> n = negative_.lookup(key, now);
-    if (n.freshness != Freshness::kFresh) return nullptr;
-    negative_hits_.add();
-    return *n.value;
-  }
+  std::exception_ptr negative_hit(const K& key, TimePoint now);
 
   Answer<V> settled(FlightResult<V> r) {
     return Answer<V>{std::move(r.value), r.coalesced ? Source::kCoalesced : Source::kFetched,
@@ -553,14 +334,7 @@ class Coordinator {
   }
 
   // A fetch failed for this caller: the stale-if-error value if the key has one, else rethrow.
-  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error) {
-    if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
-      stale_if_error_.add();
-      return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, tier};
-    }
-    errors_.add();
-    std::rethrow_exception(error);
-  }
+  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error);
 
   template <class F>
   static auto invoke(F& fetcher, const Ctx& ctx) {
@@ -573,28 +347,9 @@ class Coordinator {
   static Fetched<V> normalize(Fetched<V> f) { return f; }
   static Fetched<V> normalize(V v) { return Fetched<V>{std::move(v)}; }
 
-  std::optional<CircuitBreaker::Permit> acquire(const CallPolicy& policy) {
-    if (policy.breaker == nullptr) return CircuitBreaker::Permit{};
-    auto permit = policy.breaker->try_acquire();
-    if (!permit) throw_error(Errc::circuit_open);
-    return permit;
-  }
-
-  void report(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
-              const std::exception_ptr& error) {
-    if (policy.breaker == nullptr) return;
-    if (!error) {
-      policy.breaker->on_success(permit);
-    } else if (holds_error(error, Errc::cancelled) || holds_error(error, Errc::local_failure)) {
-      policy.breaker->release(permit);  // neither tells anything about the upstream
-    } else {
-      policy.breaker->on_failure(permit);
-    }
-  }
-
-  // One upstream call sequence of a key: attempts and backoffs under the breaker and the retry
-  // policy, then the cache. It starts with the caller that leads the key's flight and may move,
-  // once, to the background (see hand_off).
+  // One upstream call sequence of a key: its ResilientCall (attempts and backoffs under the
+  // breaker and the retry policy), then the cache. It starts with the caller that leads the
+  // key's flight and may move, once, to the background (see hand_off).
   struct Run {
     K key;
     CallPolicy policy;
@@ -602,33 +357,35 @@ class Coordinator {
     Deadlines previous_deadlines;
     std::uint32_t failures = 0;  // failed call sequences of the key in a row before this one
     bool background = false;     // nobody waits for the outcome
-    TimePoint started{};
     Fill fill;
+    ResilientCall call;
     typename Flights::Continuation hold;  // keeps the key in flight once handed off
   };
 
-  Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background) {
-    return Run{key,
-               policy,
-               found.value,
-               found.deadlines,
-               found.refresh_failures,
-               background,
-               clock_.now(),
-               fills_.enter(key),
-               {}};
+  Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background);
+
+  Ctx context(const Run& run, const AttemptInfo& attempt) const {
+    return Ctx{run.previous ? &*run.previous : nullptr, attempt.number, attempt.deadline,
+               run.background};
   }
 
-  // After a failed attempt: the delay before the next, or nullopt to give up.
-  // Never one that no waiter could still wait for.
-  std::optional<Duration> retry_delay(const Run& run, const std::exception_ptr& error,
-                                      int attempt) {
-    if (run.policy.retry == nullptr) return std::nullopt;
-    auto delay = run.policy.retry->next_delay(error, attempt, run.started, clock_.now(),
-                                              flight_.waiters_deadline(run.key));
-    if (delay) retries_.add();
-    return delay;
+  // A retry has been decided: whether it runs here (true) or the run stops to be handed off
+  // (only where the rest can run without the caller's fetcher: a coroutine's own copy, or the
+  // loader).
+  bool on_retry(const Run& run, const FlightHandle& flight, bool can_go_on_elsewhere) {
+    retries_.add();
+    return !(can_go_on_elsewhere && may_hand_off(run, flight));
   }
+
+  // A fetcher that loads key with the loader; it owns what it needs.
+  auto loading(const K& key) {
+    return [this, key](const Ctx& ctx) { return loader_(key, ctx); };
+  }
+
+  // A blocking caller's refresh of a value due for one: on the worker with the loader or, with
+  // none, by this caller before it returns (its fetcher may not outlive the call).
+  template <class F>
+  void refresh(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found);
 
   // Whether the waiters should have the stale-if-error value now rather than after the retries:
   // the run has one to fall back on, and a flight to answer early.
@@ -648,214 +405,29 @@ class Coordinator {
   // The run failed for good. A key with a value to fall back on remembers it in its entry: the
   // next refresh waits a growing, jittered pause, and the value answers at once (see
   // from_cache) until a refresh succeeds.
-  void give_up(const Run& run, const std::exception_ptr& error) {
-    remember_error(run.key, run.policy, error);
-    if (run.background) refresh_failures_.add();
-    if (!run.previous) return;
-    static const RetryPolicy kDefault{};
-    const RetryPolicy& backoff = run.policy.retry ? *run.policy.retry : kDefault;
-    const int n = static_cast<int>(std::min<std::uint32_t>(run.failures + 1, 30));
-    const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
-    cache_.defer_refresh(run.key, clock_.now() + pause, run.failures + 1);
-  }
+  void give_up(const Run& run, const std::exception_ptr& error);
 
-  V store(Run& run, Fetched<V> fetched) {
-    if (run.fill.spoiled()) return std::move(fetched.value);  // a purge of the key ran meanwhile
-    const K& key = run.key;
-    const TimePoint now = clock_.now();
-    if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
-    const Ttl ttl = fetched.ttl.value_or(run.policy.ttl);
-    if (fetched.store) {
-      const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
-      const Deadlines deadlines = Deadlines::from(now, ttl);
-      cache_.insert(key, fetched.value, charge, deadlines, now);
-      // A value dead on arrival removes the old one from every tier, as from memory.
-      write_tiers(key, fetched.value, deadlines, now);
-    } else if (run.background) {
-      // The refresh's answer may not be stored, so the stale entry stays: without this, every
-      // stale hit would start another refresh at once.
-      cache_.defer_refresh(key, now + std::max<Duration>(ttl.fresh, std::chrono::seconds(1)), 0);
-    }
-    return std::move(fetched.value);
-  }
+  V store(Run& run, Fetched<V> fetched);
 
-  // One attempt's result or error, as a value.
-  struct Attempt {
-    std::optional<Fetched<V>> fetched;
-    std::exception_ptr error;
-  };
+  // The fetch a flight runs: the run's attempts, then the cache. Errors propagate; a run
+  // handed off goes on on the worker thread.
+  template <class F>
+  V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {});
 
   template <class F>
-  Attempt attempt_once(F& fetcher, const Ctx& ctx) {
-    Attempt a;
-    try {
-      a.fetched.emplace(normalize(invoke(fetcher, ctx)));
-    } catch (...) {
-      a.error = std::current_exception();
-    }
-    return a;
-  }
+  V attempts(Run& run, F& fetcher, const FlightHandle& flight);
 
   template <class F>
-  asio::awaitable<Attempt> attempt_once_async(F& fetcher, const Ctx& ctx) {
-    Attempt a;
-    try {
-      auto call = invoke(fetcher, ctx);
-      auto value = co_await std::move(call);
-      a.fetched.emplace(normalize(std::move(value)));
-    } catch (...) {
-      a.error = std::current_exception();
-    }
-    co_return a;
-  }
-
-  // An attempt under its deadline. The attempt never throws into the race (asio's || would
-  // then wait for the other side): its error leaves the race as a value.
-  template <class F>
-  asio::awaitable<Attempt> attempt_async(F& fetcher, const Ctx& ctx) {
-    using namespace asio::experimental::awaitable_operators;
-    if (!ctx.attempt_deadline) {
-      auto attempt = attempt_once_async(fetcher, ctx);
-      co_return co_await std::move(attempt);
-    }
-    auto attempt = attempt_once_async(fetcher, ctx);
-    auto deadline = async_sleep_until(clock_, *ctx.attempt_deadline);
-    auto race = std::move(attempt) || std::move(deadline);
-    auto raced = co_await std::move(race);
-    if (raced.index() == 0) co_return std::move(std::get<0>(raced));
-    Attempt timed_out;
-    timed_out.error =
-        std::make_exception_ptr(std::system_error(make_error_code(Errc::attempt_timeout)));
-    co_return timed_out;
-  }
-
-  // Reports an attempt to the breaker; returns its value or rethrows its error.
-  Fetched<V> conclude(const CallPolicy& policy, const CircuitBreaker::Permit& permit,
-                      Attempt& attempt) {
-    report(policy, permit, attempt.error);
-    if (attempt.error) std::rethrow_exception(attempt.error);
-    return std::move(*attempt.fetched);
-  }
-
-  Ctx context(const Run& run, int attempt) {
-    Ctx ctx{run.previous ? &*run.previous : nullptr, attempt, std::nullopt, run.background};
-    if (run.policy.retry) {
-      ctx.attempt_deadline = run.policy.retry->attempt_deadline(clock_.now(), run.started);
-    }
-    return ctx;
-  }
-
-  void record_first_attempt(const CallPolicy& policy) {
-    if (policy.retry != nullptr && policy.retry->budget()) policy.retry->budget()->record_attempt();
-  }
-
-  // The fetch a flight runs: breaker, retries, fetcher, then the cache. Errors propagate.
-  template <class F>
-  V fetch_and_store(Run run, F& fetcher, const FlightHandle& flight = {}) {
-    record_first_attempt(run.policy);
-    return attempts(run, fetcher, 1, flight);
-  }
-
-  // Attempts from number `first` on, until one succeeds or the retry policy gives up.
-  template <class F>
-  V attempts(Run& run, F& fetcher, int first, const FlightHandle& flight) {
-    for (int attempt = first;; ++attempt) {
-      const Ctx ctx = context(run, attempt);
-      std::exception_ptr error;
-      std::optional<Fetched<V>> fetched;
-      try {
-        auto permit = acquire(run.policy);
-        Attempt outcome = attempt_once(fetcher, ctx);
-        fetched.emplace(conclude(run.policy, *permit, outcome));
-      } catch (...) {
-        error = std::current_exception();
-      }
-      if (fetched) return store(run, std::move(*fetched));
-      auto delay = retry_delay(run, error, attempt);
-      if (!delay) {
-        give_up(run, error);
-        std::rethrow_exception(error);
-      }
-      const TimePoint next = clock_.now() + *delay;
-      if (may_hand_off(run, flight)) {
-        hand_off(run, flight);
-        auto rest = std::make_shared<Run>(std::move(run));
-        worker_.post([this, rest, fetcher, attempt, next]() mutable {
-          clock_.sleep_until(next);
-          try {
-            attempts(*rest, fetcher, attempt + 1, {});
-          } catch (...) {  // given up: give_up() has remembered it
-          }
-          rest.reset();  // ends the flight, after the cache has the outcome
-        });
-        std::rethrow_exception(error);
-      }
-      clock_.sleep_until(next);
-    }
-  }
+  asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {});
 
   template <class F>
-  asio::awaitable<V> fetch_and_store_async(Run run, F fetcher, FlightHandle flight = {}) {
-    record_first_attempt(run.policy);
-    auto attempting = attempts_async(std::move(run), std::move(fetcher), 1, std::move(flight));
-    co_return co_await std::move(attempting);
-  }
+  asio::awaitable<V> attempts_async(Run run, F fetcher, FlightHandle flight);
 
+  // A handed-off run's remaining attempts; the flight ends when it does.
   template <class F>
-  asio::awaitable<V> attempts_async(Run run, F fetcher, int first, FlightHandle flight) {
-    for (int attempt = first;; ++attempt) {
-      const Ctx ctx = context(run, attempt);
-      std::exception_ptr error;
-      std::optional<Fetched<V>> fetched;
-      try {
-        auto permit = acquire(run.policy);
-        auto call = attempt_async(fetcher, ctx);
-        Attempt outcome = co_await std::move(call);
-        fetched.emplace(conclude(run.policy, *permit, outcome));
-      } catch (...) {
-        error = std::current_exception();
-      }
-      if (fetched) co_return store(run, std::move(*fetched));
-      auto delay = retry_delay(run, error, attempt);
-      if (!delay) {
-        give_up(run, error);
-        std::rethrow_exception(error);
-      }
-      const TimePoint next = clock_.now() + *delay;
-      if (may_hand_off(run, flight)) {
-        hand_off(run, flight);
-        auto executor = co_await asio::this_coro::executor;
-        auto rest = resume_async(std::move(run), std::move(fetcher), attempt + 1, next);
-        asio::co_spawn(executor, std::move(rest), asio::detached);
-        std::rethrow_exception(error);
-      }
-      auto pause = async_sleep_until(clock_, next);
-      co_await std::move(pause);
-    }
-  }
+  asio::awaitable<void> resume_async(Run run, F fetcher);
 
-  // A handed-off run's remaining attempts, from `at`; the flight ends when it does.
-  template <class F>
-  asio::awaitable<void> resume_async(Run run, F fetcher, int attempt, TimePoint at) {
-    auto pause = async_sleep_until(clock_, at);
-    co_await std::move(pause);
-    try {
-      auto attempting = attempts_async(std::move(run), std::move(fetcher), attempt, {});
-      co_await std::move(attempting);
-    } catch (...) {  // given up: give_up() has remembered it
-    }
-  }
-
-  void remember_error(const K& key, const CallPolicy& policy, const std::exception_ptr& error) {
-    if (policy.negative_ttl <= Duration::zero() || holds_error(error, Errc::circuit_open)) return;
-    thread_local std::minstd_rand rng{std::random_device{}()};
-    const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
-    const auto ttl = std::chrono::duration_cast<Duration>(policy.negative_ttl * jitter);
-    const TimePoint now = clock_.now();
-    negative_used_.store(true, std::memory_order_relaxed);
-    negative_.insert(key, error, 64 + detail::default_charge(key), Deadlines::from(now, Ttl{ttl}),
-                     now);
-  }
+  void remember_error(const K& key, const CallPolicy& policy, const std::exception_ptr& error);
 
   // A background refresh of a stale value (its failure is remembered by give_up()).
   template <class F>
@@ -882,6 +454,7 @@ class Coordinator {
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
   Fills fills_;
+  std::function<Fetched<V>(const K&, const Ctx&)> loader_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
       refresh_failures_, errors_, retries_;
@@ -889,3 +462,7 @@ class Coordinator {
 };
 
 }  // namespace unherd
+
+#include "unherd/detail/coordinator_answer.h"
+#include "unherd/detail/coordinator_run.h"
+#include "unherd/detail/coordinator_stats.h"

@@ -35,10 +35,12 @@
 //   auto fetch = [key]() -> asio::awaitable<V> { ... };
 //   V v = co_await flights.async_get_or_fetch(key, fetch);
 //
+// A fetch that ends without an outcome (a fetch coroutine destroyed before it finished, its
+// io_context destroyed or stopped for good; a background job dropped unrun) settles its flight
+// as it goes: every waiter gets Errc::cancelled and the next call fetches anew.
+//
 // Thread safety: all members may be called concurrently, from any thread or executor (strands
-// are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed. A fetch
-// coroutine destroyed before it finishes (its io_context destroyed first) leaves its key in
-// flight for good: run io_contexts dry before destroying them.
+// are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed.
 #pragma once
 
 #include <boost/asio/co_spawn.hpp>
@@ -169,8 +171,10 @@ class SingleFlight {
     waiter->shard = &shard_for(key);
     Enrolment e = enrol(key, waiter, options, /*leader_waits=*/false);
     switch (e.role) {
-      case Role::kLeader:
-        return unpack(run_and_settle(e.flight, fetcher), false);
+      case Role::kLeader: {
+        Guard guard(this, e.flight);
+        return unpack(run_and_settle(guard, fetcher), false);
+      }
       case Role::kJoined:
         return unpack(e.early ? e.early : waiter->wait(), true);
       case Role::kBypass:
@@ -203,7 +207,8 @@ class SingleFlight {
       self->watch_cancellation(waiter);
       Enrolment e = self->enrol(key, waiter, options, /*leader_waits=*/true);
       if (e.leads) {
-        asio::co_spawn(ex, self->run_and_settle_async(e.flight, std::move(leader_fetch)),
+        asio::co_spawn(ex,
+                       self->run_and_settle_async(Guard(self, e.flight), std::move(leader_fetch)),
                        asio::detached);
       }
       if (e.early) {
@@ -234,8 +239,9 @@ class SingleFlight {
   bool start(const K& key, F fetcher, Runner&& run) {
     std::shared_ptr<Flight> flight = begin_if_idle(key);
     if (!flight) return false;
-    run([this, flight, fetcher = std::move(fetcher)]() mutable {
-      run_and_settle(flight, fetcher);
+    auto guard = std::make_shared<Guard>(this, std::move(flight));
+    run([guard = std::move(guard), fetcher = std::move(fetcher)]() mutable {
+      guard->owner()->run_and_settle(*guard, fetcher);
     });
     return true;
   }
@@ -245,7 +251,9 @@ class SingleFlight {
   bool async_start(const K& key, F fetcher, const Executor& executor) {
     std::shared_ptr<Flight> flight = begin_if_idle(key);
     if (!flight) return false;
-    asio::co_spawn(executor, run_and_settle_async(flight, std::move(fetcher)), asio::detached);
+    asio::co_spawn(executor,
+                   run_and_settle_async(Guard(this, std::move(flight)), std::move(fetcher)),
+                   asio::detached);
     return true;
   }
 
@@ -368,149 +376,26 @@ class SingleFlight {
   // Decides, atomically with respect to settle(), whether the caller leads a new flight, joins
   // the one in flight, bypasses it or is refused; links the waiter and arms its max_wait timer.
   Enrolment enrol(const K& key, const std::shared_ptr<Waiter>& waiter, const FlightOptions& options,
-                  bool leader_waits) {
-    total_.add();
-    const bool waits = options.max_wait > Duration::zero();
-    Shard& shard = shard_for(key);
-    Enrolment e;
-    std::lock_guard lock(shard.mu);
-    auto [it, created] = shard.flights.try_emplace(key);
-    if (created) {
-      it->second = std::make_shared<Flight>(key);
-      fetches_.add();
-      e.role = Role::kLeader;
-      e.leads = true;
-    } else if (it->second->early) {
-      coalesced_.add();
-      e.role = waiter->role = Role::kJoined;
-      e.flight = it->second;
-      e.early = it->second->early;
-      return e;
-    } else if (it->second->waiters.size() >= options.max_waiters) {
-      overflows_.add();
-      if (options.overflow == Overflow::kBypass) {
-        fetches_.add();
-        e.role = Role::kBypass;
-      } else {
-        e.refusal =
-            std::make_exception_ptr(std::system_error(make_error_code(Errc::too_many_waiters)));
-      }
-      return e;
-    } else {
-      coalesced_.add();
-      e.role = Role::kJoined;
-    }
-    e.flight = it->second;
-    waiter->role = e.role;
-    waiter->flight = e.flight;
-    e.flight->has_waiters = true;
-    if (e.role == Role::kLeader && !leader_waits) {
-      e.flight->unbounded = true;  // a blocking leader waits for its own fetch
-      return e;
-    }
-    if (!waits) {
-      timeouts_.add();
-      e.role = Role::kRefused;
-      e.refusal = timeout_error();
-      return e;
-    }
-    waiter->linked = true;
-    waiter->position = e.flight->waiters.insert(e.flight->waiters.end(), waiter);
-    if (options.max_wait >= std::chrono::hours(24 * 365)) {
-      e.flight->unbounded = true;
-    } else {
-      const TimePoint deadline = clock_.now() + options.max_wait;
-      e.flight->latest_deadline = std::max(e.flight->latest_deadline, deadline);
-      waiter->timer = clock_.schedule(deadline, [this, w = std::weak_ptr<Waiter>(waiter)] {
-        give_up(w, timeout_error(), timeouts_);
-      });
-    }
-    return e;
-  }
+                  bool leader_waits);
 
-  std::shared_ptr<Flight> begin_if_idle(const K& key) {
-    Shard& shard = shard_for(key);
-    std::lock_guard lock(shard.mu);
-    auto [it, created] = shard.flights.try_emplace(key);
-    if (!created) return nullptr;
-    it->second = std::make_shared<Flight>(key);
-    fetches_.add();
-    return it->second;
-  }
+  std::shared_ptr<Flight> begin_if_idle(const K& key);
 
   // A waiter leaves its flight early (max_wait or cancellation); the flight goes on.
   void give_up(const std::weak_ptr<Waiter>& weak_waiter, std::exception_ptr why,
-               detail::StripedCounter& counter) {
-    auto waiter = weak_waiter.lock();
-    if (!waiter) return;
-    TimerId timer = 0;
-    {
-      std::lock_guard lock(waiter->shard->mu);
-      if (waiter->linked) {
-        if (auto flight = waiter->flight.lock()) flight->waiters.erase(waiter->position);
-        waiter->linked = false;
-      }
-      timer = std::exchange(waiter->timer, 0);
-    }
-    if (timer != 0) clock_.cancel(timer);
-    if (!waiter->claim()) return;
-    counter.add();
-    auto outcome = std::make_shared<Outcome>();
-    outcome->error = std::move(why);
-    waiter->deliver(std::move(outcome));
-  }
+               detail::StripedCounter& counter);
 
   // Arms the waiter's asio cancellation slot. Called before the waiter is enrolled: the slot is
   // the caller's, and may not be touched once the waiter can complete on another thread.
   template <class Handler>
-  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter) {
-    auto slot = waiter->pending->cancellation_slot();
-    if (!slot.is_connected()) return;
-    slot.assign([this, w = std::weak_ptr<Waiter>(waiter)](asio::cancellation_type) {
-      give_up(w, std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled))),
-              cancelled_);
-    });
-  }
+  void watch_cancellation(const std::shared_ptr<AsioWaiter<Handler>>& waiter);
 
   // Removes the flight (or, if it is detached, makes the outcome its early answer and leaves it
   // in flight), then wakes every waiter still linked to it.
-  void settle(const std::shared_ptr<Flight>& flight, const OutcomePtr& outcome) {
-    std::list<std::shared_ptr<Waiter>> waiters;
-    std::vector<TimerId> timers;
-    {
-      Shard& shard = shard_for(flight->key);
-      std::lock_guard lock(shard.mu);
-      timers.reserve(flight->waiters.size());  // before anything changes: it may throw
-      if (flight->held) {
-        flight->early = outcome;
-        flight->has_waiters = false;  // nobody waits for the rest: no deadline bounds it
-        flight->unbounded = false;
-      } else {
-        shard.flights.erase(flight->key);
-      }
-      waiters.swap(flight->waiters);
-      for (auto& w : waiters) {
-        w->linked = false;
-        timers.push_back(std::exchange(w->timer, 0));
-      }
-    }
-    auto timer = timers.begin();
-    for (auto& w : waiters) {
-      if (const TimerId id = *timer++; id != 0) clock_.cancel(id);
-      if (w->claim()) w->deliver(outcome);
-    }
-  }
+  void settle(const std::shared_ptr<Flight>& flight, const OutcomePtr& outcome);
 
   // A Continuation has ended: the flight ends too, unless its fetcher has not returned yet (its
   // settle() then ends it).
-  void release_hold(const std::shared_ptr<Flight>& flight) {
-    Shard& shard = shard_for(flight->key);
-    std::lock_guard lock(shard.mu);
-    flight->held = false;
-    if (!flight->early) return;
-    auto it = shard.flights.find(flight->key);
-    if (it != shard.flights.end() && it->second == flight) shard.flights.erase(it);
-  }
+  void release_hold(const std::shared_ptr<Flight>& flight);
 
   // Calls the fetcher, with a Handle on the flight if it takes one (an empty one if it has none).
   template <class F>
@@ -522,29 +407,58 @@ class SingleFlight {
     }
   }
 
+  // The duty to settle one flight, as an object: settle() discharges it with the fetch's outcome;
+  // a Guard destroyed still armed (its fetch destroyed unfinished, its job dropped unrun)
+  // settles the flight with Errc::cancelled, so no waiter is left waiting and the key is freed.
+  class Guard {
+   public:
+    Guard(SingleFlight* owner, std::shared_ptr<Flight> flight)
+        : owner_(owner), flight_(std::move(flight)) {}
+    Guard(Guard&& other) noexcept
+        : owner_(other.owner_), flight_(std::exchange(other.flight_, nullptr)) {}
+    Guard& operator=(Guard&&) = delete;
+    ~Guard() {
+      if (!flight_) return;
+      auto outcome = std::make_shared<Outcome>();
+      outcome->error = std::make_exception_ptr(std::system_error(make_error_code(Errc::cancelled)));
+      settle(outcome);
+    }
+    void settle(const OutcomePtr& outcome) {
+      owner_->settle(std::exchange(flight_, nullptr), outcome);
+    }
+    SingleFlight* owner() const noexcept { return owner_; }
+    const std::shared_ptr<Flight>& flight() const noexcept { return flight_; }
+
+   private:
+    SingleFlight* owner_;
+    std::shared_ptr<Flight> flight_;
+  };
+
   template <class F>
-  OutcomePtr run_and_settle(const std::shared_ptr<Flight>& flight, F& fetcher) {
+  OutcomePtr run_and_settle(Guard& guard, F& fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      outcome->value.emplace(call(fetcher, flight));
+      outcome->value.emplace(call(fetcher, guard.flight()));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, outcome);
+    guard.settle(outcome);
     return outcome;
   }
 
+  // The guard is a parameter, not a local: a coroutine destroyed before its first resumption
+  // still destroys its parameters.
   template <class F>
-  asio::awaitable<void> run_and_settle_async(std::shared_ptr<Flight> flight, F fetcher) {
+  asio::awaitable<void> run_and_settle_async(Guard guard, F fetcher) {
     auto outcome = std::make_shared<Outcome>();
     try {
-      auto fetching = call(fetcher, flight);
+      auto fetching = call(fetcher, guard.flight());
       V value = co_await std::move(fetching);
       outcome->value.emplace(std::move(value));
     } catch (...) {
       outcome->error = std::current_exception();
     }
-    settle(flight, outcome);
+    guard.settle(outcome);
   }
 
   static FlightResult<V> unpack(const OutcomePtr& outcome, bool coalesced) {
@@ -562,3 +476,5 @@ class SingleFlight {
 };
 
 }  // namespace unherd
+
+#include "unherd/detail/flight_table.h"

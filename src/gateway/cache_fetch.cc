@@ -46,11 +46,7 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
     co_return Fetched<ResponsePtr>{std::move(renewed.response), renewed.policy.ttl, std::nullopt,
                                    renewed.policy.store};
   }
-  const std::optional<Duration> retry_after = retry_after_of(res);
-  BuiltResponse built = build_response(res, route.ttl);
-  if (built.response->status >= 500 || built.response->status == 429) {
-    throw UpstreamStatusError(built.response, retry_after, p_.request.get());
-  }
+  BuiltResponse built = accept_response(res, route.ttl, p_.request.get());
   if (built.response->shareable && built.response->vary != p_.vary) {
     // It varies on headers this key did not include: it is this request's variant only.
     // Later requests key on those headers; this answer is neither stored nor shared.

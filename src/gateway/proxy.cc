@@ -12,6 +12,7 @@
 #include "gateway/cache_key.h"
 #include "gateway/forwarding.h"
 #include "gateway/upstream_answer.h"
+#include "gateway/x_cache.h"
 
 namespace unherd::gateway {
 
@@ -48,7 +49,7 @@ bool may_use_cache(std::string_view method, const std::vector<KeyPart>& key_part
 template <class Answer>
 void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
   reply.cached = answer.value;
-  reply.x_cache = to_string(answer.source);
+  reply.x_cache = x_cache(answer.source);
   reply.age = std::chrono::duration_cast<std::chrono::seconds>(now - answer.stored_at) +
               reply.cached->initial_age;
   reply.tier = answer.tier;
@@ -73,9 +74,9 @@ void count(RouteCounters& counters, Source source) {
   }
 }
 
-// The reply for a cacheable request the Coordinator refused or gave up on with one of its own
-// errors (max_wait passed, breaker open, too many waiters, the gateway short of resources).
-Reply refusal_reply(const std::system_error& e, CircuitBreaker& breaker) {
+}  // namespace
+
+Reply Proxy::refusal_reply(const std::system_error& e, CircuitBreaker& breaker) {
   if (e.code() == Errc::wait_timeout) {
     return Reply::text(504, "gateway timeout: the upstream answer did not come within max_wait");
   }
@@ -88,13 +89,14 @@ Reply refusal_reply(const std::system_error& e, CircuitBreaker& breaker) {
   if (e.code() == Errc::too_many_waiters) {
     return Reply::text(503, "too many requests waiting for this resource");
   }
+  if (e.code() == Errc::attempt_timeout) {
+    return Reply::text(504, std::string("gateway timeout: ") + e.what());
+  }
   if (e.code() == Errc::local_failure) {
     return Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
   }
   return Reply::text(502, std::string("bad gateway: ") + e.what());
 }
-
-}  // namespace
 
 Proxy::Proxy(const Config& config, std::vector<std::shared_ptr<Tier>> tiers, Clock& clock)
     : clock_(clock),

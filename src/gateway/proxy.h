@@ -88,6 +88,9 @@ class Proxy {
   boost::asio::awaitable<Reply> cached_get(std::shared_ptr<const RouteTable> routes,
                                            const Route& route, Request request,
                                            Upstreams& upstreams);
+  // The answer to a call the gateway did not complete: max_wait passed, breaker open (with
+  // Retry-After), too many waiters, an attempt timed out, the gateway short of descriptors.
+  static Reply refusal_reply(const std::system_error& e, CircuitBreaker& breaker);
   boost::asio::awaitable<Reply> pass(const Route& route, const Request& request, Upstreams& thread,
                                      std::string_view why);
 

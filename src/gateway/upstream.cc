@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <deque>
 
+#include "gateway/http_method.h"
 #include "unherd/error.h"
 
 namespace unherd::gateway {
@@ -64,11 +65,6 @@ UpstreamError to_error(const boost::system::error_code& ec, const char* step) {
 }
 
 }  // namespace
-
-static bool idempotent(std::string_view method) {
-  return method == "GET" || method == "HEAD" || method == "PUT" || method == "DELETE" ||
-         method == "OPTIONS" || method == "TRACE";
-}
 
 // Interim answers (100, 103) a response may be preceded by; more is a misbehaving upstream.
 constexpr int kMaxInterim = 8;
@@ -290,7 +286,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       // An idle keep-alive connection the upstream had closed: nothing was answered, so an
       // idempotent request goes once more, on a fresh connection.
       const bool stale_connection = slot.reused && !got_some && ec != beast::error::timeout;
-      if (stale_connection && attempt == 0 && idempotent(request.method)) continue;
+      if (stale_connection && attempt == 0 && idempotent_method(request.method)) continue;
       throw to_error(ec, got_some ? "reading the response" : "sending the request");
     }
     if (const unsigned status = parser->get().result_int(); status < 100 || status > 599) {

@@ -108,4 +108,13 @@ Renewed renew_response(const CachedResponse& previous, const UpstreamResponse& n
   return Renewed{std::move(renewed), policy};
 }
 
+BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& ttl, const void* owner) {
+  const std::optional<Duration> retry_after = retry_after_of(r);
+  BuiltResponse built = build_response(r, ttl);
+  if (built.response->status >= 500 || built.response->status == 429) {
+    throw UpstreamStatusError(built.response, retry_after, owner);
+  }
+  return built;
+}
+
 }  // namespace unherd::gateway

@@ -59,6 +59,12 @@ struct BuiltResponse {
 // out of the cache; a 206 never is.
 BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl);
 
+// build_response() for a fetch: a failure answer (5xx, 429) is thrown as UpstreamStatusError,
+// with its Retry-After and `owner`, so that retries, the breaker and stale-if-error apply. The
+// cached fetch and pass-through judge answers by this one rule.
+BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& ttl,
+                              const void* owner = nullptr);
+
 // A stored answer renewed by a 304: fresh again from now, judged by its own Cache-Control, or the
 // one the 304 brings.
 struct Renewed {

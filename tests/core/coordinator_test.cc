@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,10 +89,116 @@ TEST(Coordinator, ZeroTtlValueReachesTheCallerButIsNotStored) {
 TEST(Coordinator, CapacityZeroStillCoalescesButNeverCaches) {
   ManualClock clock;
   Coord coord(CoordinatorOptions{.cache = {.capacity = 0}}, clock);
-  int calls = 0;
-  auto fetch = [&] { return std::to_string(++calls); };
-  EXPECT_EQ(coord.get("k", fetch, kTenSeconds).value, "1");
+  Gate gate;
+  std::atomic<int> calls{0};
+  auto fetch = [&] {
+    gate.wait();
+    return std::to_string(++calls);
+  };
+  auto leader = std::async(std::launch::async, [&] { return coord.get("k", fetch, kTenSeconds); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 1; }));
+  auto joiner = std::async(std::launch::async, [&] { return coord.get("k", fetch, kTenSeconds); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().stats().coalesced_requests == 1; }));
+  gate.open();
+  const Answer<std::string> led = leader.get();
+  const Answer<std::string> joined = joiner.get();
+  EXPECT_EQ(led.value, "1");
+  EXPECT_EQ(led.source, Source::kFetched);
+  EXPECT_EQ(joined.value, "1");
+  EXPECT_EQ(joined.source, Source::kCoalesced);
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(coord.stats().cache.entries, 0u);
+  // Nothing was kept: the next caller fetches again.
   EXPECT_EQ(coord.get("k", fetch, kTenSeconds).value, "2");
+}
+
+// Holds one thread at its second hash of a key: in a Coordinator, after its cache lookup and
+// before it joins or creates the key's flight. A thread arms it with pause_after_one_hash().
+struct PausingHash {
+  static inline Gate* reached = nullptr;            // opened when the armed thread is held
+  static inline Gate* release = nullptr;            // the armed thread goes on once this opens
+  static inline thread_local int hashes_left = -1;  // -1: this thread is not armed
+
+  static void pause_after_one_hash() { hashes_left = 1; }
+  std::size_t operator()(const std::string& key) const {
+    if (hashes_left >= 0 && hashes_left-- == 0) {
+      reached->open();
+      release->wait();
+    }
+    return std::hash<std::string>{}(key);
+  }
+};
+using PausingCoord = Coordinator<std::string, std::string, PausingHash>;
+
+// A caller that missed the cache just before another caller's fetch completed finds the value
+// that fetch stored: no second fetch.
+TEST(Coordinator, ACallerThatMissedJustBeforeAFetchCompletedGetsItsValueWithoutFetching) {
+  ManualClock clock;
+  PausingCoord coord({}, clock);
+  Gate leader_gate, reached, release;
+  PausingHash::reached = &reached;
+  PausingHash::release = &release;
+  std::atomic<int> fetches{0};
+  auto fetch = [&] {
+    fetches++;
+    leader_gate.wait();
+    return std::string("v");
+  };
+  auto leader = std::async(std::launch::async, [&] { return coord.get("k", fetch, kTenSeconds); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 1; }));
+  auto late = std::async(std::launch::async, [&] {
+    PausingHash::pause_after_one_hash();
+    return coord.get("k", fetch, kTenSeconds);
+  });
+  reached.wait();  // the late caller has missed the cache and not yet joined the flight
+  leader_gate.open();
+  EXPECT_EQ(leader.get().value, "v");
+  ASSERT_EQ(coord.flights().in_flight(), 0u);
+  release.open();
+  const Answer<std::string> answer = late.get();
+  EXPECT_EQ(answer.value, "v");
+  EXPECT_EQ(fetches.load(), 1);
+}
+
+TEST(CoordinatorAsync, ACallerThatMissedJustBeforeAFetchCompletedGetsItsValueWithoutFetching) {
+  ManualClock clock;
+  PausingCoord coord({}, clock);
+  Gate leader_gate, reached, release;
+  PausingHash::reached = &reached;
+  PausingHash::release = &release;
+  std::atomic<int> fetches{0};
+  auto fetch = [&] {
+    fetches++;
+    leader_gate.wait();
+    return std::string("v");
+  };
+  auto fetch_async = [&]() -> asio::awaitable<std::string> {
+    fetches++;
+    co_return std::string("second");
+  };
+  auto leader = std::async(std::launch::async, [&] { return coord.get("k", fetch, kTenSeconds); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 1; }));
+  asio::io_context io;
+  std::optional<Answer<std::string>> answer;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        answer = co_await coord.async_get("k", fetch_async, kTenSeconds);
+      },
+      asio::detached);
+  std::thread late([&] {
+    PausingHash::pause_after_one_hash();
+    io.run();
+  });
+  reached.wait();
+  leader_gate.open();
+  EXPECT_EQ(leader.get().value, "v");
+  ASSERT_EQ(coord.flights().in_flight(), 0u);
+  release.open();
+  late.join();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->value, "v");
+  EXPECT_EQ(fetches.load(), 1);
 }
 
 TEST(Coordinator, WaiterPastMaxWaitTimesOutThenTheFilledCacheServesTheNextCaller) {
@@ -138,10 +246,11 @@ TEST(Coordinator, StaleServedAtOnceWithExactlyOneRefreshForFiftyCallers) {
     gate.wait();
     return std::string("new");
   };
+  coord.set_loader(
+      [&](const std::string&, const FetchContext<std::string>& ctx) { return refresh(ctx); });
   std::vector<std::future<Answer<std::string>>> answers;
   for (int i = 0; i < 50; ++i) {
-    answers.push_back(
-        std::async(std::launch::async, [&] { return coord.get("k", refresh, policy); }));
+    answers.push_back(std::async(std::launch::async, [&] { return coord.get("k", policy); }));
   }
   // Every caller is answered while the refresh is still held at the gate.
   for (auto& a : answers) {
@@ -194,10 +303,10 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
     retry_succeeds.wait();
     return "new";
   };
+  coord.set_loader([&](const std::string&) { return fetch(); });
   std::vector<std::future<Answer<std::string>>> answers;
   for (int i = 0; i < 5; ++i) {
-    answers.push_back(
-        std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); }));
+    answers.push_back(std::async(std::launch::async, [&] { return coord.get("k", policy); }));
   }
   ASSERT_TRUE(eventually([&] { return coord.stats().flight.total_requests == 5; }));
   first_fails.open();
@@ -208,7 +317,7 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
   EXPECT_TRUE(answered) << "the waiters waited for the retry";
   EXPECT_TRUE(eventually([&] { return calls.load() == 2; }));  // the retry, held in the background
   // A caller that comes while the retry is pending gets the stale value too, and no new fetch.
-  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", fetch, policy); });
+  auto meanwhile = std::async(std::launch::async, [&] { return coord.get("k", policy); });
   EXPECT_TRUE(eventually([&] { return meanwhile.wait_for(0s) == std::future_status::ready; }));
   EXPECT_EQ(calls.load(), 2);
   retry_succeeds.open();
@@ -226,6 +335,56 @@ TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBac
   EXPECT_EQ(next.value, "new");
   EXPECT_EQ(next.source, Source::kHit);
   EXPECT_EQ(calls.load(), 2);
+}
+
+// A blocking caller's fetcher is borrowed: it may capture the caller's locals by reference, and
+// never runs after get() returns. A refresh due without a loader is made by the caller; with
+// one, in the background by the loader.
+TEST(Coordinator, ABlockingCallersFetcherNeverRunsAfterTheCallReturns) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 60s}};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(11s);
+  {
+    auto calls = std::make_unique<int>(0);  // freed when the caller's scope ends
+    auto fetch = [&calls] {
+      ++*calls;
+      return std::string("new");
+    };
+    const Answer<std::string> answer = coord.get("k", fetch, policy);
+    EXPECT_EQ(answer.source, Source::kStale);
+    EXPECT_EQ(*calls, 1);  // refreshed before get() returned
+  }
+  EXPECT_EQ(coord.flights().in_flight(), 0u);
+  EXPECT_EQ(coord
+                .get(
+                    "k", [] { return std::string("unused"); }, policy)
+                .value,
+            "new");
+
+  Gate loader_gate;
+  std::atomic<int> loads{0};
+  coord.set_loader([&](const std::string& key) {
+    loads++;
+    loader_gate.wait();
+    return key + " loaded";
+  });
+  clock.advance(11s);
+  {
+    auto calls = std::make_unique<int>(0);
+    auto fetch = [&calls] {
+      ++*calls;
+      return std::string("borrowed");
+    };
+    const Answer<std::string> answer = coord.get("k", fetch, policy);
+    EXPECT_EQ(answer.source, Source::kStale);
+    EXPECT_EQ(*calls, 0);  // the refresh is the loader's
+  }
+  loader_gate.open();
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 0; }));
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_EQ(coord.get("k", policy).value, "k loaded");
 }
 
 TEST(Coordinator, FailedRefreshIsRetriedWithBackoffOnALaterStaleHit) {

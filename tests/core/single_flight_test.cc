@@ -532,5 +532,50 @@ TEST(SingleFlightAsync, BlockingAndCoroutineCallersJoinTheSameFlight) {
   EXPECT_EQ(calls.load(), 1);
 }
 
+// The flight of a fetch coroutine destroyed before it finished (here its io_context is
+// destroyed while the fetch waits) settles: its waiter gets Errc::cancelled, and the key is
+// free for a new fetch.
+TEST(SingleFlightAsync, AFetchDestroyedUnfinishedCancelsItsWaitersAndFreesTheKey) {
+  ManualClock clock;
+  Flights flights(clock);
+  auto io = std::make_unique<asio::io_context>();
+  auto hang = []() -> asio::awaitable<std::string> {
+    asio::steady_timer forever(co_await asio::this_coro::executor,
+                               asio::steady_timer::time_point::max());
+    co_await forever.async_wait(asio::use_awaitable);
+    co_return std::string("never");
+  };
+  ASSERT_TRUE(flights.async_start("k", hang, io->get_executor()));
+  io->poll();  // the fetch now waits on its timer
+  ASSERT_EQ(flights.in_flight(), 1u);
+  auto waiter = std::async(std::launch::async, [&] {
+    return flights.get_or_fetch("k", [] { return std::string("unused"); });
+  });
+  ASSERT_TRUE(eventually([&] { return flights.stats().coalesced_requests == 1; }));
+  io.reset();
+  try {
+    waiter.get();
+    ADD_FAILURE() << "expected cancelled";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), Errc::cancelled);
+  }
+  EXPECT_EQ(flights.in_flight(), 0u);
+  EXPECT_EQ(flights.get_or_fetch("k", [] { return std::string("anew"); }), "anew");
+}
+
+// A background fetch whose job is dropped unrun settles its flight the same way.
+TEST(SingleFlight, ABackgroundJobDroppedUnrunFreesTheKey) {
+  ManualClock clock;
+  Flights flights(clock);
+  std::vector<std::function<void()>> jobs;
+  auto runner = [&](auto job) { jobs.emplace_back(std::move(job)); };
+  ASSERT_TRUE(flights.start(
+      "k", [] { return std::string("v"); }, runner));
+  EXPECT_EQ(flights.in_flight(), 1u);
+  jobs.clear();
+  EXPECT_EQ(flights.in_flight(), 0u);
+  EXPECT_EQ(flights.get_or_fetch("k", [] { return std::string("anew"); }), "anew");
+}
+
 }  // namespace
 }  // namespace unherd

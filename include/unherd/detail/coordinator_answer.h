@@ -1,0 +1,264 @@
+// How a Coordinator answers a call: memory, the lower tiers, the key's flight, then the
+// stale-if-error fallback; and how lower tiers are read and written. The definitions of
+// Coordinator's members declared in unherd/coordinator.h, which includes this at its end: not a
+// header to include alone.
+#pragma once
+
+namespace unherd {
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPolicy& policy)
+    -> Answer<V> {
+  const TimePoint now = clock_.now();
+  Lookup<V> found = cache_.lookup(key, now);
+  if (auto answer = from_cache(found)) {
+    if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
+      refresh(key, fetcher, policy, found);
+    }
+    return *std::move(answer);
+  }
+  std::string_view found_in = kMemoryTier;
+  if (!tiers_.empty() && !found.value) {
+    std::optional<FlightResult<std::optional<Loaded>>> loaded;
+    try {
+      loaded = tier_flight_.join(
+          key, [&] { return load_tiers(key); }, policy.flight);
+    } catch (...) {  // a read that took too long: go on as if the tiers had nothing
+    }
+    if (loaded && loaded->value) {
+      Loaded& l = *loaded->value;
+      if (auto answer = from_tier(l)) {
+        if (answer->source == Source::kStale && !loaded->coalesced) {
+          refresh(key, fetcher, policy, l.as_lookup());
+        }
+        return *std::move(answer);
+      }
+      found = l.as_lookup();
+      found_in = tiers_[l.tier]->name();
+    } else if (auto answer = fresh_after_read(key, found)) {
+      return *std::move(answer);
+    }
+  }
+  std::exception_ptr error = negative_hit(key, now);
+  if (!error) {
+    try {
+      std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
+      auto fetch = [&](const FlightHandle& flight) {
+        if ((filled = filled_meanwhile(key))) return filled->value;
+        return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
+      };
+      auto r = flight_.join(key, fetch, policy.flight);
+      if (filled && !r.coalesced) return *std::move(filled);
+      return settled(std::move(r));
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  return fallback(std::move(found), found_in, error);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy policy)
+    -> asio::awaitable<Answer<V>> {
+  const TimePoint now = clock_.now();
+  Lookup<V> found = cache_.lookup(key, now);
+  if (auto answer = from_cache(found)) {
+    if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
+      auto job = refresh_job_async(key, fetcher, policy, found);
+      auto executor = co_await asio::this_coro::executor;
+      if (flight_.async_start(key, std::move(job), executor)) {
+        refreshes_.add();
+      }
+    }
+    co_return *std::move(answer);
+  }
+  std::string_view found_in = kMemoryTier;
+  if (!tiers_.empty() && !found.value) {
+    std::optional<FlightResult<std::optional<Loaded>>> loaded;
+    auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
+      return load_tiers_async(key);
+    };
+    try {
+      auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
+      FlightResult<std::optional<Loaded>> read = co_await std::move(joining);
+      loaded.emplace(std::move(read));
+    } catch (...) {  // a read that took too long: go on as if the tiers had nothing
+    }
+    if (loaded && loaded->value) {
+      Loaded& l = *loaded->value;
+      if (auto answer = from_tier(l)) {
+        if (answer->source == Source::kStale && !loaded->coalesced) {
+          auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
+          auto executor = co_await asio::this_coro::executor;
+          if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
+        }
+        co_return *std::move(answer);
+      }
+      found = l.as_lookup();
+      found_in = tiers_[l.tier]->name();
+    } else if (auto answer = fresh_after_read(key, found)) {
+      co_return *std::move(answer);
+    }
+  }
+  std::exception_ptr error = negative_hit(key, now);
+  if (!error) {
+    // Named, not a temporary: GCC 12 mishandles non-trivial temporaries in co_await
+    // expressions.
+    // Shared: the fetch may outlive this caller (max_wait), and only this caller's runs.
+    auto filled = std::make_shared<std::optional<Answer<V>>>();
+    auto fetch = [this, key, fetcher, policy, found,
+                  filled](FlightHandle flight) -> asio::awaitable<V> {
+      if ((*filled = filled_meanwhile(key))) co_return (*filled)->value;
+      auto fetching =
+          fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
+      co_return co_await std::move(fetching);
+    };
+    try {
+      auto joining = flight_.async_join(key, std::move(fetch), policy.flight);
+      FlightResult<V> r = co_await std::move(joining);
+      if (*filled && !r.coalesced) co_return std::move(**filled);
+      co_return settled(std::move(r));
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  co_return fallback(std::move(found), found_in, error);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::from_cache(Lookup<V>& found) -> std::optional<Answer<V>> {
+  if (found.freshness == Freshness::kFresh) {
+    hits_.add();
+    return Answer<V>{std::move(*found.value), Source::kHit, found.stored_at, kMemoryTier};
+  }
+  if (found.freshness == Freshness::kStale) {
+    stale_.add();
+    return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
+  }
+  if (found.value && found.refresh_failures > 0) {
+    // Only good for errors, and the key's last call sequence failed: rather than wait for
+    // another that would likely fail too, callers get the value at once and, as for a stale
+    // hit, one background refresh runs once the backoff since the failure has passed.
+    stale_if_error_.add();
+    return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
+  }
+  return std::nullopt;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::fresh_after_read(const K& key, Lookup<V>& found)
+    -> std::optional<Answer<V>> {
+  Lookup<V> again = cache_.lookup(key, clock_.now());
+  if (again.freshness == Freshness::kFresh) return from_cache(again);
+  if (again.value) found = std::move(again);
+  return std::nullopt;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::from_tier(const Loaded& l) -> std::optional<Answer<V>> {
+  const TimePoint now = clock_.now();
+  if (now < l.deadlines.fresh_until) {
+    hits_.add();
+    return Answer<V>{l.value, Source::kHit, l.stored_at, tiers_[l.tier]->name()};
+  }
+  if (now < l.deadlines.stale_until) {
+    stale_.add();
+    return Answer<V>{l.value, Source::kStale, l.stored_at, tiers_[l.tier]->name()};
+  }
+  return std::nullopt;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, std::size_t i,
+                                             const Fill& fill) -> std::optional<Loaded> {
+  if constexpr (kStringKeys) {
+    std::optional<V> value = codec_.decode(record.value);
+    if (!value) {  // unreadable by this codec: a dead record removes it, without waiting
+      tiers_[i]->insert(key, TierRecord{});
+      return std::nullopt;
+    }
+    const TimePoint now = clock_.now();
+    const WallTime wall = clock_.wall_now();
+    auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
+    Loaded l{std::move(*value),
+             Deadlines{local(record.fresh_until), local(record.stale_until),
+                       local(record.stale_if_error_until)},
+             std::min(now, local(record.stored_at)), i};
+    if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
+    for (std::size_t j = 0; j < i; ++j)
+      tiers_[j]->insert(key, record);
+    cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
+    return l;
+  } else {
+    return std::nullopt;
+  }
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::load_tiers(const K& key) -> std::optional<Loaded> {
+  const Fill fill = fills_.enter(key);
+  for (std::size_t i = 0; i < tiers_.size(); ++i) {
+    auto record = tiers_[i]->lookup(key, clock_.wall_now());
+    if (record) {
+      if (auto l = promote(key, *record, i, fill)) return l;
+    }
+  }
+  return std::nullopt;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(K key)
+    -> asio::awaitable<std::optional<Loaded>> {
+  const Fill fill = fills_.enter(key);
+  for (std::size_t i = 0; i < tiers_.size(); ++i) {
+    auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
+    std::optional<TierRecord> record = co_await std::move(reading);
+    if (record) {
+      if (auto l = promote(key, *record, i, fill)) co_return l;
+    }
+  }
+  co_return std::nullopt;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, const Deadlines& d,
+                                                 TimePoint now) -> void {
+  if constexpr (kStringKeys) {
+    if (tiers_.empty()) return;
+    const WallTime wall = clock_.wall_now();
+    auto at = [&](TimePoint t) {
+      return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
+    };
+    // A dead record is a removal: no need to encode the value.
+    TierRecord record{d.stale_if_error_until > now ? codec_.encode(value) : std::string(), wall,
+                      at(d.fresh_until), at(d.stale_until), at(d.stale_if_error_until)};
+    for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
+      tiers_[i]->insert(key, record);
+    tiers_.back()->insert(key, std::move(record));
+  }
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::negative_hit(const K& key, TimePoint now)
+    -> std::exception_ptr {
+  if (!negative_used_.load(std::memory_order_relaxed)) return nullptr;
+  Lookup<std::exception_ptr> n = negative_.lookup(key, now);
+  if (n.freshness != Freshness::kFresh) return nullptr;
+  negative_hits_.add();
+  return *n.value;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::fallback(Lookup<V> found, std::string_view tier,
+                                              const std::exception_ptr& error) -> Answer<V> {
+  if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
+    stale_if_error_.add();
+    return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, tier};
+  }
+  errors_.add();
+  std::rethrow_exception(error);
+}
+
+}  // namespace unherd

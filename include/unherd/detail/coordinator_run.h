@@ -1,0 +1,179 @@
+// A Coordinator's fetches: one call sequence (a Run) of a key through its ResilientCall, moved
+// to the background once every waiter has a stale-if-error value, and its outcome stored or
+// remembered. The definitions of Coordinator's members declared in unherd/coordinator.h, which
+// includes this at its end: not a header to include alone.
+#pragma once
+
+namespace unherd {
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::start_run(const K& key, const CallPolicy& policy,
+                                               const Lookup<V>& found, bool background) -> Run {
+  // No retry that no waiter could still wait for.
+  ResilienceOptions resilience{policy.retry, policy.breaker, true,
+                               [this, key] { return flight_.waiters_deadline(key); }};
+  return Run{key,
+             policy,
+             found.value,
+             found.deadlines,
+             found.refresh_failures,
+             background,
+             fills_.enter(key),
+             ResilientCall(clock_, std::move(resilience)),
+             {}};
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::refresh(const K& key, F& fetcher, const CallPolicy& policy,
+                                             const Lookup<V>& found) -> void {
+  bool started = false;
+  if (loader_) {
+    auto load = loading(key);
+    started = flight_.start(key, refresh_job(key, load, policy, found),
+                            [this](auto job) { worker_.post(std::move(job)); });
+  } else {
+    started = flight_.start(key, refresh_job(key, fetcher, policy, found), [](auto job) { job(); });
+  }
+  if (started) refreshes_.add();
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::give_up(const Run& run, const std::exception_ptr& error)
+    -> void {
+  remember_error(run.key, run.policy, error);
+  if (run.background) refresh_failures_.add();
+  if (!run.previous) return;
+  static const RetryPolicy kDefault{};
+  const RetryPolicy& backoff = run.policy.retry ? *run.policy.retry : kDefault;
+  const int n = static_cast<int>(std::min<std::uint32_t>(run.failures + 1, 30));
+  const Duration pause = backoff.max_backoff(n) / 2 + backoff.backoff(n) / 2;
+  cache_.defer_refresh(run.key, clock_.now() + pause, run.failures + 1);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::store(Run& run, Fetched<V> fetched) -> V {
+  if (run.fill.spoiled()) return std::move(fetched.value);  // a purge of the key ran meanwhile
+  const K& key = run.key;
+  const TimePoint now = clock_.now();
+  if (negative_used_.load(std::memory_order_relaxed)) negative_.erase(key);
+  const Ttl ttl = fetched.ttl.value_or(run.policy.ttl);
+  if (fetched.store) {
+    const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
+    const Deadlines deadlines = Deadlines::from(now, ttl);
+    cache_.insert(key, fetched.value, charge, deadlines, now);
+    // A value dead on arrival removes the old one from every tier, as from memory.
+    write_tiers(key, fetched.value, deadlines, now);
+  } else if (run.background) {
+    // The refresh's answer may not be stored, so the stale entry stays: without this, every
+    // stale hit would start another refresh at once.
+    cache_.defer_refresh(key, now + std::max<Duration>(ttl.fresh, std::chrono::seconds(1)), 0);
+  }
+  return std::move(fetched.value);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::fetch_and_store(Run run, F& fetcher,
+                                                     const FlightHandle& flight) -> V {
+  return attempts(run, fetcher, flight);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::attempts(Run& run, F& fetcher, const FlightHandle& flight)
+    -> V {
+  auto attempt = [&](const AttemptInfo& a) {
+    const Ctx ctx = context(run, a);
+    return normalize(invoke(fetcher, ctx));
+  };
+  std::optional<Fetched<V>> fetched;
+  try {
+    fetched.emplace(run.call.run(attempt, [&](const std::exception_ptr&, TimePoint) {
+      return on_retry(run, flight, static_cast<bool>(loader_));
+    }));
+  } catch (...) {
+    if (!run.call.paused()) {
+      give_up(run, std::current_exception());
+      throw;
+    }
+    hand_off(run, flight);
+    auto rest = std::make_shared<Run>(std::move(run));
+    worker_.post([this, rest]() mutable {
+      auto load = loading(rest->key);
+      try {
+        attempts(*rest, load, {});
+      } catch (...) {  // given up: give_up() has remembered it
+      }
+      rest.reset();  // ends the flight, after the cache has the outcome
+    });
+    throw;
+  }
+  return store(run, std::move(*fetched));
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::fetch_and_store_async(Run run, F fetcher, FlightHandle flight)
+    -> asio::awaitable<V> {
+  auto attempting = attempts_async(std::move(run), std::move(fetcher), std::move(flight));
+  co_return co_await std::move(attempting);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::attempts_async(Run run, F fetcher, FlightHandle flight)
+    -> asio::awaitable<V> {
+  auto attempt = [this, &run, &fetcher](AttemptInfo a) -> asio::awaitable<Fetched<V>> {
+    const Ctx ctx = context(run, a);
+    auto call = invoke(fetcher, ctx);
+    auto value = co_await std::move(call);
+    co_return normalize(std::move(value));
+  };
+  auto retry_here = [this, &run, &flight](const std::exception_ptr&, TimePoint) {
+    return on_retry(run, flight, true);
+  };
+  std::optional<Fetched<V>> fetched;
+  std::exception_ptr error;
+  try {
+    auto calling = run.call.async_run(attempt, retry_here);
+    fetched.emplace(co_await std::move(calling));
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (fetched) co_return store(run, std::move(*fetched));
+  if (!run.call.paused()) {
+    give_up(run, error);
+    std::rethrow_exception(error);
+  }
+  hand_off(run, flight);
+  auto executor = co_await asio::this_coro::executor;
+  auto rest = resume_async(std::move(run), std::move(fetcher));
+  asio::co_spawn(executor, std::move(rest), asio::detached);
+  std::rethrow_exception(error);
+}
+
+template <class K, class V, class Hash, class KeyEq>
+template <class F>
+auto Coordinator<K, V, Hash, KeyEq>::resume_async(Run run, F fetcher) -> asio::awaitable<void> {
+  try {
+    auto attempting = attempts_async(std::move(run), std::move(fetcher), {});
+    co_await std::move(attempting);
+  } catch (...) {  // given up: give_up() has remembered it
+  }
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::remember_error(const K& key, const CallPolicy& policy,
+                                                    const std::exception_ptr& error) -> void {
+  if (policy.negative_ttl <= Duration::zero() || holds_error(error, Errc::circuit_open)) return;
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+  const auto ttl = std::chrono::duration_cast<Duration>(policy.negative_ttl * jitter);
+  const TimePoint now = clock_.now();
+  negative_used_.store(true, std::memory_order_relaxed);
+  negative_.insert(key, error, 64 + detail::default_charge(key), Deadlines::from(now, Ttl{ttl}),
+                   now);
+}
+
+}  // namespace unherd

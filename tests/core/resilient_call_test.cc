@@ -1,0 +1,136 @@
+#include "unherd/resilient_call.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <stdexcept>
+#include <string>
+
+namespace unherd {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Retries that wait for nothing, so blocking calls need no clock movement.
+RetryOptions immediate(int attempts) {
+  return RetryOptions{.max_attempts = attempts, .base = 0s, .cap = 0s, .deadline = 10s};
+}
+
+std::string fail(const AttemptInfo&) {
+  throw std::runtime_error("upstream down");
+}
+
+TEST(ResilientCall, RetriesUntilAnAttemptSucceedsTellingEachItsNumber) {
+  ManualClock clock;
+  const RetryPolicy retry(immediate(3));
+  ResilientCall call(clock, {.retry = &retry});
+  std::vector<int> numbers;
+  auto attempt = [&](const AttemptInfo& a) {
+    numbers.push_back(a.number);
+    if (a.number < 3) throw std::runtime_error("503");
+    return std::string("ok");
+  };
+  EXPECT_EQ(call.run(attempt), "ok");
+  EXPECT_EQ(numbers, (std::vector<int>{1, 2, 3}));
+}
+
+TEST(ResilientCall, EveryCallCountsInTheBudgetAndARefusedRetryEndsTheCallWithItsError) {
+  ManualClock clock;
+  RetryBudget budget({.ratio = 0, .min_retries = 1}, clock);
+  const RetryPolicy retry(immediate(5), &budget);
+  ResilientCall call(clock, {.retry = &retry});
+  EXPECT_THROW(call.run(fail), std::runtime_error);
+  EXPECT_EQ(call.attempts(), 2);  // the budget allowed one retry
+  EXPECT_EQ(budget.stats().attempts, 1u);
+  EXPECT_EQ(budget.stats().retries, 1u);
+  EXPECT_EQ(budget.stats().exhausted, 1u);
+}
+
+TEST(ResilientCall, ACallThatMayNotBeRetriedMakesOneAttemptAndStillCounts) {
+  ManualClock clock;
+  RetryBudget budget({}, clock);
+  const RetryPolicy retry(immediate(3), &budget);
+  ResilientCall call(clock, {.retry = &retry, .may_retry = false});
+  EXPECT_THROW(call.run(fail), std::runtime_error);
+  EXPECT_EQ(call.attempts(), 1);
+  EXPECT_EQ(budget.stats().attempts, 1u);
+}
+
+TEST(ResilientCall, AnOpenBreakerRefusesWithoutAnAttempt) {
+  ManualClock clock;
+  CircuitBreaker breaker({.failure_rate = 1.0, .window = 1, .min_calls = 1}, clock);
+  ResilientCall first(clock, {.breaker = &breaker});
+  EXPECT_THROW(first.run(fail), std::runtime_error);
+  ResilientCall second(clock, {.breaker = &breaker});
+  int attempts = 0;
+  try {
+    second.run([&](const AttemptInfo&) { return ++attempts; });
+    ADD_FAILURE() << "expected circuit_open";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), Errc::circuit_open);
+  }
+  EXPECT_EQ(attempts, 0);
+}
+
+TEST(ResilientCall, LocalFailuresAndCancellationsAreNotTheUpstreamsFault) {
+  ManualClock clock;
+  CircuitBreaker breaker({.failure_rate = 1.0, .window = 1, .min_calls = 1}, clock);
+  for (Errc e : {Errc::local_failure, Errc::cancelled}) {
+    ResilientCall call(clock, {.breaker = &breaker});
+    EXPECT_THROW(call.run([e](const AttemptInfo&) -> int { throw_error(e); }), std::system_error);
+  }
+  EXPECT_EQ(breaker.stats().failures, 0u);
+  EXPECT_EQ(breaker.state(), BreakerState::kClosed);
+}
+
+TEST(ResilientCall, StoppedBeforeAPauseItGoesOnFromTheNextAttempt) {
+  ManualClock clock;
+  const RetryPolicy retry(immediate(3));
+  ResilientCall call(clock, {.retry = &retry});
+  auto attempt = [](const AttemptInfo& a) {
+    if (a.number == 1) throw std::runtime_error("503");
+    return a.number;
+  };
+  EXPECT_THROW(call.run(attempt, [](const std::exception_ptr&, TimePoint) { return false; }),
+               std::runtime_error);
+  EXPECT_TRUE(call.paused());
+  EXPECT_EQ(call.run(attempt), 2);
+  EXPECT_FALSE(call.paused());
+}
+
+TEST(ResilientCallAsync, AnAttemptPastItsDeadlineIsCancelledAndFailsWithAttemptTimeout) {
+  ManualClock clock;
+  RetryOptions options = immediate(1);
+  options.attempt_timeout = 1s;
+  const RetryPolicy retry(options);
+  ResilientCall call(clock, {.retry = &retry});
+  asio::io_context io;
+  auto hang = [](const AttemptInfo&) -> asio::awaitable<std::string> {
+    asio::steady_timer forever(co_await asio::this_coro::executor,
+                               asio::steady_timer::time_point::max());
+    co_await forever.async_wait(asio::use_awaitable);
+    co_return std::string("never");
+  };
+  std::error_code code;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await call.async_run(hang);
+        } catch (const std::system_error& e) {
+          code = e.code();
+        }
+      },
+      asio::detached);
+  io.poll();
+  clock.advance(1s);
+  io.run();
+  EXPECT_EQ(code, Errc::attempt_timeout);
+}
+
+}  // namespace
+}  // namespace unherd
