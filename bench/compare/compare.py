@@ -298,7 +298,11 @@ def main():
             sie = {n: f"/sie/{n}/r{r}" + q(delay_ms=200, cc="max-age=1, stale-if-error=300")
                    for n in order}
             for name in order:
-                systems[name].get(sie[name])
+                # The round before may have left unherd's breaker open (30 s): fill only once it
+                # lets the request through, or the round would measure an entry never stored.
+                deadline = time.monotonic() + 60
+                while systems[name].get(sie[name])[0] != 200 and time.monotonic() < deadline:
+                    time.sleep(0.5)
             time.sleep(2.0)  # past max-age; the /sie route keeps no stale-while-revalidate
             urllib.request.urlopen(f"http://127.0.0.1:{up.port}/__down?on=1").read()
             for name in order:

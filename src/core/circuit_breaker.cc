@@ -1,3 +1,4 @@
+// CircuitBreaker (unherd/circuit_breaker.h): the state machine over its sliding window.
 #include "unherd/circuit_breaker.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// The clocks of unherd/clock.h: the system clock, ManualClock, and timers that read either.
 #include "unherd/clock.h"
 
 #include <thread>

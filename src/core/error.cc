@@ -1,3 +1,4 @@
+// unherd::Errc as a std::error_category (unherd/error.h): names and messages.
 #include "unherd/error.h"
 
 namespace unherd {

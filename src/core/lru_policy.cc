@@ -1,3 +1,4 @@
+// The default eviction policy (unherd/eviction.h): least recently used.
 #include "unherd/eviction.h"
 
 namespace unherd {

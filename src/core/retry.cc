@@ -1,3 +1,4 @@
+// RetryPolicy and RetryBudget (unherd/retry.h): full-jitter backoff, deadlines, the budget.
 #include "unherd/retry.h"
 
 #include <algorithm>

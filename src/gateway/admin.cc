@@ -1,3 +1,4 @@
+// The admin API (admin.h): /stats, /health, /metrics, purge and reset, behind the token.
 #include "gateway/admin.h"
 
 #include <prometheus/counter.h>

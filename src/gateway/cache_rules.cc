@@ -1,3 +1,4 @@
+// The HTTP cache rules (cache_rules.h): Cache-Control and friends read into a store policy.
 #include "gateway/cache_rules.h"
 
 #include <algorithm>

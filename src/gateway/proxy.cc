@@ -212,7 +212,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));
   RouteCounters* counters = route.counters.get();
-  CacheFetch fetch({.routes = std::move(rt),
+  CacheFetch fetch({.routes = rt,
                     .route = &route,
                     .request = shared_request,
                     .upstreams = &upstreams,

@@ -1,3 +1,4 @@
+// CachedResponse (response.h) and its versioned record codec for the lower tiers.
 #include "gateway/response.h"
 
 #include <cstdint>

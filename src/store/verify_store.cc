@@ -1,3 +1,4 @@
+// The store check at start (verify_store.h): a forked child walks every page of the LMDB file.
 #include "store/verify_store.h"
 
 #include <fcntl.h>

@@ -385,6 +385,30 @@ TEST_F(ProxyTest, AKeyWhoseAnswerIsPrivatePassesUntilAShareableAnswerComes) {
   EXPECT_EQ(upstream.sent.size(), 4u);
 }
 
+// A coalesced waiter handed another request's private answer asks the upstream on its own,
+// under the route it came with, even after a reload replaced the route table meanwhile and the
+// thread has moved on to the new one (AddressSanitizer: the old route must still be alive).
+TEST_F(ProxyTest, AWaiterGivenAnotherRequestsPrivateAnswerAsksAloneAfterAReload) {
+  start();
+  upstream.hold(200, {{"Set-Cookie", "session=first"}}, "first's");
+  auto first = request("/api/me");
+  auto second = request("/api/me");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+  route().timeout = Millis(3000);
+  proxy->reload(config);
+  auto elsewhere = request("/not-routed");  // this thread now reads the new table
+  ASSERT_TRUE(*elsewhere);
+  EXPECT_EQ((*elsewhere)->status, 404u);
+  upstream.answer(200, {{"Set-Cookie", "session=second"}}, "second's");
+  ASSERT_TRUE(upstream.release());
+  run();
+  ASSERT_TRUE(*first && *second);
+  EXPECT_EQ(body(**first), "first's");
+  EXPECT_EQ(body(**second), "second's");
+  EXPECT_EQ((*second)->x_cache, "PASS");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+}
+
 TEST_F(ProxyTest, TheTierChainItIsHandedIsWrittenReadAfterARestartAndSynced) {
   auto tier = std::make_shared<MapTier>();
   start({tier});
