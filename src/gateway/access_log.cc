@@ -15,7 +15,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "gateway/proxy.h"
+#include "gateway/request.h"
 
 namespace unherd::gateway {
 namespace {

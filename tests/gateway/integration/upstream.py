@@ -43,6 +43,10 @@ class State:
     def __init__(self):
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)  # notified when a request is held
+        self._clear()
+
+    def _clear(self):
+        """Everything but the lock and its condition, which waiting threads keep using."""
         self.counts = {}
         self.total = 0
         self.not_modified = 0
@@ -58,7 +62,8 @@ class State:
         with self.lock:
             for _, gate in self.held:
                 gate.set()
-            self.__init__()
+            self._clear()
+            self.changed.notify_all()
 
     # -- holding requests (the caller holds no lock)
 
