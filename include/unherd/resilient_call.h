@@ -31,6 +31,7 @@
 #include <functional>
 #include <optional>
 #include <type_traits>
+#include <utility>
 #include <variant>
 
 #include "unherd/async.h"
@@ -72,18 +73,15 @@ class ResilientCall {
       if (resume_at_) clock_->sleep_until(*std::exchange(resume_at_, std::nullopt));
       const AttemptInfo info = next_attempt();
       std::exception_ptr error;
-      try {
-        const CircuitBreaker::Permit permit = admit();
+      if (std::optional<Admission> admitted = admit(error)) {
         std::optional<T> value;
         try {
           value.emplace(attempt(info));
         } catch (...) {
           error = std::current_exception();
         }
-        report(permit, error);
+        admitted->report(error);
         if (value) return std::move(*value);
-      } catch (...) {  // refused by the breaker
-        error = std::current_exception();
       }
       decide_retry(error, on_retry);
     }
@@ -105,15 +103,14 @@ class ResilientCall {
       }
       const AttemptInfo info = next_attempt();
       std::exception_ptr error;
-      try {
-        const CircuitBreaker::Permit permit = admit();
+      if (std::optional<Admission> admitted = admit(error)) {
+        // If this frame is destroyed or cancelled while it waits, `admitted` hands the permit
+        // back unreported, and the exception (if any) ends the call.
         auto attempting = attempt_under_deadline<T>(attempt, info);
         Outcome<T> outcome = co_await std::move(attempting);
-        report(permit, outcome.error);
+        admitted->report(outcome.error);
         if (!outcome.error) co_return std::move(*outcome.value);
         error = outcome.error;
-      } catch (...) {  // refused by the breaker
-        error = std::current_exception();
       }
       decide_retry(error, on_retry);
     }
@@ -137,10 +134,30 @@ class ResilientCall {
     std::exception_ptr error;
   };
 
+  // A breaker permit held by one attempt. report() gives the attempt's outcome to the breaker;
+  // a permit never reported (the attempt's frame destroyed, or cancelled, while it waited) is
+  // released when this is destroyed, so a half-open breaker gets its probe slot back.
+  class Admission {
+   public:
+    Admission(CircuitBreaker* breaker, CircuitBreaker::Permit permit) noexcept
+        : breaker_(breaker), permit_(permit) {}
+    Admission(Admission&& other) noexcept
+        : breaker_(std::exchange(other.breaker_, nullptr)), permit_(other.permit_) {}
+    Admission& operator=(Admission&&) = delete;
+    ~Admission() {
+      if (breaker_ != nullptr) breaker_->release(permit_);
+    }
+    void report(const std::exception_ptr& error);
+
+   private:
+    CircuitBreaker* breaker_;  // null once reported, or when there is no breaker
+    CircuitBreaker::Permit permit_;
+  };
+
   // The steps both forms share; none of them waits.
   AttemptInfo next_attempt();
-  CircuitBreaker::Permit admit();  // throws Errc::circuit_open
-  void report(const CircuitBreaker::Permit& permit, const std::exception_ptr& error);
+  // The attempt's permit, or nullopt with `error` set to Errc::circuit_open.
+  std::optional<Admission> admit(std::exception_ptr& error);
   // The start of the next attempt, or nullopt to give up.
   std::optional<TimePoint> retry_at(const std::exception_ptr& error);
 

@@ -19,21 +19,25 @@ AttemptInfo ResilientCall::next_attempt() {
   return info;
 }
 
-CircuitBreaker::Permit ResilientCall::admit() {
-  if (options_.breaker == nullptr) return {};
+auto ResilientCall::admit(std::exception_ptr& error) -> std::optional<Admission> {
+  if (options_.breaker == nullptr) return Admission(nullptr, {});
   auto permit = options_.breaker->try_acquire();
-  if (!permit) throw_error(Errc::circuit_open);
-  return *permit;
+  if (!permit) {
+    error = std::make_exception_ptr(std::system_error(make_error_code(Errc::circuit_open)));
+    return std::nullopt;
+  }
+  return Admission(options_.breaker, *permit);
 }
 
-void ResilientCall::report(const CircuitBreaker::Permit& permit, const std::exception_ptr& error) {
-  if (options_.breaker == nullptr) return;
+void ResilientCall::Admission::report(const std::exception_ptr& error) {
+  CircuitBreaker* breaker = std::exchange(breaker_, nullptr);
+  if (breaker == nullptr) return;
   if (!error) {
-    options_.breaker->on_success(permit);
+    breaker->on_success(permit_);
   } else if (holds_error(error, Errc::cancelled) || holds_error(error, Errc::local_failure)) {
-    options_.breaker->release(permit);  // neither tells anything about the upstream
+    breaker->release(permit_);  // neither tells anything about the upstream
   } else {
-    options_.breaker->on_failure(permit);
+    breaker->on_failure(permit_);
   }
 }
 

@@ -132,5 +132,37 @@ TEST(ResilientCallAsync, AnAttemptPastItsDeadlineIsCancelledAndFailsWithAttemptT
   EXPECT_EQ(code, Errc::attempt_timeout);
 }
 
+// A coroutine call destroyed while its attempt waits (its io_context destroyed) hands its
+// breaker permit back: a half-open breaker's only probe slot is free again, not lost for good.
+TEST(ResilientCallAsync, ACallDestroyedMidAttemptGivesItsHalfOpenProbeBack) {
+  ManualClock clock;
+  CircuitBreaker breaker(
+      {.failure_rate = 1.0, .window = 1, .min_calls = 1, .open_for = 1s, .half_open_calls = 1},
+      clock);
+  ResilientCall opening(clock, {.breaker = &breaker});
+  EXPECT_THROW(opening.run(fail), std::runtime_error);
+  clock.advance(1s);
+  ASSERT_EQ(breaker.state(), BreakerState::kHalfOpen);
+  {
+    asio::io_context io;
+    auto hang = [](const AttemptInfo&) -> asio::awaitable<std::string> {
+      asio::steady_timer forever(co_await asio::this_coro::executor,
+                                 asio::steady_timer::time_point::max());
+      co_await forever.async_wait(asio::use_awaitable);
+      co_return std::string("never");
+    };
+    auto probing = std::make_shared<ResilientCall>(clock, ResilienceOptions{.breaker = &breaker});
+    asio::co_spawn(
+        io, [probing, hang]() -> asio::awaitable<void> { co_await probing->async_run(hang); },
+        asio::detached);
+    io.poll();  // the probe is out, waiting on its upstream
+    ResilientCall meanwhile(clock, {.breaker = &breaker});
+    EXPECT_THROW(meanwhile.run([](const AttemptInfo&) { return 1; }), std::system_error);
+  }  // the io_context, and the waiting probe's frame with it, are destroyed
+  ResilientCall next(clock, {.breaker = &breaker});
+  EXPECT_EQ(next.run([](const AttemptInfo&) { return 7; }), 7);
+  EXPECT_EQ(breaker.state(), BreakerState::kClosed);
+}
+
 }  // namespace
 }  // namespace unherd
