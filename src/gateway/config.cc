@@ -116,7 +116,7 @@ class TableReader {
       std::optional<std::size_t> s;
       if (auto str = n->value<std::string>()) {
         s = parse_size(*str);
-      } else if (auto i = n->value<std::int64_t>(); i && *i >= 0) {
+      } else if (auto i = n->value_exact<std::int64_t>(); i && *i >= 0) {
         s = static_cast<std::size_t>(*i);
       }
       if (!s) fail(*n, key, "expected a size such as \"64KiB\", \"256MiB\" or \"4GiB\"");

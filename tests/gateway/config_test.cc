@@ -163,6 +163,9 @@ TEST(Config, NonFiniteNumbersAreRefused) {
   EXPECT_FALSE(parse_size("nanKiB").has_value());
   expect_error("[server]\nidle_timeout = \"nans\"\n", {"test.toml:2:", "server.idle_timeout"});
   expect_error("[cache]\nmemory = \"nanMiB\"\n", {"test.toml:2:", "cache.memory"});
+  // Found by fuzzing: a float too large for an integer was converted (undefined behaviour).
+  expect_error("[server]\nmax_header_bytes = 8e92\n", {"test.toml:2:", "server.max_header_bytes"});
+  expect_error("[cache]\nmemory = 1.5\n", {"test.toml:2:", "cache.memory"});
   const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n";
   expect_error(route + "retry = { budget = nan }\n", {"test.toml:5:", "routes[0].retry.budget"});
   expect_error(route + "breaker = { failure_rate = nan }\n",
