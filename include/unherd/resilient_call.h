@@ -14,8 +14,9 @@
 //   -> conclude      the first successful attempt's value is the call's; after giving up, the
 //                    last attempt's error is rethrown as is.
 //
-// The call's first attempt is recorded in the retry budget when the call is made, retried or
-// not, so every call to an upstream counts towards the share of retries the budget allows.
+// The call's first admitted attempt is recorded in the retry budget, retried or not, so every
+// call that reaches the upstream counts towards the share of retries the budget allows; calls
+// the breaker refuses do not count.
 //
 // Two forms share every step but the waiting: run() blocks its thread between attempts;
 // async_run() is a coroutine that waits on the Clock. A call may stop before a pause (its
@@ -60,7 +61,7 @@ struct AttemptInfo {
 
 class ResilientCall {
  public:
-  // Starts the call now: its first attempt is recorded in the retry budget.
+  // Starts the call now (the retry policy's deadline counts from here).
   ResilientCall(Clock& clock, ResilienceOptions options);
 
   // Blocking. attempt: (const AttemptInfo&) -> T. Returns the first successful attempt's value
@@ -207,6 +208,7 @@ class ResilientCall {
   ResilienceOptions options_;
   TimePoint started_;
   int attempts_ = 0;
+  bool counted_ = false;                // recorded in the retry budget
   std::optional<TimePoint> resume_at_;  // set once a retry is decided, until its pause is over
 };
 

@@ -5,11 +5,7 @@
 namespace unherd {
 
 ResilientCall::ResilientCall(Clock& clock, ResilienceOptions options)
-    : clock_(&clock), options_(std::move(options)), started_(clock.now()) {
-  if (options_.retry != nullptr && options_.retry->budget() != nullptr) {
-    options_.retry->budget()->record_attempt();
-  }
-}
+    : clock_(&clock), options_(std::move(options)), started_(clock.now()) {}
 
 AttemptInfo ResilientCall::next_attempt() {
   AttemptInfo info{++attempts_, std::nullopt};
@@ -20,13 +16,22 @@ AttemptInfo ResilientCall::next_attempt() {
 }
 
 auto ResilientCall::admit(std::exception_ptr& error) -> std::optional<Admission> {
-  if (options_.breaker == nullptr) return Admission(nullptr, {});
-  auto permit = options_.breaker->try_acquire();
-  if (!permit) {
+  std::optional<Admission> admitted;
+  if (options_.breaker == nullptr) {
+    admitted.emplace(nullptr, CircuitBreaker::Permit{});
+  } else if (auto permit = options_.breaker->try_acquire()) {
+    admitted.emplace(options_.breaker, *permit);
+  } else {
     error = std::make_exception_ptr(std::system_error(make_error_code(Errc::circuit_open)));
     return std::nullopt;
   }
-  return Admission(options_.breaker, *permit);
+  // The call's first attempt that reaches the upstream counts in the budget; calls the breaker
+  // refuses do not, or an outage would raise the allowance of retries just as it ends.
+  if (!counted_ && options_.retry != nullptr && options_.retry->budget() != nullptr) {
+    options_.retry->budget()->record_attempt();
+  }
+  counted_ = true;
+  return admitted;
 }
 
 void ResilientCall::Admission::report(const std::exception_ptr& error) {

@@ -76,6 +76,23 @@ TEST(ResilientCall, AnOpenBreakerRefusesWithoutAnAttempt) {
   EXPECT_EQ(attempts, 0);
 }
 
+// Calls the breaker refuses never reached the upstream: they do not raise the budget's
+// allowance of retries, which would otherwise be largest just as an outage ends.
+TEST(ResilientCall, CallsAnOpenBreakerRefusesDoNotCountInTheBudget) {
+  ManualClock clock;
+  RetryBudget budget({}, clock);
+  const RetryPolicy retry(immediate(1), &budget);
+  CircuitBreaker breaker({.failure_rate = 1.0, .window = 1, .min_calls = 1}, clock);
+  ResilientCall opening(clock, {.retry = &retry, .breaker = &breaker});
+  EXPECT_THROW(opening.run(fail), std::runtime_error);
+  EXPECT_EQ(budget.stats().attempts, 1u);
+  for (int i = 0; i < 10; ++i) {
+    ResilientCall refused(clock, {.retry = &retry, .breaker = &breaker});
+    EXPECT_THROW(refused.run([](const AttemptInfo&) { return 1; }), std::system_error);
+  }
+  EXPECT_EQ(budget.stats().attempts, 1u);
+}
+
 TEST(ResilientCall, LocalFailuresAndCancellationsAreNotTheUpstreamsFault) {
   ManualClock clock;
   CircuitBreaker breaker({.failure_rate = 1.0, .window = 1, .min_calls = 1}, clock);
