@@ -195,12 +195,18 @@ class CacheRules(GatewayCase):
 
     def test_private_answer_sends_the_herd_upstream_in_parallel(self):
         target = "/api/private" + q(cc="private")
+        before = self.gw.stats()["routes"]["api"]["total_requests"]
         self.up.hold("/api/private")
         answers = []
         herd = threading.Thread(target=lambda: answers.extend(self.gw.herd([target] * 20)))
         herd.start()
         try:
             self.assertTrue(self.up.wait_held("/api/private", 1))
+            # The whole herd has reached the gateway and waits on the one fetch (a latecomer
+            # would otherwise start a fetch of its own that others could join).
+            arrived = lambda: self.gw.stats()["routes"]["api"]["total_requests"] - before
+            self.assertTrue(eventually(lambda: arrived() >= 20, timeout=60),
+                            f"{arrived()} of 20 requests reached the gateway")
             self.up.release("/api/private", n=1)  # the first answer is private: nobody shares it
             # Waiters go upstream together, not one by one: all of them are there at once.
             self.assertTrue(self.up.wait_held("/api/private", 19),
