@@ -5,7 +5,10 @@
 //   Fresh   until fresh_until = t + fresh,
 //   Stale   until stale_until = fresh_until + swr (servable while a refresh runs),
 //   kept for errors until stale_if_error_until = max(stale_until, fresh_until + sie),
-// and gone after that. lookup() says which window `now` falls in.
+//   kept for revalidation only until keep_until = stale_if_error_until + keep,
+// and gone after that. lookup() says which window `now` falls in. A kept entry is a Miss that
+// still carries its value: never an answer, but what a fetch revalidates (an HTTP cache sends
+// the stored validators and renews the entry on a 304, as Varnish's beresp.keep).
 //
 // Each entry has a charge (its size in bytes, as the caller counts it); the cache keeps the sum of
 // charges within its capacity, split evenly over its shards, evicting by the EvictionPolicy (LRU
@@ -41,12 +44,14 @@ struct Ttl {
   Duration fresh{};
   Duration stale_while_revalidate{};
   Duration stale_if_error{};
+  Duration keep{};  // after every servable window: kept for revalidation only
 };
 
 struct Deadlines {
   TimePoint fresh_until{};
   TimePoint stale_until{};
   TimePoint stale_if_error_until{};
+  TimePoint keep_until{};  // the entry is gone after this
 
   static Deadlines from(TimePoint now, const Ttl& ttl) noexcept {
     auto nonneg = [](Duration d) { return std::max(d, Duration::zero()); };
@@ -54,6 +59,7 @@ struct Deadlines {
     d.fresh_until = now + nonneg(ttl.fresh);
     d.stale_until = d.fresh_until + nonneg(ttl.stale_while_revalidate);
     d.stale_if_error_until = std::max(d.stale_until, d.fresh_until + nonneg(ttl.stale_if_error));
+    d.keep_until = d.stale_if_error_until + nonneg(ttl.keep);
     return d;
   }
 };
@@ -64,7 +70,7 @@ template <class V>
 struct Lookup {
   Freshness freshness = Freshness::kMiss;
   // Present when Fresh or Stale, and on a Miss whose entry is still inside its stale-if-error
-  // window (usable only when a fetch fails).
+  // window (usable only when a fetch fails) or its keep window (only to revalidate).
   std::optional<V> value;
   Deadlines deadlines;
   TimePoint stored_at{};
@@ -146,7 +152,7 @@ class Cache {
   bool insert_impl(const K& key, V value, std::size_t charge, const Deadlines& deadlines,
                    TimePoint now, bool keep_newer) {
     if (shard_capacity_ == 0 || charge > shard_capacity_ || charge > UINT32_MAX ||
-        deadlines.stale_if_error_until <= now) {
+        deadlines.keep_until <= now) {
       rejected_.add();
       if (!keep_newer) erase(key);  // an unstorable new value must not leave the old behind
       return false;
@@ -346,7 +352,7 @@ class Cache {
     Entry& e = it->second;
     if constexpr (kFreshOnly) {
       if (now >= e.deadlines.fresh_until) return std::nullopt;
-    } else if (now >= e.deadlines.stale_if_error_until) {
+    } else if (now >= e.deadlines.keep_until) {
       erase_locked(shard, it);
       misses_.add();
       return result;

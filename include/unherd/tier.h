@@ -16,6 +16,7 @@
 // purge_prefix() take effect before they return: no later lookup sees what they removed.
 #pragma once
 
+#include <algorithm>
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <functional>
@@ -32,7 +33,12 @@ struct TierRecord {
   WallTime stored_at{};
   WallTime fresh_until{};
   WallTime stale_until{};
-  WallTime stale_if_error_until{};  // after this the record is dead: never returned
+  WallTime stale_if_error_until{};
+  // Kept, for revalidation only, until this; unset (or earlier): until stale_if_error_until.
+  // After dead_after() the record is dead: never returned.
+  WallTime keep_until{};
+
+  WallTime dead_after() const { return std::max(stale_if_error_until, keep_until); }
 };
 
 // What a tier reports. Counters (hits .. corrupt) reset with reset_stats(); entries and bytes

@@ -60,9 +60,8 @@ std::optional<TierRecord> DiskTier::Impl::lookup(std::string_view key, WallTime 
     auto d = decode_record(view(v));
     if (!d) {
       bad = true;
-    } else if (d->key == key && d->stale_if_error_until > to_ns(now)) {
-      out.emplace(TierRecord{std::string(d->value), from_ns(d->stored_at), from_ns(d->fresh_until),
-                             from_ns(d->stale_until), from_ns(d->stale_if_error_until)});
+    } else if (d->key == key && d->keep_until > to_ns(now)) {
+      out.emplace(d->record());
       renew = due_for_renewal(txn, skey);
     }
   } else if (rc != MDB_NOTFOUND) {
@@ -106,7 +105,7 @@ bool DiskTier::Impl::enqueue(Op op, bool count_drop) {
 }
 
 void DiskTier::Impl::insert(std::string_view key, TierRecord record) {
-  if (record.stale_if_error_until <= clock.wall_now()) {  // dead on arrival: a removal
+  if (record.dead_after() <= clock.wall_now()) {  // dead on arrival: a removal
     enqueue(Op{Op::kErase, std::string(key), {}, 0}, false);
     return;
   }

@@ -81,7 +81,7 @@ std::optional<Meta> DiskTier::Impl::read_meta(MDB_txn* txn, std::string_view ske
 void DiskTier::Impl::write_meta(MDB_txn* txn, std::string_view skey, const Meta& m) {
   char buf[kMetaSize];
   store(buf, m.seq);
-  store(buf + 8, m.stale_if_error_until);
+  store(buf + 8, m.dead_after);
   store(buf + 16, m.charge);
   MDB_val k = val(skey), v{kMetaSize, buf};
   check(mdb_put(txn, metas, &k, &v, 0), "meta");
@@ -95,7 +95,7 @@ bool DiskTier::Impl::remove(MDB_txn* txn, std::string_view skey, std::uint64_t& 
   if (rc != MDB_NOTFOUND) check(rc, "delete");
   if (meta) {
     del(txn, lru, big_endian(meta->seq));
-    del(txn, expiry, expiry_key(meta->stale_if_error_until, skey));
+    del(txn, expiry, expiry_key(meta->dead_after, skey));
     del(txn, metas, skey);
     staged_bytes -= std::min(staged_bytes, meta->charge);
   }
@@ -110,13 +110,13 @@ void DiskTier::Impl::put(MDB_txn* txn, const Op& op, std::uint64_t& staged_bytes
   MDB_val k = val(skey), v{size, nullptr};
   check(mdb_put(txn, records, &k, &v, MDB_RESERVE), "put");
   encode_record(static_cast<char*>(v.mv_data), op.key, op.record);
-  const Meta meta{staged_seq++, to_ns(op.record.stale_if_error_until),
+  const Meta meta{staged_seq++, to_ns(op.record.dead_after()),
                   charge_of(size, skey.size())};
   write_meta(txn, skey, meta);
   const std::string order_key = big_endian(meta.seq);
   MDB_val lk = val(order_key), lv = val(skey);
   check(mdb_put(txn, lru, &lk, &lv, 0), "lru");
-  const std::string ek = expiry_key(meta.stale_if_error_until, skey);
+  const std::string ek = expiry_key(meta.dead_after, skey);
   MDB_val xk = val(ek), xv{0, nullptr};
   check(mdb_put(txn, expiry, &xk, &xv, 0), "expiry");
   staged_bytes += meta.charge;

@@ -1,9 +1,22 @@
 // RecordCodec: DiskTier records to bytes and back (see record_codec.h).
 #include "store/record_codec.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cstring>
 
 namespace unherd::record {
+
+namespace {
+
+std::uint32_t keep_seconds(const TierRecord& r) {
+  if (r.keep_until <= r.stale_if_error_until) return 0;
+  const auto s = std::chrono::ceil<std::chrono::seconds>(r.keep_until - r.stale_if_error_until);
+  return static_cast<std::uint32_t>(std::min<std::int64_t>(s.count(), UINT32_MAX));
+}
+
+}  // namespace
 
 std::size_t record_size(std::string_view key, const TierRecord& r) {
   return kHeader + key.size() + r.value.size();
@@ -12,7 +25,7 @@ std::size_t record_size(std::string_view key, const TierRecord& r) {
 void encode_record(char* out, std::string_view key, const TierRecord& r) {
   store(out, kMagic);
   store(out + 8, static_cast<std::uint32_t>(key.size()));
-  store(out + 12, std::uint32_t{0});
+  store(out + 12, keep_seconds(r));
   store(out + 16, to_ns(r.stored_at));
   store(out + 24, to_ns(r.fresh_until));
   store(out + 32, to_ns(r.stale_until));
@@ -35,6 +48,9 @@ std::optional<Decoded> decode_record(std::string_view bytes) {
   d.fresh_until = load<std::int64_t>(p + 24);
   d.stale_until = load<std::int64_t>(p + 32);
   d.stale_if_error_until = load<std::int64_t>(p + 40);
+  const std::int64_t keep_ns = std::int64_t{load<std::uint32_t>(p + 12)} * 1'000'000'000;
+  d.keep_until = d.stale_if_error_until > INT64_MAX - keep_ns ? INT64_MAX
+                                                              : d.stale_if_error_until + keep_ns;
   d.key = bytes.substr(kHeader, key_len);
   d.value = bytes.substr(kHeader + key_len);
   return d;

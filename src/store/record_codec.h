@@ -2,9 +2,11 @@
 // (crc32c.h).
 //
 // A record, as LMDB stores it under its key:
-//   u32 magic | u32 crc32c of everything after it | u32 key length | u32 zero
+//   u32 magic | u32 crc32c of everything after it | u32 key length | u32 keep
 //   | i64 stored_at | i64 fresh_until | i64 stale_until | i64 stale_if_error_until  (wall, ns)
 //   | the full key | the value bytes
+// `keep` is the whole seconds (rounded up) the record is kept past stale_if_error_until, for
+// revalidation only (0 in records written before keep windows existed: the same meaning).
 // Integers are in host byte order: a store is read by the machine that wrote it.
 //
 // decode_record() reads bytes that may be damaged (a torn write, a flipped bit, a hand edit):
@@ -55,6 +57,13 @@ struct Decoded {
   std::string_view key;
   std::string_view value;
   std::int64_t stored_at, fresh_until, stale_until, stale_if_error_until;
+  std::int64_t keep_until;  // stale_if_error_until + keep: the record is dead after this
+
+  TierRecord record() const {
+    return TierRecord{std::string(value),        from_ns(stored_at),
+                      from_ns(fresh_until),      from_ns(stale_until),
+                      from_ns(stale_if_error_until), from_ns(keep_until)};
+  }
 };
 
 // The record in `bytes`, if they are whole: nullopt for a wrong magic, a key longer than the

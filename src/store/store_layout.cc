@@ -32,8 +32,8 @@ std::uint64_t from_big_endian(std::string_view s) {
   return v;
 }
 
-std::string expiry_key(std::int64_t stale_if_error_until, std::string_view skey) {
-  return big_endian(order(stale_if_error_until)) + std::string(skey);
+std::string expiry_key(std::int64_t dead_after, std::string_view skey) {
+  return big_endian(order(dead_after)) + std::string(skey);
 }
 
 std::uint64_t charge_of(std::size_t record, std::size_t store_key) {

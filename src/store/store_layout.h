@@ -31,12 +31,12 @@ inline std::uint64_t order(std::int64_t ns) {
 }
 
 // The expiry index's key of a record: its stale-if-error deadline, then its store key.
-std::string expiry_key(std::int64_t stale_if_error_until, std::string_view skey);
+std::string expiry_key(std::int64_t dead_after, std::string_view skey);
 
 // What the indexes need to remove a record: kept beside it, keyed like it.
 struct Meta {
   std::uint64_t seq = 0;
-  std::int64_t stale_if_error_until = 0;
+  std::int64_t dead_after = 0;
   std::uint64_t charge = 0;
 };
 inline constexpr std::size_t kMetaSize = 24;

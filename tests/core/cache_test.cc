@@ -36,6 +36,25 @@ TEST(Cache, EntryAgesThroughFreshStaleAndStaleIfError) {
   EXPECT_EQ(cache.stats().entries, 0u);  // a dead entry is removed when found
 }
 
+// Past every servable window, an entry with a keep window is still offered, for revalidation
+// only: the lookup is a miss, and the entry is gone when the keep window ends.
+TEST(Cache, AKeptEntryIsAMissThatStillOffersItsValueUntilTheKeepWindowEnds) {
+  ManualClock clock;
+  StringCache cache;
+  const TimePoint t0 = clock.now();
+  const Deadlines d = Deadlines::from(t0, Ttl{10s, 0s, 0s, 3600s});
+  EXPECT_EQ(d.keep_until, t0 + 3610s);
+  ASSERT_TRUE(cache.insert("k", "v", 1, d, t0));
+  auto kept = cache.lookup("k", t0 + 3000s);
+  EXPECT_EQ(kept.freshness, Freshness::kMiss);
+  EXPECT_EQ(kept.value, "v");
+  EXPECT_EQ(kept.deadlines.stale_if_error_until, t0 + 10s);
+  EXPECT_FALSE(cache.lookup("k", t0 + 3610s).value.has_value());
+  // Only a keep window: stored, though never servable.
+  EXPECT_TRUE(cache.insert("keep-only", "v", 1, Deadlines::from(t0, Ttl{0s, 0s, 0s, 60s}), t0));
+  EXPECT_EQ(cache.lookup("keep-only", t0).value, "v");
+}
+
 TEST(Cache, StaleIfErrorWindowCountsFromEndOfFreshness) {
   const TimePoint t0{};
   auto d = Deadlines::from(t0, Ttl{10s, 60s, 30s});

@@ -284,6 +284,31 @@ TEST(Coordinator, StaleIfErrorServesTheOldValueWhenTheFetchFails) {
   EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
 }
 
+// A value past its stale-if-error window but inside its keep window is handed to the fetch (to
+// revalidate it), and never served: not when the fetch fails, not after a failed run.
+TEST(Coordinator, AKeptValueIsRevalidatedButNeverServedWhenTheFetchFails) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 0s, 0s, 1h}};
+  coord.get(
+      "k", [] { return std::string("old"); }, policy);
+  clock.advance(100s);
+  std::string previous;
+  auto failing = [&](const FetchContext<std::string>& ctx) -> std::string {
+    previous = ctx.previous ? *ctx.previous : "none";
+    throw std::runtime_error("upstream down");
+  };
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);
+  EXPECT_EQ(previous, "old");
+  EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);  // after a failed run too
+  EXPECT_EQ(coord.stats().stale_if_error_served, 0u);
+  auto renewed = coord.get(
+      "k", [](const FetchContext<std::string>& ctx) { return *ctx.previous + "-renewed"; },
+      policy);
+  EXPECT_EQ(renewed.source, Source::kFetched);
+  EXPECT_EQ(renewed.value, "old-renewed");
+}
+
 // Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:
 // every waiter gets the stale value at once, and the retries go on in the background.
 TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBackground) {

@@ -101,6 +101,23 @@ TEST_F(DiskTierTest, ARecordPastItsStaleIfErrorDeadlineIsNeverReturned) {
   EXPECT_FALSE(disk.lookup("/a", clock.wall_now() + 2s));
 }
 
+// A keep window (revalidation only) outlives stale-if-error, in whole seconds, across a reopen.
+TEST_F(DiskTierTest, AKeptRecordIsReturnedUntilItsKeepDeadlineAcrossAReopen) {
+  TierRecord r = record("v", 1s, 1s, 1s);
+  r.keep_until = r.stale_if_error_until + 1500ms;  // rounded up to 2 s
+  {
+    DiskTier disk(options(), clock);
+    disk.insert("/a", r);
+    disk.flush();
+  }
+  DiskTier disk(options(), clock);
+  auto got = disk.lookup("/a", clock.wall_now() + 3s);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->stale_if_error_until, r.stale_if_error_until);
+  EXPECT_EQ(got->keep_until, r.stale_if_error_until + 2s);
+  EXPECT_FALSE(disk.lookup("/a", clock.wall_now() + 4s));
+}
+
 TEST_F(DiskTierTest, InsertingADeadRecordRemovesTheKey) {
   DiskTier disk(options(), clock);
   disk.insert("/a", record("v"));

@@ -137,10 +137,12 @@ auto Coordinator<K, V, Hash, KeyEq>::from_cache(Lookup<V>& found) -> std::option
     stale_.add();
     return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
   }
-  if (found.value && found.refresh_failures > 0) {
-    // Only good for errors, and the key's last call sequence failed: rather than wait for
-    // another that would likely fail too, callers get the value at once and, as for a stale
-    // hit, one background refresh runs once the backoff since the failure has passed.
+  if (found.value && found.refresh_failures > 0 &&
+      clock_.now() < found.deadlines.stale_if_error_until) {
+    // Only good for errors (not merely kept for revalidation), and the key's last call
+    // sequence failed: rather than wait for another that would likely fail too, callers get the
+    // value at once and, as for a stale hit, one background refresh runs once the backoff since
+    // the failure has passed.
     stale_if_error_.add();
     return Answer<V>{*found.value, Source::kStaleIfError, found.stored_at, kMemoryTier};
   }
@@ -184,7 +186,7 @@ auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, s
     auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
     Loaded l{std::move(*value),
              Deadlines{local(record.fresh_until), local(record.stale_until),
-                       local(record.stale_if_error_until)},
+                       local(record.stale_if_error_until), local(record.dead_after())},
              std::min(now, local(record.stored_at)), i};
     if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
     for (std::size_t j = 0; j < i; ++j)
@@ -232,8 +234,11 @@ auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, c
       return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
     };
     // A dead record is a removal: no need to encode the value.
-    TierRecord record{d.stale_if_error_until > now ? codec_.encode(value) : std::string(), wall,
-                      at(d.fresh_until), at(d.stale_until), at(d.stale_if_error_until)};
+    TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(), wall,
+                      at(d.fresh_until),
+                      at(d.stale_until),
+                      at(d.stale_if_error_until),
+                      at(d.keep_until)};
     for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
       tiers_[i]->insert(key, record);
     tiers_.back()->insert(key, std::move(record));
