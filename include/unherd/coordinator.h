@@ -110,6 +110,10 @@ struct CallPolicy {
   CircuitBreaker* breaker = nullptr;   // nullptr: no breaker
   // Cache a failed fetch's error this long (±20% jitter): callers get it without a fetch.
   Duration negative_ttl{};
+  // A cached value stored before this is no answer for this call: it is revalidated (handed to
+  // the fetch as FetchContext::previous) as if it were only kept. For callers that must not be
+  // answered from older values (an HTTP client's Cache-Control: no-cache or max-age).
+  TimePoint min_stored_at{};
 };
 
 struct CoordinatorOptions {
@@ -286,15 +290,27 @@ class Coordinator {
   // have stored its value and settled between this caller's cache lookup and its joining (a
   // flight settles after it stores), and fetching again would be a second call for one herd.
   // Counts nothing: the flight this caller leads is counted as a fetch already.
-  std::optional<Answer<V>> filled_meanwhile(const K& key) {
+  std::optional<Answer<V>> filled_meanwhile(const K& key, const CallPolicy& policy) {
     std::optional<Lookup<V>> again = cache_.lookup_fresh(key, clock_.now());
-    if (!again) return std::nullopt;
+    if (!again || again->stored_at < policy.min_stored_at) return std::nullopt;
     return Answer<V>{std::move(*again->value), Source::kHit, again->stored_at, kMemoryTier};
   }
 
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
   // memory meanwhile, and joining the flight now would start a second one.
-  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found);
+  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found,
+                                           const CallPolicy& policy);
+
+  // What memory has for key, as this call may use it: a value stored before the policy's
+  // min_stored_at is only kept (a miss that carries it, for revalidation).
+  Lookup<V> lookup(const K& key, TimePoint now, const CallPolicy& policy) {
+    Lookup<V> found = cache_.lookup(key, now);
+    if (found.value && found.stored_at < policy.min_stored_at) {
+      found.freshness = Freshness::kMiss;
+      found.refresh_failures = 0;  // not an answer, not even after failures
+    }
+    return found;
+  }
 
   // A value read from a lower tier, in this process's clock.
   struct Loaded {
@@ -314,7 +330,7 @@ class Coordinator {
   };
 
   // A lower tier's Fresh or Stale value as an answer; nullopt if it is only good for errors.
-  std::optional<Answer<V>> from_tier(const Loaded& l);
+  std::optional<Answer<V>> from_tier(const Loaded& l, const CallPolicy& policy);
 
   // Decodes tier i's record, promotes it to memory and to the tiers above i.
   std::optional<Loaded> promote(const K& key, TierRecord& record, std::size_t i, const Fill& fill);

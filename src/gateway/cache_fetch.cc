@@ -30,30 +30,49 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
   return up;
 }
 
+boost::asio::awaitable<UpstreamResponse> CacheFetch::send(UpstreamRequest up,
+                                                         AnswerTimes& times) const {
+  const Route& route = *p_.route;
+  route.counters->upstream.add();
+  times.request = p_.clock->wall_now();
+  auto sending = p_.upstreams->client(route.config.upstream).send(up, route.config.timeout);
+  UpstreamResponse res = co_await std::move(sending);
+  times.response = p_.clock->wall_now();
+  co_return res;
+}
+
 boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
     const FetchContext<ResponsePtr>& ctx) const {
   const Route& route = *p_.route;
   const CachedResponse* previous = ctx.previous ? ctx.previous->get() : nullptr;
-  UpstreamRequest up = upstream_request(previous);
   if (ctx.attempt > 1) route.counters->retries.add();
-  route.counters->upstream.add();
-  auto sending = p_.upstreams->client(route.config.upstream).send(up, route.config.timeout);
+  AnswerTimes times;
+  auto sending = send(upstream_request(previous), times);
   UpstreamResponse res = co_await std::move(sending);
   if (res.status == 304 && previous) {
-    // Revalidated: the stored answer is still good. Its freshness starts again, judged by its
-    // own Cache-Control (or the one the 304 brings), not by the route's defaults alone.
-    Renewed renewed = renew_response(*previous, res, route.ttl);
-    co_return Fetched<ResponsePtr>{std::move(renewed.response), renewed.policy.ttl, std::nullopt,
-                                   renewed.policy.store};
+    if (renews(*previous, res)) {
+      // Revalidated: the stored answer, with the 304's header fields, judged again.
+      BuiltResponse renewed = renew_response(*previous, res, route.ttl, times);
+      co_return Fetched<ResponsePtr>{std::move(renewed.response), renewed.policy.ttl,
+                                     std::nullopt, renewed.policy.store};
+    }
+    // The 304 is about another representation than the stored one: ask for the whole.
+    auto again = send(upstream_request(nullptr), times);
+    res = co_await std::move(again);
   }
-  BuiltResponse built = accept_response(res, route.ttl, p_.request.get());
+  BuiltResponse built = accept_response(res, route.ttl, times, p_.request.get());
   if (built.response->shareable && built.response->vary != p_.vary) {
-    // It varies on headers this key did not include: it is this request's variant only.
-    // Later requests key on those headers; this answer is neither stored nor shared.
+    // It varies on headers this key did not include: stored under the key they make with this
+    // request's values, and learned, so that later requests key on them. The other waiters of
+    // this key may have other values: they are not given it (they look again).
     p_.hints->learn_vary(p_.primary_key, built.response->vary);
-    built.response->shareable = false;
-    built.response->not_shareable_reason = NoCacheReason::kVary;
-    co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, false};
+    if (built.policy.store && p_.store_variant) {
+      p_.store_variant(*p_.request, built.response->vary, built.response, built.policy.ttl);
+    }
+    auto own = std::make_shared<CachedResponse>(*built.response);
+    own->shareable = false;
+    own->not_shareable_reason = NoCacheReason::kVary;
+    co_return Fetched<ResponsePtr>{std::move(own), built.policy.ttl, std::nullopt, false};
   }
   co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
                                  built.policy.store};

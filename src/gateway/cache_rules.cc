@@ -1,58 +1,105 @@
-// The HTTP cache rules (cache_rules.h): Cache-Control and friends read into a store policy.
+// The HTTP cache rules (cache_rules.h): an answer's headers read into a store policy.
 #include "gateway/cache_rules.h"
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstdint>
 
 #include "gateway/text.h"
 
 namespace unherd::gateway {
 namespace {
 
-std::optional<std::chrono::seconds> seconds_value(std::string_view v) {
-  if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
-  std::int64_t n = 0;
+using std::chrono::milliseconds;
+
+// delta-seconds (§1.2.2): digits only; past 2^31, 2^31. nullopt if not one.
+std::optional<seconds> delta_seconds(std::string_view v) {
+  if (v.empty()) return std::nullopt;
+  std::uint64_t n = 0;
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec == std::errc::result_out_of_range) return std::chrono::seconds(INT32_MAX);
-  if (ec != std::errc() || p != v.data() + v.size() || n < 0) return std::nullopt;
-  return std::chrono::seconds(std::min<std::int64_t>(n, INT32_MAX));
+  if (p != v.data() + v.size()) return std::nullopt;
+  if (ec == std::errc::result_out_of_range) return kMaxDeltaSeconds;
+  if (ec != std::errc()) return std::nullopt;
+  return std::min(seconds(static_cast<std::int64_t>(std::min<std::uint64_t>(n, INT64_MAX))),
+                  kMaxDeltaSeconds);
 }
 
-// Calls f(name, value) for each comma-separated element of a header list.
+// Calls f(name, value) for each element of a comma-separated list; value is what follows '='
+// with surrounding quotes removed. A comma inside a quoted string does not end the element.
 template <class F>
-void for_each_element(std::string_view list, F f) {
-  while (!list.empty()) {
-    const auto comma = list.find(',');
-    std::string_view item = trim(list.substr(0, comma));
-    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+void for_each_directive(std::string_view list, F f) {
+  std::size_t i = 0;
+  while (i < list.size()) {
+    std::size_t end = i;
+    bool quoted = false;
+    for (; end < list.size(); ++end) {
+      const char c = list[end];
+      if (quoted && c == '\\' && end + 1 < list.size()) {
+        ++end;
+      } else if (c == '"') {
+        quoted = !quoted;
+      } else if (c == ',' && !quoted) {
+        break;
+      }
+    }
+    const std::string_view item = trim(list.substr(i, end - i));
+    i = end + 1;
     if (item.empty()) continue;
     const auto eq = item.find('=');
-    f(trim(item.substr(0, eq)), eq == std::string_view::npos ? "" : trim(item.substr(eq + 1)));
+    std::string_view value = eq == std::string_view::npos ? "" : trim(item.substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+      value = value.substr(1, value.size() - 2);
+    }
+    f(trim(item.substr(0, eq)), value);
   }
+}
+
+// A freshness directive (max-age, s-maxage): invalid or conflicting values make it 0 (§4.2.1).
+void set_lifetime(std::optional<seconds>& slot, std::string_view value) {
+  const std::optional<seconds> v = delta_seconds(value);
+  if (!v || (slot && *slot != *v)) {
+    slot = seconds(0);
+  } else {
+    slot = *v;
+  }
+}
+
+// A stale-* extension (RFC 5861): invalid values are ignored; conflicting ones allow nothing.
+void set_window(std::optional<seconds>& slot, std::string_view value) {
+  const std::optional<seconds> v = delta_seconds(value);
+  if (!v) return;
+  slot = slot && *slot != *v ? seconds(0) : *v;
 }
 
 }  // namespace
 
 CacheControl parse_cache_control(std::string_view header) {
   CacheControl cc;
-  for_each_element(header, [&](std::string_view name, std::string_view value) {
+  for_each_directive(header, [&](std::string_view name, std::string_view value) {
+    cc.any = true;
     if (iequals(name, "max-age")) {
-      cc.max_age = seconds_value(value);
+      set_lifetime(cc.max_age, value);
     } else if (iequals(name, "s-maxage")) {
-      cc.s_maxage = seconds_value(value);
+      set_lifetime(cc.s_maxage, value);
     } else if (iequals(name, "stale-while-revalidate")) {
-      cc.stale_while_revalidate = seconds_value(value);
+      set_window(cc.stale_while_revalidate, value);
     } else if (iequals(name, "stale-if-error")) {
-      cc.stale_if_error = seconds_value(value);
+      set_window(cc.stale_if_error, value);
     } else if (iequals(name, "no-store")) {
       cc.no_store = true;
     } else if (iequals(name, "no-cache")) {
-      cc.no_cache = true;
+      cc.no_cache = true;  // the qualified form too: the safe reading for a shared cache
     } else if (iequals(name, "private")) {
       cc.is_private = true;
-    } else if (iequals(name, "must-revalidate") || iequals(name, "proxy-revalidate")) {
+    } else if (iequals(name, "must-revalidate")) {
       cc.must_revalidate = true;
+    } else if (iequals(name, "proxy-revalidate")) {
+      cc.proxy_revalidate = true;
+    } else if (iequals(name, "public")) {
+      cc.is_public = true;
+    } else if (iequals(name, "only-if-cached")) {
+      cc.only_if_cached = true;
     }
   });
   return cc;
@@ -73,13 +120,13 @@ bool cacheable_status(unsigned status) {
     case 501:
       return true;
     default:
-      return false;
+      return false;  // 206 too: the gateway keeps whole answers only
   }
 }
 
 std::vector<std::string> vary_headers(std::string_view vary) {
   std::vector<std::string> names;
-  for_each_element(vary, [&](std::string_view name, std::string_view) {
+  for_each_directive(vary, [&](std::string_view name, std::string_view) {
     std::string lower(name);
     for (auto& c : lower)
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -89,31 +136,102 @@ std::vector<std::string> vary_headers(std::string_view vary) {
   return names;
 }
 
+std::optional<seconds> age_value(std::string_view first_line) {
+  const std::string_view first = trim(first_line.substr(0, first_line.find(',')));
+  return delta_seconds(first);
+}
+
+CacheControl effective_directives(const ResponseFacts& r) {
+  if (!r.targeted.empty()) {
+    CacheControl targeted = parse_cache_control(r.targeted);
+    if (targeted.any) return targeted;  // RFC 9213 §2.2: Cache-Control is then ignored
+  }
+  CacheControl cc = parse_cache_control(r.cache_control);
+  if (!cc.any && !r.pragma.empty()) {  // RFC 9111 §5.4: Pragma only without Cache-Control
+    for_each_directive(r.pragma, [&](std::string_view name, std::string_view) {
+      if (iequals(name, "no-cache")) cc.no_cache = true;
+    });
+  }
+  return cc;
+}
+
+std::optional<milliseconds> explicit_lifetime(const CacheControl& cc, const ResponseFacts& r) {
+  if (cc.s_maxage) return *cc.s_maxage;  // a shared cache's own (§5.2.2.10)
+  if (cc.max_age) return *cc.max_age;
+  if (!r.has_expires) return std::nullopt;
+  if (!r.expires) return milliseconds(0);  // invalid ("0", garbage, conflicting): expired
+  const WallTime date = r.date.value_or(r.response_time);
+  return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(*r.expires - date));
+}
+
+std::optional<milliseconds> heuristic_lifetime(const ResponseFacts& r, const RouteTtl& route) {
+  if (!r.last_modified || route.heuristic_fraction <= 0) return std::nullopt;
+  const WallTime date = r.date.value_or(r.response_time);
+  if (*r.last_modified > date) return std::nullopt;
+  const auto since = std::chrono::duration_cast<milliseconds>(date - *r.last_modified);
+  const double h = static_cast<double>(since.count()) * route.heuristic_fraction;
+  const double cap = static_cast<double>(route.heuristic_max.count());
+  return milliseconds(static_cast<std::int64_t>(std::min(h, cap)));
+}
+
+seconds corrected_initial_age(const ResponseFacts& r) {
+  const auto received_second = std::chrono::floor<seconds>(r.response_time);
+  const WallTime date = r.date.value_or(received_second);
+  const auto apparent = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
+                                                      received_second - date));
+  const auto delay = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
+                                                   r.response_time - r.request_time));
+  const milliseconds corrected = r.age.value_or(seconds(0)) + delay;
+  return std::min(std::chrono::floor<seconds>(std::max(apparent, corrected)), kMaxDeltaSeconds);
+}
+
+bool stale_forbidden(const CacheControl& cc) {
+  return cc.no_cache || cc.must_revalidate || cc.proxy_revalidate;
+}
+
 StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
-  using std::chrono::milliseconds;
-  StorePolicy p;
-  const CacheControl cc = parse_cache_control(r.cache_control);
+  const CacheControl cc = effective_directives(r);
   if (cc.no_store) return StorePolicy{false, NoCacheReason::kNoStore, {}};
   if (cc.is_private) return StorePolicy{false, NoCacheReason::kPrivate, {}};
   if (r.has_set_cookie) return StorePolicy{false, NoCacheReason::kSetCookie, {}};
-  if (!cacheable_status(r.status)) return StorePolicy{false, NoCacheReason::kStatus, {}};
+  if (r.status < 200 || r.status == 206 || r.status == 304) {
+    return StorePolicy{false, NoCacheReason::kStatus, {}};
+  }
   for (const auto& name : vary_headers(r.vary)) {
     if (name == "*") return StorePolicy{false, NoCacheReason::kVaryStar, {}};
   }
-  milliseconds fresh = route.fresh;
-  if (cc.s_maxage) {
-    fresh = *cc.s_maxage;
-  } else if (cc.max_age) {
-    fresh = *cc.max_age;
+  const std::optional<milliseconds> lifetime = explicit_lifetime(cc, r);
+  // §3: explicit freshness or `public` make any status storable; else only the heuristic ones.
+  if (!lifetime && !cc.is_public && !cacheable_status(r.status)) {
+    return StorePolicy{false, NoCacheReason::kStatus, {}};
   }
-  if (r.age) fresh = std::max(milliseconds::zero(), fresh - *r.age);
-  if (cc.no_cache) fresh = milliseconds::zero();
+  milliseconds fresh = route.fresh;  // the origin is silent: the operator's default
+  if (lifetime) {
+    fresh = *lifetime;
+  } else if (auto h = heuristic_lifetime(r, route)) {
+    fresh = std::max(fresh, *h);
+  }
+  if (cc.no_cache) fresh = milliseconds(0);
+
   milliseconds stale = route.stale, on_error = route.stale_if_error;
-  if (cc.stale_while_revalidate) stale = std::max<milliseconds>(stale, *cc.stale_while_revalidate);
-  if (cc.stale_if_error) on_error = std::max<milliseconds>(on_error, *cc.stale_if_error);
-  if (cc.must_revalidate) stale = on_error = milliseconds::zero();
+  if (cc.s_maxage) stale = on_error = milliseconds(0);  // proxy-revalidate's meaning
+  if (lifetime && *lifetime == milliseconds(0)) stale = milliseconds(0);  // stale at once
+  if (cc.stale_while_revalidate) stale = *cc.stale_while_revalidate;
+  if (cc.stale_if_error) on_error = *cc.stale_if_error;
+  if (stale_forbidden(cc)) stale = on_error = milliseconds(0);
+
+  const seconds age = corrected_initial_age(r);
+  fresh -= age;
+  if (fresh < milliseconds(0)) {  // arrived stale: the windows after freshness have begun too
+    stale = std::max(milliseconds(0), stale + fresh);
+    on_error = std::max(milliseconds(0), on_error + fresh);
+    fresh = milliseconds(0);
+  }
+  StorePolicy p;
   p.store = true;
-  p.ttl = unherd::Ttl{fresh, stale, on_error};
+  p.ttl = unherd::Ttl{fresh, stale, on_error, r.has_validator ? route.keep : milliseconds(0)};
+  p.initial_age = age;
+  p.explicit_fresh = lifetime.has_value();
   return p;
 }
 

@@ -1,15 +1,28 @@
-// The shared-cache rules of RFC 9111 and RFC 5861, as the gateway applies them.
+// The shared-cache rules of RFC 9111 (with RFC 5861's stale extensions and RFC 9213's targeted
+// fields), as the gateway applies them to an upstream's answer. Pure functions of their inputs:
+// no I/O, no clock (the times an answer was asked for and received are inputs).
 //
-// parse_cache_control() reads a Cache-Control header; response_policy() decides from a
-// response's status and headers and the route's defaults whether it may be stored in a shared
-// cache, and for how long it is fresh, servable stale while revalidating, and servable stale on
-// error:
-//   - no-store, private, Set-Cookie, Vary: *, or an uncacheable status: never stored;
-//   - freshness: s-maxage, else max-age, else the route's fresh_ttl; less the upstream's Age;
-//   - no-cache: stored but never fresh (every use revalidates);
-//   - stale-while-revalidate / stale-if-error in the response extend the route's windows;
-//   - must-revalidate / proxy-revalidate: never served stale.
-// Pure functions of their inputs: no I/O, no clock.
+// Precedence, for a shared cache (each rule's function below cites its section):
+//   - Which directives: a configured targeted field (CDN-Cache-Control, ...) present with a
+//     directive replaces Cache-Control entirely (RFC 9213 §2.2); with neither, a response
+//     `Pragma: no-cache` counts as no-cache.
+//   - Stored at all (§3): never with no-store, private, Set-Cookie, Vary: *, or a 206/304/1xx;
+//     otherwise with explicit freshness (s-maxage, max-age, Expires) or `public` whatever the
+//     status, or without them for the heuristically cacheable statuses (RFC 9110 §15.1).
+//   - Freshness lifetime (§4.2.1): s-maxage, else max-age, else Expires − Date, else (origin
+//     silent) the route's fresh_ttl, or the Last-Modified heuristic (§4.2.2) when longer.
+//     Conflicting duplicates and invalid values (max-age=abc, Expires: 0) mean already stale.
+//   - Current age (§4.2.3): the larger of the upstream's Age plus the response delay and the
+//     Date's apparent age; it is subtracted from the lifetime, and sent on as Age.
+//   - Serving stale (§4.2.4): never after no-cache, must-revalidate or proxy-revalidate; after
+//     s-maxage (which implies proxy-revalidate, §5.2.2.10) only within the origin's own
+//     stale-while-revalidate / stale-if-error. The route's stale_ttl / stale_if_error apply
+//     only where the origin is silent about stale: its own stale-* directives replace them, and
+//     an answer the origin made stale at once (max-age=0, a past or invalid Expires) gets no
+//     route stale-while-revalidate window (each use revalidates; stale-if-error still applies).
+//   - Kept for revalidation (§4.3.1): an answer with a validator (ETag, Last-Modified) stays,
+//     never served, for the route's keep_ttl after its last servable moment, so the next
+//     request revalidates it instead of fetching it whole.
 #pragma once
 
 #include <chrono>
@@ -20,33 +33,63 @@
 
 #include "gateway/no_cache_reason.h"
 #include "unherd/cache.h"
+#include "unherd/clock.h"
 
 namespace unherd::gateway {
 
+using std::chrono::seconds;
+
+// delta-seconds (RFC 9111 §1.2.2): a value past 2^31 counts as 2^31.
+inline constexpr seconds kMaxDeltaSeconds{2147483648LL};
+
 struct CacheControl {
-  std::optional<std::chrono::seconds> max_age;
-  std::optional<std::chrono::seconds> s_maxage;
-  std::optional<std::chrono::seconds> stale_while_revalidate;
-  std::optional<std::chrono::seconds> stale_if_error;
+  std::optional<seconds> max_age;
+  std::optional<seconds> s_maxage;
+  std::optional<seconds> stale_while_revalidate;
+  std::optional<seconds> stale_if_error;
   bool no_store = false;
   bool no_cache = false;
   bool is_private = false;
-  bool must_revalidate = false;  // must-revalidate or proxy-revalidate
+  bool must_revalidate = false;
+  bool proxy_revalidate = false;
+  bool is_public = false;
+  bool only_if_cached = false;  // a request directive
+  bool any = false;             // at least one directive was read
 };
 
-// Unknown directives are ignored; a malformed number makes its directive absent.
+// Reads a Cache-Control (or targeted) field value (§5.2). Directive names are case-insensitive;
+// quoted values (and commas inside them) are read whole; unknown directives are ignored.
+// max-age / s-maxage whose value is not delta-seconds, or that appear twice with different
+// values, are 0: the response is stale (§4.2.1). An invalid stale-* value is absent.
 CacheControl parse_cache_control(std::string_view header);
 
+// The operator's defaults for a route, used where the origin is silent.
 struct RouteTtl {
-  std::chrono::milliseconds fresh, stale, stale_if_error;
+  std::chrono::milliseconds fresh{0}, stale{0}, stale_if_error{0};
+  std::chrono::milliseconds keep{0};  // how long an answer with validators is kept past use
+  double heuristic_fraction = 0.1;    // of the Last-Modified age (§4.2.2); 0: off
+  std::chrono::milliseconds heuristic_max{std::chrono::hours(24)};
+  // Targeted Cache-Control fields (RFC 9213) this cache obeys, in precedence order.
+  std::vector<std::string> targeted;
 };
 
+// What the rules read from an answer. Header values are those the upstream sent (several lines
+// of one field joined by ","); times are wall-clock.
 struct ResponseFacts {
   unsigned status = 200;
   std::string_view cache_control;
-  std::optional<std::chrono::seconds> age;  // the upstream's Age header
+  std::string_view targeted;  // the first configured targeted field present ("" if none)
+  std::string_view pragma;
+  std::optional<seconds> age;  // the first valid Age value (age_value())
   bool has_set_cookie = false;
   std::string_view vary;  // "" if none
+  bool has_validator = false;  // ETag or Last-Modified
+  std::optional<WallTime> date;
+  bool has_expires = false;
+  std::optional<WallTime> expires;  // nullopt with has_expires: invalid, i.e. in the past
+  std::optional<WallTime> last_modified;
+  WallTime request_time{};   // when the request that brought it was sent
+  WallTime response_time{};  // when it arrived
 };
 
 struct StorePolicy {
@@ -54,12 +97,37 @@ struct StorePolicy {
   // Why not (kNoStore, kPrivate, kSetCookie, kStatus, kVaryStar); kNone when stored.
   NoCacheReason reason = NoCacheReason::kNone;
   unherd::Ttl ttl;
+  seconds initial_age{0};      // the corrected initial age (§4.2.3): Age = this + resident time
+  bool explicit_fresh = false;  // the origin gave the lifetime (s-maxage, max-age, Expires)
 };
 
 StorePolicy response_policy(const ResponseFacts& response, const RouteTtl& route);
 
-// Whether a status may be stored without explicit freshness (RFC 9110 heuristically cacheable).
+// The directives that govern the answer for this cache (RFC 9213 §2.2, RFC 9111 §5.4).
+CacheControl effective_directives(const ResponseFacts& r);
+
+// Whether a status may be stored without explicit freshness (RFC 9110 §15.1).
 bool cacheable_status(unsigned status);
+
+// §4.2.1: the explicit freshness lifetime, if the origin gave one.
+std::optional<std::chrono::milliseconds> explicit_lifetime(const CacheControl& cc,
+                                                           const ResponseFacts& r);
+
+// §4.2.2: the heuristic lifetime from Last-Modified (a fraction of the time since it), if any.
+std::optional<std::chrono::milliseconds> heuristic_lifetime(const ResponseFacts& r,
+                                                            const RouteTtl& route);
+
+// §4.2.3: corrected_initial_age = max(apparent_age, age_value + response_delay). Date has whole
+// seconds, so the apparent age counts from the response time's whole second.
+seconds corrected_initial_age(const ResponseFacts& r);
+
+// §4.2.4, §5.2.2.2, §5.2.2.8, §5.2.2.10: whether the answer may never be served stale
+// (not even on error) without successful validation.
+bool stale_forbidden(const CacheControl& cc);
+
+// The Age field's value (§5.1): the first value of the first line if it is delta-seconds (past
+// 2^31: 2^31); nullopt (ignored) if that is not a non-negative integer.
+std::optional<seconds> age_value(std::string_view first_line);
 
 // The header names a Vary value lists, lower-cased. ["*"] for "*".
 std::vector<std::string> vary_headers(std::string_view vary);

@@ -148,6 +148,33 @@ class TableReader {
     }
   }
 
+  void boolean(std::string_view key, bool& out) {
+    if (auto* n = node(key)) {
+      auto v = n->value_exact<bool>();
+      if (!v) fail(*n, key, "expected true or false");
+      out = *v;
+    }
+  }
+
+  // A list of header field names (RFC 9110 §5.1 tokens).
+  void field_names(std::string_view key, std::vector<std::string>& out) {
+    if (auto* n = node(key)) {
+      auto* arr = n->as_array();
+      if (arr == nullptr) fail(*n, key, "expected a list of header names");
+      out.clear();
+      for (const auto& item : *arr) {
+        auto v = item.value<std::string>();
+        const bool token =
+            v && !v->empty() && std::all_of(v->begin(), v->end(), [](char c) {
+              return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+                     std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+            });
+        if (!token) fail(item, key, "expected header names such as \"CDN-Cache-Control\"");
+        out.push_back(*v);
+      }
+    }
+  }
+
   const toml::table* table(std::string_view key) {
     auto* n = node(key);
     if (n == nullptr) return nullptr;
@@ -294,6 +321,10 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   r.duration("fresh_ttl", route.fresh_ttl);
   r.duration("stale_ttl", route.stale_ttl);
   r.duration("stale_if_error", route.stale_if_error);
+  r.duration("keep_ttl", route.keep_ttl);
+  r.number("heuristic_fraction", route.heuristic_fraction, 0.0, 1.0);
+  r.duration("heuristic_max", route.heuristic_max);
+  r.boolean("honor_client_cache_control", route.honor_client_cache_control);
   r.duration("max_wait", route.max_wait);
   r.duration("timeout", route.timeout);
   if (route.timeout.count() == 0) r.fail_here("timeout", "must be more than zero");
@@ -372,6 +403,7 @@ Config parse_config(std::string_view text, const std::string& source) {
     }
     r.string("path", config.cache.path);
     if (config.cache.path.empty()) r.fail(*cache->get("path"), "path", "must not be empty");
+    r.field_names("targeted_cache_control", config.cache.targeted_cache_control);
     r.finish();
   }
   if (auto* n = top.node("routes")) {

@@ -73,6 +73,17 @@ struct RouteConfig {
   Millis fresh_ttl{10'000};
   Millis stale_ttl{60'000};
   Millis stale_if_error{300'000};
+  // An answer with a validator (ETag, Last-Modified) is kept this long after it may last be
+  // served, so that the next request revalidates it (If-None-Match / If-Modified-Since).
+  Millis keep_ttl{3'600'000};
+  // With no explicit lifetime, an answer with Last-Modified is fresh for this fraction of the
+  // time since (RFC 9111 §4.2.2), at most heuristic_max, and never less than fresh_ttl. 0: off.
+  double heuristic_fraction = 0.1;
+  Millis heuristic_max{86'400'000};
+  // Whether a client's Cache-Control (no-cache, max-age, only-if-cached; Pragma: no-cache) may
+  // make the gateway revalidate or refuse a cached answer. Off: any client could send every
+  // request to the origin; the origin is what the gateway protects.
+  bool honor_client_cache_control = false;
   Millis max_wait{5'000};
   Millis timeout{2'000};
   RetryConfig retry;
@@ -115,6 +126,9 @@ struct CacheConfig {
   std::string store = "disk";
   std::size_t disk = std::size_t{4} << 30;
   std::string path = "./data/cache";  // relative to the working directory
+  // Targeted Cache-Control fields (RFC 9213) the gateway obeys instead of Cache-Control, the
+  // first present winning; [] for none.
+  std::vector<std::string> targeted_cache_control = {"CDN-Cache-Control", "Surrogate-Control"};
 };
 
 struct Config {

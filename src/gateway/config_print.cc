@@ -70,7 +70,12 @@ std::string to_toml(const Config& c) {
       << "hints_memory = \"" << format_size(c.cache.hints_memory) << "\"\n"
       << "store = \"" << c.cache.store << "\"\n"
       << "disk = \"" << format_size(c.cache.disk) << "\"\n"
-      << "path = " << quoted(c.cache.path) << "\n";
+      << "path = " << quoted(c.cache.path) << "\n"
+      << "targeted_cache_control = [";
+  for (std::size_t i = 0; i < c.cache.targeted_cache_control.size(); ++i) {
+    out << (i ? ", " : "") << quoted(c.cache.targeted_cache_control[i]);
+  }
+  out << "]\n";
   for (const auto& r : c.routes) {
     out << "\n[[routes]]\n"
         << "name = " << quoted(r.name) << "\n"
@@ -90,6 +95,11 @@ std::string to_toml(const Config& c) {
     out << "fresh_ttl = \"" << format_millis(r.fresh_ttl) << "\"\n"
         << "stale_ttl = \"" << format_millis(r.stale_ttl) << "\"\n"
         << "stale_if_error = \"" << format_millis(r.stale_if_error) << "\"\n"
+        << "keep_ttl = \"" << format_millis(r.keep_ttl) << "\"\n"
+        << "heuristic_fraction = " << r.heuristic_fraction << "\n"
+        << "heuristic_max = \"" << format_millis(r.heuristic_max) << "\"\n"
+        << "honor_client_cache_control = " << (r.honor_client_cache_control ? "true" : "false")
+        << "\n"
         << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
         << "timeout = \"" << format_millis(r.timeout) << "\"\n"
         << "retry = { attempts = " << r.retry.attempts << ", base = \""

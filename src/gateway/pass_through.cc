@@ -34,10 +34,12 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
   auto attempt = [&](const AttemptInfo& a) -> asio::awaitable<ResponsePtr> {
     route.counters->upstream.add();
     if (a.number > 1) route.counters->retries.add();
+    AnswerTimes times{clock_.wall_now(), {}};
     auto sending = thread.client(route.config.upstream).send(up, route.config.timeout);
     UpstreamResponse res = co_await std::move(sending);
+    times.response = clock_.wall_now();
     // Judged as a cached fetch judges it: 5xx and 429 are failures.
-    co_return accept_response(res, route.ttl).response;
+    co_return accept_response(res, route.ttl, times).response;
   };
   const auto wall_start = std::chrono::steady_clock::now();
   Reply reply;
@@ -48,6 +50,8 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wall_start)
             .count();
     reply.x_cache = "PASS";
+    // An age the answer already had (it came through another cache) is passed on (§5.1).
+    if (reply.cached->initial_age.count() > 0) reply.age = reply.cached->initial_age;
     co_return reply;
   } catch (const UpstreamStatusError& e) {
     reply.cached = e.response;

@@ -10,6 +10,8 @@
 
 #include "gateway/cache_fetch.h"
 #include "gateway/cache_key.h"
+#include "gateway/cache_rules.h"
+#include "gateway/text.h"
 #include "gateway/forwarding.h"
 #include "gateway/upstream_answer.h"
 #include "gateway/x_cache.h"
@@ -45,11 +47,34 @@ bool may_use_cache(std::string_view method, const std::vector<KeyPart>& key_part
   return true;
 }
 
+// What a request's Cache-Control (or, without one, Pragma: no-cache) asks of the cache.
+struct ClientCacheControl {
+  std::optional<std::chrono::seconds> max_age;  // no-cache: 0
+  bool only_if_cached = false;
+};
+
+ClientCacheControl client_cache_control(const Request& request) {
+  std::string cc, pragma;
+  for (const auto& [name, value] : request.headers) {
+    if (iequals(name, "cache-control")) cc += (cc.empty() ? "" : ",") + value;
+    if (iequals(name, "pragma")) pragma += (pragma.empty() ? "" : ",") + value;
+  }
+  const CacheControl parsed = parse_cache_control(cc);
+  ClientCacheControl out;
+  out.max_age = parsed.max_age;
+  out.only_if_cached = parsed.only_if_cached;
+  const bool no_cache = parsed.no_cache || (!parsed.any && parse_cache_control(pragma).no_cache);
+  if (no_cache) out.max_age = std::chrono::seconds(0);
+  return out;
+}
+
 // The cached answer's part of a reply: the response, X-Cache, Age and X-Cache-Tier.
 template <class Answer>
 void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
   reply.cached = answer.value;
-  reply.x_cache = x_cache(answer.source);
+  reply.x_cache = answer.source == Source::kFetched && answer.value->revalidated
+                      ? "REVALIDATED"
+                      : x_cache(answer.source);
   reply.age = std::chrono::duration_cast<std::chrono::seconds>(now - answer.stored_at) +
               reply.cached->initial_age;
   reply.tier = answer.tier;
@@ -122,7 +147,7 @@ Proxy::Proxy(const Config& config, std::vector<std::shared_ptr<Tier>> tiers, Clo
 Proxy::~Proxy() = default;
 
 void Proxy::reload(const Config& config) {
-  routes_.install(config.routes);
+  routes_.install(config.routes, config.cache.targeted_cache_control);
 }
 
 bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
@@ -142,6 +167,10 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   if (cache_key_into(key, route->config.key, head.target, values, {}, max_query_params_) !=
       KeyBuild::kOk) {
     return false;
+  }
+  if (route->config.honor_client_cache_control &&
+      (head.header("cache-control") || head.header("pragma"))) {
+    return false;  // the client has a say: the general path reads it
   }
   // Both read an atomic count first: no lock unless something was learned.
   if (!hints_.vary(key).empty() || hints_.passing(key)) return false;
@@ -181,7 +210,8 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
 }
 
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, const Route& route,
-                                         Request request, Upstreams& upstreams) {
+                                         Request request, Upstreams& upstreams,
+                                         bool look_again) {
   // What the fetch will not forward (hop-by-hop, or named by Connection) is absent from the key.
   std::string options = connection_options(request.headers);
   auto values = [&request, &options](std::string_view name, std::string& out) {
@@ -210,8 +240,39 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
     }
     co_return reply;
   }
+  CallPolicy policy = route.policy;
+  if (route.config.honor_client_cache_control) {
+    const ClientCacheControl client = client_cache_control(request);
+    if (client.only_if_cached) {  // RFC 9111 §5.2.1.7: a stored answer or 504, never upstream
+      auto answer = coordinator_.try_hit(*key);
+      if (!answer || !answer->value->shareable) {
+        Reply refused = Reply::text(504, "only-if-cached: no fresh answer is stored");
+        refused.head_only = head_only;
+        co_return refused;
+      }
+      Reply hit;
+      fill_cached(hit, *answer, clock_.now());
+      count(*route.counters, answer->source);
+      hit.head_only = head_only;
+      co_return hit;
+    }
+    // §5.2.1.4, §5.2.1.1: an older stored answer is revalidated (one call for every such
+    // request of the key at once), not served.
+    if (client.max_age) policy.min_stored_at = clock_.now() - *client.max_age;
+  }
   auto shared_request = std::make_shared<const Request>(std::move(request));
   RouteCounters* counters = route.counters.get();
+  auto store_variant = [this, &route](const Request& req, const std::vector<std::string>& names,
+                                      ResponsePtr response, const Ttl& ttl) {
+    const std::string req_options = connection_options(req.headers);
+    auto req_values = [&req, &req_options](std::string_view name, std::string& out) {
+      return !hop_by_hop(name, req_options) && req.header_values(name, out);
+    };
+    if (auto variant = cache_key(route.config.key, req.target, req_values, names,
+                                 max_query_params_)) {
+      coordinator_.put(*variant, std::move(response), ttl);
+    }
+  };
   CacheFetch fetch({.routes = rt,
                     .route = &route,
                     .request = shared_request,
@@ -220,7 +281,9 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
                     .vary = std::move(vary),
                     .connection_options = std::move(options),
                     .via = &via_,
-                    .hints = &hints_});
+                    .hints = &hints_,
+                    .clock = &clock_,
+                    .store_variant = std::move(store_variant)});
 
   Reply reply;
   reply.head_only = head_only;
@@ -228,7 +291,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   const auto started = std::chrono::steady_clock::now();
   std::optional<NoCacheReason> ask_alone;  // why this caller must ask for its own answer
   try {
-    auto getting = coordinator_.async_get(request_key, std::move(fetch), route.policy);
+    auto getting = coordinator_.async_get(request_key, std::move(fetch), policy);
     auto answer = co_await std::move(getting);
     if (answer.source == Source::kFetched || answer.source == Source::kCoalesced) {
       reply.upstream_ms =
@@ -238,6 +301,13 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
     const ResponsePtr& resp = answer.value;
     if (!resp->shareable) {
       hints_.remember_unshareable(request_key, resp->not_shareable_reason);
+      if (answer.source == Source::kCoalesced &&
+          resp->not_shareable_reason == NoCacheReason::kVary && look_again) {
+        // The answer varied on headers the key did not name; it is stored under the key they
+        // make. This caller looks again, keyed on them: the same values are a hit.
+        auto again = cached_get(std::move(rt), route, Request(*shared_request), upstreams, false);
+        co_return co_await std::move(again);
+      }
       if (answer.source == Source::kCoalesced) {
         // Someone else's private answer: this caller asks for its own, at once.
         auto own_call =
@@ -261,6 +331,13 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       counters->errors.add();
       reply.cached = e.response;
       reply.x_cache = "MISS";
+      reply.age = e.response->initial_age;
+      // An error answer with explicit freshness is what the origin wants served meanwhile
+      // (RFC 9111 §3): stored once (by the request whose fetch got it), after the retries, the
+      // breaker and any stale-if-error copy had their say.
+      if (e.policy.store && e.owner == shared_request.get()) {
+        coordinator_.put(request_key, e.response, e.policy.ttl);
+      }
     }
   } catch (const UpstreamError& e) {
     counters->errors.add();

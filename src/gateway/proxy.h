@@ -85,9 +85,11 @@ class Proxy {
   void sync_store();
 
  private:
+  // look_again: whether a coalesced answer that turned out to vary on headers the key did not
+  // name sends this caller through the cache once more, keyed on them.
   boost::asio::awaitable<Reply> cached_get(std::shared_ptr<const RouteTable> routes,
                                            const Route& route, Request request,
-                                           Upstreams& upstreams);
+                                           Upstreams& upstreams, bool look_again = true);
   // The answer to a call the gateway did not complete: max_wait passed, breaker open (with
   // Retry-After), too many waiters, an attempt timed out, the gateway short of descriptors.
   static Reply refusal_reply(const std::system_error& e, CircuitBreaker& breaker);

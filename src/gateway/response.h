@@ -30,6 +30,9 @@ struct CachedResponse {
   // The Content-Length the upstream declared, for an answer to HEAD passed through (no body
   // here, but the length a GET would have had is what the client is told). Not stored.
   std::optional<std::uint64_t> declared_length;
+  // Renewed by a 304 from the stored copy (X-Cache: REVALIDATED on the answer that did it).
+  // Not stored.
+  bool revalidated = false;
   bool shareable = true;  // false: private / no-store / Set-Cookie (never given to others)
   NoCacheReason not_shareable_reason = NoCacheReason::kNone;
 

@@ -76,7 +76,8 @@ const Route* RouteTable::match(std::string_view path) const {
 
 Routes::Routes(Clock& clock) : clock_(clock), id_(next_id()) {}
 
-void Routes::install(const std::vector<RouteConfig>& routes) {
+void Routes::install(const std::vector<RouteConfig>& routes,
+                     const std::vector<std::string>& targeted) {
   auto table = std::make_shared<RouteTable>();
   std::lock_guard lock(registry_mu_);
   for (const auto& rc : routes) {
@@ -111,7 +112,8 @@ void Routes::install(const std::vector<RouteConfig>& routes) {
     auto& counters = counters_[rc.name];
     if (!counters) counters = std::make_shared<RouteCounters>();
     route->counters = counters;
-    route->ttl = RouteTtl{rc.fresh_ttl, rc.stale_ttl, rc.stale_if_error};
+    route->ttl = RouteTtl{rc.fresh_ttl,          rc.stale_ttl,     rc.stale_if_error, rc.keep_ttl,
+                          rc.heuristic_fraction, rc.heuristic_max, targeted};
     route->policy = CallPolicy{.ttl = Ttl{rc.fresh_ttl, rc.stale_ttl, rc.stale_if_error},
                                .flight = {.max_wait = rc.max_wait},
                                .retry = route->retry.get(),

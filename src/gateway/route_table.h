@@ -76,7 +76,9 @@ class Routes {
   Routes& operator=(const Routes&) = delete;
 
   // Makes `routes` the current table.
-  void install(const std::vector<RouteConfig>& routes);
+  // `targeted`: the targeted Cache-Control fields every route obeys ([cache]).
+  void install(const std::vector<RouteConfig>& routes,
+               const std::vector<std::string>& targeted = {});
 
   // The current table, as this thread last saw it: valid until the thread calls current() or
   // shared() again after a later install().

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "gateway/forwarding.h"
+#include "gateway/http_date.h"
 #include "gateway/text.h"
 
 namespace unherd::gateway {
@@ -39,20 +40,67 @@ std::optional<Duration> retry_after_of(const UpstreamResponse& response) {
   return retry_after;
 }
 
-BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl) {
+namespace {
+
+void append_line(std::string& head, std::string_view name, std::string_view value) {
+  head += name;
+  head += ": ";
+  head += value;
+  head += "\r\n";
+}
+
+void join(std::string& list, std::string_view value) {
+  if (!list.empty()) list += ',';
+  list += value;
+}
+
+// The name: value lines of a stored header block.
+HeaderLines parse_head(std::string_view head) {
+  HeaderLines lines;
+  while (!head.empty()) {
+    const auto eol = head.find("\r\n");
+    const std::string_view line = head.substr(0, eol);
+    head = eol == std::string_view::npos ? std::string_view{} : head.substr(eol + 2);
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    lines.emplace_back(std::string(line.substr(0, colon)), std::string(trim(line.substr(colon + 1))));
+  }
+  return lines;
+}
+
+std::string_view header_of(const UpstreamResponse& r, std::string_view name) {
+  for (const auto& [n, v] : r.headers) {
+    if (iequals(n, name)) return v;
+  }
+  return {};
+}
+
+// An entity-tag without its weakness indicator: what weak comparison compares.
+std::string_view opaque_tag(std::string_view etag) {
+  etag = trim(etag);
+  if (etag.starts_with("W/")) etag.remove_prefix(2);
+  return etag;
+}
+
+}  // namespace
+
+BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const AnswerTimes& times) {
   auto out = std::make_shared<CachedResponse>();
   out->status = r.status;
   out->status_line = "HTTP/1.1 " + std::to_string(r.status) + " " + r.reason + "\r\n";
   ResponseFacts facts;
   facts.status = r.status;
-  std::string cache_control, vary;
+  facts.request_time = times.request;
+  facts.response_time = times.response;
+  std::string cache_control, vary, pragma, targeted;
+  std::size_t targeted_rank = rules.targeted.size();
+  std::optional<std::string_view> expires, date;
+  bool expires_conflict = false, age_seen = false;
   const std::string options = connection_options(r.headers);
   for (auto& [name, value] : r.headers) {
-    if (iequals(name, "age")) {
-      if (auto a = parse_retry_after(value)) {
-        facts.age = std::chrono::duration_cast<std::chrono::seconds>(*a);
-        out->initial_age = *facts.age;
-      }
+    if (iequals(name, "age")) {  // §5.1: the first value counts; the gateway sends its own
+      if (!age_seen) facts.age = age_value(value);
+      age_seen = true;
       continue;
     }
     if (iequals(name, "content-length")) {
@@ -61,22 +109,47 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl) {
       if (ec == std::errc() && end == value.data() + value.size()) out->declared_length = n;
     }
     if (hop_by_hop(name, options) || gateway_own(name)) continue;
-    if (iequals(name, "cache-control")) cache_control += (cache_control.empty() ? "" : ",") + value;
+    if (iequals(name, "cache-control")) join(cache_control, value);
+    if (iequals(name, "pragma")) join(pragma, value);
+    // The first targeted field in precedence order that is present (all its lines).
+    for (std::size_t i = 0; i < rules.targeted.size() && i <= targeted_rank; ++i) {
+      if (!iequals(name, rules.targeted[i])) continue;
+      if (i < targeted_rank) {
+        targeted.clear();
+        targeted_rank = i;
+      }
+      join(targeted, value);
+      break;
+    }
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
-    if (iequals(name, "vary")) vary += (vary.empty() ? "" : ",") + value;
-    if (iequals(name, "etag")) out->etag = value;
-    if (iequals(name, "last-modified")) out->last_modified = value;
-    out->head += name;
-    out->head += ": ";
-    out->head += value;
-    out->head += "\r\n";
+    if (iequals(name, "vary")) join(vary, value);
+    if (iequals(name, "etag") && out->etag.empty()) out->etag = value;
+    if (iequals(name, "last-modified") && out->last_modified.empty()) out->last_modified = value;
+    if (iequals(name, "date") && !date) date = value;
+    if (iequals(name, "expires")) {
+      if (expires && *expires != value) expires_conflict = true;  // §4.2.1: stale
+      if (!expires) expires = value;
+    }
+    append_line(out->head, name, value);
   }
   facts.cache_control = cache_control;
+  facts.pragma = pragma;
+  facts.targeted = targeted;
   facts.vary = vary;
+  facts.has_validator = !out->etag.empty() || !out->last_modified.empty();
+  if (date) facts.date = parse_http_date(*date, times.response);
+  if (expires) {
+    facts.has_expires = true;
+    if (!expires_conflict) facts.expires = parse_http_date(*expires, times.response);
+  }
+  if (!out->last_modified.empty()) {
+    facts.last_modified = parse_http_date(out->last_modified, times.response);
+  }
   out->cache_control = cache_control;
   out->vary = vary_headers(vary);
   out->body = std::move(r.body);
-  BuiltResponse b{nullptr, response_policy(facts, ttl)};
+  BuiltResponse b{nullptr, response_policy(facts, rules)};
+  out->initial_age = b.policy.initial_age;
   // An answer that may not be stored may not be reused for another request either (RFC 9111
   // §3, §4): coalesced waiters ask for their own. Error answers (5xx, 429) whose status alone
   // keeps them out of the cache are the exception: every waiter of a failing fetch gets its
@@ -94,25 +167,53 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl) {
   return b;
 }
 
-Renewed renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
-                       const RouteTtl& ttl) {
-  auto renewed = std::make_shared<CachedResponse>(previous);
-  renewed->initial_age = std::chrono::seconds(0);
-  for (auto& [name, value] : not_modified.headers) {
-    if (iequals(name, "cache-control")) renewed->cache_control = value;
+bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified) {
+  const std::string_view etag = header_of(not_modified, "etag");
+  if (!etag.empty()) return opaque_tag(etag) == opaque_tag(previous.etag);
+  const std::string_view last_modified = header_of(not_modified, "last-modified");
+  if (!last_modified.empty() && !previous.last_modified.empty()) {
+    return trim(last_modified) == trim(previous.last_modified);
   }
-  ResponseFacts facts;
-  facts.status = renewed->status;
-  facts.cache_control = renewed->cache_control;
-  StorePolicy policy = response_policy(facts, ttl);
-  return Renewed{std::move(renewed), policy};
+  return true;
 }
 
-BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& ttl, const void* owner) {
+BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
+                             const RouteTtl& rules, const AnswerTimes& times) {
+  // The stored fields, less those the 304 brings anew; then the 304's (its Age among them).
+  const std::string options = connection_options(not_modified.headers);
+  auto updates = [&](std::string_view name) {
+    for (const auto& [n, v] : not_modified.headers) {
+      if (iequals(n, name) && !iequals(n, "content-length") && !hop_by_hop(n, options) &&
+          !gateway_own(n)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  UpstreamResponse merged;
+  merged.status = previous.status;
+  for (auto& line : parse_head(previous.head)) {
+    if (!updates(line.first)) merged.headers.push_back(std::move(line));
+  }
+  for (const auto& [name, value] : not_modified.headers) {
+    if (!iequals(name, "content-length") && !hop_by_hop(name, options) && !gateway_own(name)) {
+      merged.headers.emplace_back(name, value);
+    }
+  }
+  merged.body = previous.body;
+  BuiltResponse b = build_response(merged, rules, times);
+  b.response->status_line = previous.status_line;
+  b.response->vary = previous.vary;  // the key it is stored under was built with these
+  b.response->revalidated = true;
+  return b;
+}
+
+BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& rules, const AnswerTimes& times,
+                              const void* owner) {
   const std::optional<Duration> retry_after = retry_after_of(r);
-  BuiltResponse built = build_response(r, ttl);
+  BuiltResponse built = build_response(r, rules, times);
   if (built.response->status >= 500 || built.response->status == 429) {
-    throw UpstreamStatusError(built.response, retry_after, owner);
+    throw UpstreamStatusError(built.response, retry_after, owner, built.policy);
   }
   return built;
 }

@@ -28,21 +28,24 @@ namespace unherd::gateway {
 // `owner` names the request whose fetch received it: coalesced waiters get the same exception,
 // and an answer that may not be shared (Set-Cookie, private) is given to its owner only.
 struct UpstreamStatusError : std::runtime_error {
-  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after, const void* owner = nullptr)
+  UpstreamStatusError(ResponsePtr r, std::optional<Duration> after, const void* owner = nullptr,
+                      StorePolicy policy = {})
       : std::runtime_error("upstream answered " + std::to_string(r->status)),
         response(std::move(r)),
         retry_after(after),
-        owner(owner) {}
+        owner(owner),
+        policy(policy) {}
   ResponsePtr response;
   std::optional<Duration> retry_after;
   const void* owner;
+  StorePolicy policy;  // store: it had explicit freshness (RFC 9111 §3), the origin wants it kept
 };
 
 // Whether an upstream failure is retried: 502, 503, 504 and 429 answers; connect errors, resets
 // and timeouts. Anything else as classify_default() judges it.
 RetryVerdict classify_upstream(const std::exception_ptr& error);
 
-// A Retry-After (or Age) value in whole seconds, at most an hour; nullopt if it is not one.
+// A Retry-After value in whole seconds, at most an hour; nullopt if it is not one.
 std::optional<Duration> parse_retry_after(std::string_view value);
 // The Retry-After of an answer: its last Retry-After line, if that holds a valid value.
 std::optional<Duration> retry_after_of(const UpstreamResponse& response);
@@ -53,25 +56,38 @@ struct BuiltResponse {
   StorePolicy policy;
 };
 
+// When the request that brought an answer was sent, and when the answer came (wall-clock): the
+// current-age computation (RFC 9111 §4.2.3) reads them.
+struct AnswerTimes {
+  WallTime request{};
+  WallTime response{};
+};
+
 // Makes the CachedResponse of `r` (taking its body): the end-to-end header lines serialised
-// once, validators, Vary names; hop-by-hop and gateway-own fields dropped. An answer that may not
-// be stored is not shareable either (RFC 9111 §3, §4), except an error whose status alone keeps it
-// out of the cache; a 206 never is.
-BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& ttl);
+// once (hop-by-hop fields, those its Connection names, Age and gateway-own fields dropped),
+// validators, Vary names, and its corrected initial age; the cache rules (cache_rules.h) read
+// its Cache-Control (or the first of `rules.targeted` present), Pragma, Age (the first value),
+// Date, Expires and Last-Modified. An answer that may not be stored is not shareable either
+// (RFC 9111 §3, §4), except an error whose status alone keeps it out of the cache; a 206 never
+// is.
+BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const AnswerTimes& times);
 
 // build_response() for a fetch: a failure answer (5xx, 429) is thrown as UpstreamStatusError,
-// with its Retry-After and `owner`, so that retries, the breaker and stale-if-error apply. The
-// cached fetch and pass-through judge answers by this one rule.
-BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& ttl,
+// with its Retry-After and `owner`, so that retries, the breaker and stale-if-error apply (it
+// carries its store policy: one with explicit freshness may be stored). The cached fetch and
+// pass-through judge answers by this one rule.
+BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& rules, const AnswerTimes& times,
                               const void* owner = nullptr);
 
-// A stored answer renewed by a 304: fresh again from now, judged by its own Cache-Control, or the
-// one the 304 brings.
-struct Renewed {
-  ResponsePtr response;
-  StorePolicy policy;
-};
-Renewed renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
-                       const RouteTtl& ttl);
+// Whether a 304 may update `previous` (RFC 9111 §4.3.4): a validator it carries (ETag, else
+// Last-Modified) must match the stored one. If not, the stored answer is not the one the origin
+// means, and the resource must be fetched whole.
+bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified);
+
+// A stored answer renewed by a 304 (RFC 9111 §3.2, §4.3.4): the 304's header fields replace the
+// stored ones of the same name (Content-Length excepted), and the merged answer is judged
+// again, its age counted from the 304's Date and Age.
+BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
+                             const RouteTtl& rules, const AnswerTimes& times);
 
 }  // namespace unherd::gateway

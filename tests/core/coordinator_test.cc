@@ -309,6 +309,32 @@ TEST(Coordinator, AKeptValueIsRevalidatedButNeverServedWhenTheFetchFails) {
   EXPECT_EQ(renewed.value, "old-renewed");
 }
 
+// A call that may not be answered from a value stored before min_stored_at revalidates it (the
+// fetch gets it as previous); other calls still get it as a hit.
+TEST(Coordinator, AValueOlderThanTheCallAcceptsIsRevalidatedNotServed) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  CallPolicy policy{.ttl = Ttl{60s}};
+  coord.get(
+      "k", [] { return std::string("old"); }, policy);
+  clock.advance(10s);
+  auto unused = [] { return std::string("unused"); };
+  EXPECT_EQ(coord.get("k", unused, policy).source, Source::kHit);
+  CallPolicy strict = policy;
+  strict.min_stored_at = clock.now() - 5s;
+  std::string previous;
+  auto answer = coord.get(
+      "k",
+      [&](const FetchContext<std::string>& ctx) {
+        previous = ctx.previous ? *ctx.previous : "none";
+        return std::string("new");
+      },
+      strict);
+  EXPECT_EQ(previous, "old");
+  EXPECT_EQ((std::pair{answer.source, answer.value}), (std::pair{Source::kFetched, std::string("new")}));
+  EXPECT_EQ(coord.get("k", unused, strict).source, Source::kHit);  // the new one is recent
+}
+
 // Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:
 // every waiter gets the stale value at once, and the retries go on in the background.
 TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBackground) {

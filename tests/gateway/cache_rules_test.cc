@@ -10,60 +10,257 @@ namespace unherd::gateway {
 namespace {
 
 using namespace std::chrono_literals;
-const RouteTtl kRoute{10s, 60s, 300s};
+const RouteTtl kRoute{10s, 60s, 300s, 3600s};
+// A fixed "now": the answer arrived at T, asked for at T as well unless a test says otherwise.
+const WallTime T = WallTime(std::chrono::seconds(1'800'000'000));
 
-StorePolicy policy(std::string_view cc, unsigned status = 200, bool cookie = false,
-                   std::string_view vary = "", std::optional<std::chrono::seconds> age = {}) {
-  return response_policy(ResponseFacts{status, cc, age, cookie, vary}, kRoute);
+ResponseFacts facts(std::string_view cc, unsigned status = 200) {
+  ResponseFacts r;
+  r.status = status;
+  r.cache_control = cc;
+  r.request_time = r.response_time = T;
+  return r;
 }
 
-TEST(CacheRules, SMaxAgeOverMaxAgeOverRouteDefault) {
+StorePolicy policy(std::string_view cc, unsigned status = 200) {
+  return response_policy(facts(cc, status), kRoute);
+}
+
+// RFC 9111 §5.2: directive names are case-insensitive, quoted values are read whole (commas in
+// them too), unknown directives are ignored.
+TEST(CacheRules, Section5_2_ParsingIsTolerant) {
+  auto cc = parse_cache_control(
+      R"( Max-Age=7 ,, S-MAXAGE="3", no-cache="Set-Cookie, X-A", no-store , x-custom=1)");
+  EXPECT_EQ(cc.max_age, 7s);
+  EXPECT_EQ(cc.s_maxage, 3s);
+  EXPECT_TRUE(cc.no_cache);
+  EXPECT_TRUE(cc.no_store);
+  EXPECT_FALSE(cc.is_private);
+  EXPECT_EQ(vary_headers("Accept-Encoding, accept-encoding, Accept"),
+            (std::vector<std::string>{"accept", "accept-encoding"}));
+}
+
+// §4.2.1: a freshness directive with an invalid value, or two that disagree, make the answer
+// stale (never "the last one wins").
+TEST(CacheRules, Section4_2_1_InvalidOrConflictingLifetimesAreStale) {
+  EXPECT_EQ(parse_cache_control("max-age=abc").max_age, 0s);
+  EXPECT_EQ(parse_cache_control("max-age=-5").max_age, 0s);
+  EXPECT_EQ(parse_cache_control("max-age=1.5").max_age, 0s);
+  EXPECT_EQ(parse_cache_control("max-age=0, max-age=600").max_age, 0s);
+  EXPECT_EQ(parse_cache_control("max-age=600, max-age=0").max_age, 0s);
+  EXPECT_EQ(parse_cache_control("max-age=600, max-age=600").max_age, 600s);  // agree: fine
+  EXPECT_EQ(policy("max-age=0, max-age=600").ttl.fresh, 0s);
+  EXPECT_EQ(policy("max-age=abc").ttl.fresh, 0s);  // not the route's default either
+}
+
+// §1.2.2: delta-seconds past 2^31 count as 2^31.
+TEST(CacheRules, Section1_2_2_HugeDeltaSecondsAreCapped) {
+  EXPECT_EQ(parse_cache_control("max-age=99999999999999999999999").max_age, kMaxDeltaSeconds);
+  EXPECT_EQ(parse_cache_control("max-age=4294967296").max_age, kMaxDeltaSeconds);
+}
+
+// §4.2.1: s-maxage over max-age over Expires over the route's default (an origin that is silent).
+TEST(CacheRules, Section4_2_1_LifetimePrecedence) {
   EXPECT_EQ(policy("").ttl.fresh, 10s);
   EXPECT_EQ(policy("max-age=30").ttl.fresh, 30s);
   EXPECT_EQ(policy("max-age=30, s-maxage=5").ttl.fresh, 5s);
-  EXPECT_EQ(policy("public, max-age=30", 200, false, "", 20s).ttl.fresh, 10s);  // less Age
-  EXPECT_EQ(policy("max-age=30", 200, false, "", 40s).ttl.fresh, 0s);
+  ResponseFacts r = facts("max-age=30");
+  r.has_expires = true;
+  r.expires = T + 1000s;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 30s);  // max-age beats Expires
+  r.cache_control = "";
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 1000s);
+  EXPECT_TRUE(response_policy(r, kRoute).explicit_fresh);
 }
 
-TEST(CacheRules, ResponseDirectivesExtendTheStaleWindows) {
-  auto p = policy("max-age=1, stale-while-revalidate=600, stale-if-error=86400");
-  EXPECT_EQ(p.ttl.stale_while_revalidate, 600s);
-  EXPECT_EQ(p.ttl.stale_if_error, 86400s);
-  p = policy("max-age=1, stale-while-revalidate=5");  // never shorter than the route's
-  EXPECT_EQ(p.ttl.stale_while_revalidate, 60s);
+// §5.3: Expires counts from the Date the origin sent; a past, invalid ("0") or conflicting
+// Expires means already expired.
+TEST(CacheRules, Section5_3_ExpiresIsReadAgainstDate) {
+  ResponseFacts r = facts("");
+  r.has_expires = true;
+  r.date = T - 100s;
+  r.expires = T - 40s;  // 60 s after Date: 60 s of life, 100 s old on arrival
+  auto p = response_policy(r, kRoute);
+  EXPECT_TRUE(p.store);
+  EXPECT_EQ(p.initial_age, 100s);
+  EXPECT_EQ(p.ttl.fresh, 0s);
+  r.date = T;
+  r.expires = T + 60s;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 60s);
+  r.expires = T - 1s;
+  p = response_policy(r, kRoute);
+  EXPECT_EQ(p.ttl.fresh, 0s);
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);  // the origin made it stale: each use revalidates
+  r.expires.reset();  // has_expires but unparsable
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 0s);
 }
 
-TEST(CacheRules, NeverStored) {
-  EXPECT_FALSE(policy("no-store").store);
+// §4.2.2: with no explicit lifetime, Last-Modified gives a heuristic one (10% of its age by
+// default, at most heuristic_max); the route's fresh_ttl stays the least an operator gets.
+TEST(CacheRules, Section4_2_2_HeuristicFreshnessFromLastModified) {
+  ResponseFacts r = facts("");
+  r.date = T;
+  r.last_modified = T - 10'000s;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 1000s);
+  r.last_modified = T - 10s;  // 1 s of heuristic: the route's default is longer
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 10s);
+  r.last_modified = T - 1'000'000s;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 24h);
+  RouteTtl off = kRoute;
+  off.heuristic_fraction = 0;
+  EXPECT_EQ(response_policy(r, off).ttl.fresh, 10s);
+  r.status = 500;  // not heuristically cacheable: no heuristic, not stored
+  EXPECT_FALSE(response_policy(r, kRoute).store);
+}
+
+// §3: explicit freshness (or public) makes any final status storable; without it only the
+// heuristically cacheable statuses (RFC 9110 §15.1) are.
+TEST(CacheRules, Section3_AnyStatusWithExplicitFreshnessIsStorable) {
+  EXPECT_TRUE(policy("max-age=60", 503).store);
+  EXPECT_TRUE(policy("max-age=60", 302).store);
+  EXPECT_TRUE(policy("public", 302).store);
+  EXPECT_FALSE(policy("", 503).store);
+  EXPECT_EQ(policy("", 503).reason, NoCacheReason::kStatus);
+  EXPECT_FALSE(policy("", 302).store);
+  EXPECT_TRUE(policy("", 404).store);
+  EXPECT_FALSE(policy("max-age=60", 206).store);  // partial answers: never
+  EXPECT_FALSE(policy("max-age=60", 304).store);
+}
+
+// §3, §5.2.2.3, §5.2.2.7: what is never stored in a shared cache.
+TEST(CacheRules, Section3_NeverStored) {
   EXPECT_EQ(policy("no-store").reason, NoCacheReason::kNoStore);
   EXPECT_EQ(to_string(policy("no-store").reason), "no-store");
-  EXPECT_FALSE(policy("private, max-age=60").store);
-  EXPECT_FALSE(policy("max-age=60", 200, true).store);
-  EXPECT_EQ(policy("max-age=60", 200, true).reason, NoCacheReason::kSetCookie);
-  EXPECT_FALSE(policy("max-age=60", 500).store);
-  EXPECT_FALSE(policy("max-age=60", 200, false, "Accept, *").store);
-  EXPECT_TRUE(policy("max-age=60", 404).store);
+  EXPECT_EQ(policy("private, max-age=60").reason, NoCacheReason::kPrivate);
+  ResponseFacts r = facts("max-age=60");
+  r.has_set_cookie = true;
+  EXPECT_EQ(response_policy(r, kRoute).reason, NoCacheReason::kSetCookie);
+  r = facts("max-age=60");
+  r.vary = "Accept, *";
+  EXPECT_EQ(response_policy(r, kRoute).reason, NoCacheReason::kVaryStar);
 }
 
-TEST(CacheRules, NoCacheIsStoredButNeverFresh) {
-  auto p = policy("no-cache");
+// §4.2.3: the current age is the larger of Age + the response delay and Date's apparent age;
+// it is taken off the lifetime, and an answer that arrives past its lifetime loses that much of
+// its stale windows too.
+TEST(CacheRules, Section4_2_3_InitialAgeFromAgeDateAndDelay) {
+  ResponseFacts r = facts("max-age=30");
+  r.age = 20s;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 10s);
+  EXPECT_EQ(response_policy(r, kRoute).initial_age, 20s);
+  r.request_time = T - 3s;  // the answer took 3 s to come
+  EXPECT_EQ(corrected_initial_age(r), 23s);
+  r.age.reset();
+  r.request_time = T;
+  r.date = T - 50s;  // the origin's clock says it is 50 s old
+  EXPECT_EQ(corrected_initial_age(r), 50s);
+  auto p = response_policy(r, kRoute);
+  EXPECT_EQ(p.ttl.fresh, 0s);
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 40s);  // 60 s window, 20 s of it gone
+  EXPECT_EQ(p.ttl.stale_if_error, 280s);
+  r.date = T + 500s;  // a Date in the future is no age at all
+  EXPECT_EQ(corrected_initial_age(r), 0s);
+  // Date has whole seconds: an answer received 0.9 s into the second of its Date is 0 s old.
+  r.date = T;
+  r.response_time = T + 900ms;
+  r.request_time = T + 900ms;
+  EXPECT_EQ(corrected_initial_age(r), 0s);
+}
+
+// §5.1: the first Age value counts; anything but delta-seconds is ignored; no clamp below 2^31.
+TEST(CacheRules, Section5_1_AgeValue) {
+  EXPECT_EQ(age_value("7200"), 7200s);
+  EXPECT_EQ(age_value("7200, 0"), 7200s);
+  EXPECT_EQ(age_value(" 12 "), 12s);
+  EXPECT_FALSE(age_value("-1"));
+  EXPECT_FALSE(age_value("abc"));
+  EXPECT_FALSE(age_value("1.5"));
+  EXPECT_FALSE(age_value(""));
+  EXPECT_EQ(age_value("99999999999999999999"), kMaxDeltaSeconds);
+}
+
+// §5.2.2.4: no-cache is stored, never fresh, and never served stale (not even on error).
+TEST(CacheRules, Section5_2_2_4_NoCacheIsNeverServedWithoutValidation) {
+  auto p = policy("no-cache, max-age=600, stale-if-error=600");
   EXPECT_TRUE(p.store);
   EXPECT_EQ(p.ttl.fresh, 0s);
-}
-
-TEST(CacheRules, MustRevalidateForbidsStaleServing) {
-  auto p = policy("max-age=5, must-revalidate");
   EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);
   EXPECT_EQ(p.ttl.stale_if_error, 0s);
 }
 
-TEST(CacheRules, ParsingIsTolerant) {
-  auto cc = parse_cache_control(" Max-Age=7 ,, S-MAXAGE=\"3\", no-store , x-custom=1, max-age=abc");
-  EXPECT_FALSE(cc.max_age.has_value());  // the later malformed max-age wins: absent
-  EXPECT_EQ(cc.s_maxage, 3s);
-  EXPECT_TRUE(cc.no_store);
-  EXPECT_EQ(vary_headers("Accept-Encoding, accept-encoding, Accept"),
-            (std::vector<std::string>{"accept", "accept-encoding"}));
+// §4.2.4, §5.2.2.2, §5.2.2.8: must-revalidate and proxy-revalidate forbid stale, whatever the
+// route's windows or the origin's stale-* directives say.
+TEST(CacheRules, Section5_2_2_2_MustAndProxyRevalidateForbidStale) {
+  for (std::string_view cc : {"max-age=5, must-revalidate, stale-while-revalidate=60",
+                              "max-age=5, proxy-revalidate, stale-if-error=60"}) {
+    auto p = policy(cc);
+    EXPECT_EQ(p.ttl.fresh, 5s) << cc;
+    EXPECT_EQ(p.ttl.stale_while_revalidate, 0s) << cc;
+    EXPECT_EQ(p.ttl.stale_if_error, 0s) << cc;
+  }
+}
+
+// §5.2.2.10: s-maxage implies proxy-revalidate: the route's stale windows do not apply; only
+// the origin's own stale-* directives may allow stale.
+TEST(CacheRules, Section5_2_2_10_SMaxAgeKeepsTheRoutesStaleWindowsOut) {
+  auto p = policy("s-maxage=5");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);
+  EXPECT_EQ(p.ttl.stale_if_error, 0s);
+  p = policy("s-maxage=5, stale-while-revalidate=30");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 30s);
+}
+
+// RFC 5861: the origin's stale-* directives replace the route's windows (they are explicit);
+// the route's apply where the origin is silent.
+TEST(CacheRules, Rfc5861_OriginStaleDirectivesReplaceTheRoutesWindows) {
+  auto p = policy("max-age=1, stale-while-revalidate=600, stale-if-error=86400");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 600s);
+  EXPECT_EQ(p.ttl.stale_if_error, 86400s);
+  p = policy("max-age=1, stale-while-revalidate=5");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 5s);
+  EXPECT_EQ(p.ttl.stale_if_error, 300s);
+  p = policy("max-age=1");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 60s);
+  // max-age=0 made it stale at once: every use revalidates (coalesced), no stale window.
+  p = policy("max-age=0");
+  EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);
+  EXPECT_EQ(p.ttl.stale_if_error, 300s);
+}
+
+// §5.4: Pragma: no-cache counts only when there is no Cache-Control.
+TEST(CacheRules, Section5_4_PragmaNoCacheWithoutCacheControl) {
+  ResponseFacts r = facts("");
+  r.pragma = "no-cache";
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 0s);
+  EXPECT_EQ(response_policy(r, kRoute).ttl.stale_if_error, 0s);
+  r.cache_control = "max-age=60";
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 60s);
+}
+
+// RFC 9213 §2.2: a targeted field with a directive replaces Cache-Control for this cache.
+TEST(CacheRules, Rfc9213_TargetedFieldTakesPrecedence) {
+  ResponseFacts r = facts("no-store");
+  r.targeted = "max-age=120";
+  auto p = response_policy(r, kRoute);
+  EXPECT_TRUE(p.store);
+  EXPECT_EQ(p.ttl.fresh, 120s);
+  r = facts("max-age=600");
+  r.targeted = "no-store";
+  EXPECT_FALSE(response_policy(r, kRoute).store);
+  r.targeted = "   ";  // present but no directive: Cache-Control governs
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 600s);
+}
+
+// §4.3.1: an answer with a validator is kept past its last servable moment for revalidation;
+// one without has nothing to revalidate with.
+TEST(CacheRules, Section4_3_1_AnswersWithValidatorsAreKeptForRevalidation) {
+  ResponseFacts r = facts("max-age=5, must-revalidate");
+  EXPECT_EQ(response_policy(r, kRoute).ttl.keep, 0s);
+  r.has_validator = true;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.keep, 3600s);
+  r.cache_control = "no-cache";
+  EXPECT_TRUE(response_policy(r, kRoute).store);
+  EXPECT_EQ(response_policy(r, kRoute).ttl.keep, 3600s);
 }
 
 // A request's header lines, in order (a name may repeat).

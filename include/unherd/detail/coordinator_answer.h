@@ -11,7 +11,7 @@ template <class F>
 auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPolicy& policy)
     -> Answer<V> {
   const TimePoint now = clock_.now();
-  Lookup<V> found = cache_.lookup(key, now);
+  Lookup<V> found = lookup(key, now, policy);
   if (auto answer = from_cache(found)) {
     if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
       refresh(key, fetcher, policy, found);
@@ -28,7 +28,7 @@ auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPo
     }
     if (loaded && loaded->value) {
       Loaded& l = *loaded->value;
-      if (auto answer = from_tier(l)) {
+      if (auto answer = from_tier(l, policy)) {
         if (answer->source == Source::kStale && !loaded->coalesced) {
           refresh(key, fetcher, policy, l.as_lookup());
         }
@@ -36,7 +36,7 @@ auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPo
       }
       found = l.as_lookup();
       found_in = tiers_[l.tier]->name();
-    } else if (auto answer = fresh_after_read(key, found)) {
+    } else if (auto answer = fresh_after_read(key, found, policy)) {
       return *std::move(answer);
     }
   }
@@ -45,7 +45,7 @@ auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPo
     try {
       std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
       auto fetch = [&](const FlightHandle& flight) {
-        if ((filled = filled_meanwhile(key))) return filled->value;
+        if ((filled = filled_meanwhile(key, policy))) return filled->value;
         return fetch_and_store(start_run(key, policy, found, false), fetcher, flight);
       };
       auto r = flight_.join(key, fetch, policy.flight);
@@ -63,7 +63,7 @@ template <class F>
 auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy policy)
     -> asio::awaitable<Answer<V>> {
   const TimePoint now = clock_.now();
-  Lookup<V> found = cache_.lookup(key, now);
+  Lookup<V> found = lookup(key, now, policy);
   if (auto answer = from_cache(found)) {
     if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
       auto job = refresh_job_async(key, fetcher, policy, found);
@@ -88,7 +88,7 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
     }
     if (loaded && loaded->value) {
       Loaded& l = *loaded->value;
-      if (auto answer = from_tier(l)) {
+      if (auto answer = from_tier(l, policy)) {
         if (answer->source == Source::kStale && !loaded->coalesced) {
           auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
           auto executor = co_await asio::this_coro::executor;
@@ -98,7 +98,7 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
       }
       found = l.as_lookup();
       found_in = tiers_[l.tier]->name();
-    } else if (auto answer = fresh_after_read(key, found)) {
+    } else if (auto answer = fresh_after_read(key, found, policy)) {
       co_return *std::move(answer);
     }
   }
@@ -110,7 +110,7 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
     auto filled = std::make_shared<std::optional<Answer<V>>>();
     auto fetch = [this, key, fetcher, policy, found,
                   filled](FlightHandle flight) -> asio::awaitable<V> {
-      if ((*filled = filled_meanwhile(key))) co_return (*filled)->value;
+      if ((*filled = filled_meanwhile(key, policy))) co_return (*filled)->value;
       auto fetching =
           fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
       co_return co_await std::move(fetching);
@@ -150,16 +150,19 @@ auto Coordinator<K, V, Hash, KeyEq>::from_cache(Lookup<V>& found) -> std::option
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::fresh_after_read(const K& key, Lookup<V>& found)
+auto Coordinator<K, V, Hash, KeyEq>::fresh_after_read(const K& key, Lookup<V>& found,
+                                                      const CallPolicy& policy)
     -> std::optional<Answer<V>> {
-  Lookup<V> again = cache_.lookup(key, clock_.now());
+  Lookup<V> again = lookup(key, clock_.now(), policy);
   if (again.freshness == Freshness::kFresh) return from_cache(again);
   if (again.value) found = std::move(again);
   return std::nullopt;
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::from_tier(const Loaded& l) -> std::optional<Answer<V>> {
+auto Coordinator<K, V, Hash, KeyEq>::from_tier(const Loaded& l, const CallPolicy& policy)
+    -> std::optional<Answer<V>> {
+  if (l.stored_at < policy.min_stored_at) return std::nullopt;  // revalidated, not an answer
   const TimePoint now = clock_.now();
   if (now < l.deadlines.fresh_until) {
     hits_.add();

@@ -5,7 +5,7 @@ Behaviour is chosen per request by query parameters, so one server serves every 
   vary=H        Vary: H, and the value of request header H echoed in the body
   status=N      status code                        etag=E       ETag (If-None-Match: E -> 304)
   cookie=1      add Set-Cookie (a value of its own per request)       lm=...  Last-Modified
-  hdr=Name:Value  add that header line (repeatable)
+  hdr=Name:Value  add that header line (repeatable)   nm=Name:Value  add it to a 304 (repeatable)
   echo=H        the values of request header H, every line, echoed in the body
 and by request header: X-Cc: V   Cache-Control V instead of cc= (an input the key ignores)
   mode=garbage|truncate|reset   answer with junk, a short body, or by closing the socket
@@ -213,6 +213,7 @@ class Handler(BaseHTTPRequestHandler):
             if self.headers.get("If-None-Match") == etag:
                 with st.lock:
                     st.not_modified += 1
+                headers += [tuple(h.split(":", 1)) for h in q.get("nm", []) if ":" in h]
                 return self._send(304, b"", headers)
         if self.headers.get("X-Cc"):  # a header the key ignores decides the answer
             headers.append(("Cache-Control", self.headers["X-Cc"]))
