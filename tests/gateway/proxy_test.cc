@@ -285,6 +285,89 @@ TEST_F(ProxyTest, StaleIsAnsweredAtOnceWhileOneRefreshRevalidates) {
   EXPECT_EQ(upstream.sent.size(), 2u);
 }
 
+// RFC 9111 §4.3.1, §4.3.4: past every servable window, an answer with a validator is kept and
+// revalidated by one conditional call for every waiter; the 304 renews it with its header fields
+// and each waiter gets the whole stored body.
+TEST_F(ProxyTest, AKeptAnswerIsRevalidatedOnceForEveryWaiterAndEachGetsTheWholeBody) {
+  route().stale_ttl = 0ms;
+  route().stale_if_error = 0ms;
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}, {"ETag", "\"v1\""}, {"X-Rev", "1"}},
+                  "body-v1");
+  request("/api/kept");
+  advance(1h);
+  upstream.hold(304, {{"Cache-Control", "max-age=60"}, {"X-Rev", "2"}, {"Content-Length", "0"}});
+  auto first = request("/api/kept");
+  auto second = request("/api/kept");
+  auto third = request("/api/kept");
+  ASSERT_EQ(upstream.sent.size(), 2u);
+  EXPECT_FALSE(*first || *second || *third) << "a kept answer is never served unvalidated";
+  bool conditional = false;
+  for (const auto& [name, value] : upstream.sent[1].headers)
+    conditional = conditional || (name == "If-None-Match" && value == "\"v1\"");
+  EXPECT_TRUE(conditional);
+  ASSERT_TRUE(upstream.release());
+  run();
+  ASSERT_TRUE(*first && *second && *third);
+  EXPECT_EQ((*first)->x_cache, "REVALIDATED");
+  for (const auto& reply : {first, second, third}) {
+    EXPECT_EQ(status(**reply), 200u);
+    EXPECT_EQ(body(**reply), "body-v1");
+    EXPECT_NE((*reply)->cached->head.find("X-Rev: 2\r\n"), std::string::npos);
+    EXPECT_EQ((*reply)->cached->head.find("X-Rev: 1"), std::string::npos);
+    EXPECT_EQ((*reply)->cached->head.find("Content-Length"), std::string::npos);
+  }
+  auto renewed = request("/api/kept");
+  EXPECT_EQ((*renewed)->x_cache, "HIT");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+  advance(2h);  // past the renewed life and the keep window: gone, fetched whole
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "whole");
+  auto gone = request("/api/kept");
+  EXPECT_EQ(body(**gone), "whole");
+  for (const auto& [name, value] : upstream.sent.back().headers) EXPECT_NE(name, "If-None-Match");
+}
+
+// §4.3.4: a 304 whose validator is not the stored one's updates nothing: the resource is
+// fetched whole at once.
+TEST_F(ProxyTest, A304ForAnotherRepresentationIsFollowedByAWholeFetch) {
+  route().stale_ttl = 0ms;
+  route().stale_if_error = 0ms;
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}, {"ETag", "\"v1\""}}, "one");
+  request("/api/etag");
+  advance(2s);
+  upstream.answer(304, {{"ETag", "\"v2\""}});
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"ETag", "\"v2\""}}, "two");
+  auto reply = request("/api/etag");
+  ASSERT_TRUE(*reply);
+  EXPECT_EQ(body(**reply), "two");
+  ASSERT_EQ(upstream.sent.size(), 3u);
+  for (const auto& [name, value] : upstream.sent[2].headers) EXPECT_NE(name, "If-None-Match");
+}
+
+// §3: an error answer with explicit freshness is stored, but a stale-if-error copy is preferred
+// while there is one.
+TEST_F(ProxyTest, AnErrorWithExplicitFreshnessIsStoredUnlessAStaleCopyIsServed) {
+  route().stale_ttl = 0ms;
+  route().stale_if_error = 10s;
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}}, "good");
+  request("/api/err");
+  advance(2s);
+  upstream.answer(503, {{"Cache-Control", "max-age=60"}}, "down");
+  auto stale = request("/api/err");
+  EXPECT_EQ(body(**stale), "good");
+  EXPECT_EQ((*stale)->x_cache, "STALE");
+  advance(20s);  // past stale-if-error
+  upstream.answer(503, {{"Cache-Control", "max-age=60"}}, "down");
+  auto error = request("/api/err");
+  EXPECT_EQ(status(**error), 503u);
+  auto stored = request("/api/err");
+  EXPECT_EQ((std::pair{status(**stored), (*stored)->x_cache}),
+            (std::pair{503u, std::string_view("HIT")}));
+  EXPECT_EQ(upstream.sent.size(), 3u);
+}
+
 TEST_F(ProxyTest, AFailingUpstreamIsAnsweredWithTheStaleIfErrorCopy) {
   route().stale_ttl = 0ms;
   start();
