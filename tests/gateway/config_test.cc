@@ -87,6 +87,37 @@ TEST(Config, DefaultsFillWhatIsLeftOut) {
   EXPECT_TRUE(c.routes[0].key.empty());
 }
 
+// The HTTP cache settings (RFC 9111 behaviour), their defaults and their errors.
+TEST(Config, HttpCacheSettings) {
+  Config c = parse_config(
+      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\n", "t");
+  EXPECT_EQ(c.routes[0].keep_ttl, 1h);
+  EXPECT_DOUBLE_EQ(c.routes[0].heuristic_fraction, 0.1);
+  EXPECT_EQ(c.routes[0].heuristic_max, 24h);
+  EXPECT_FALSE(c.routes[0].honor_client_cache_control);
+  EXPECT_EQ(c.cache.targeted_cache_control,
+            (std::vector<std::string>{"CDN-Cache-Control", "Surrogate-Control"}));
+  c = parse_config(
+      "[cache]\ntargeted_cache_control = [\"Acme-Cache-Control\"]\n[[routes]]\nname = "
+      "\"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\nkeep_ttl = \"0s\"\n"
+      "heuristic_fraction = 0\nhonor_client_cache_control = true\n",
+      "t");
+  EXPECT_EQ(c.cache.targeted_cache_control, std::vector<std::string>{"Acme-Cache-Control"});
+  EXPECT_EQ(c.routes[0].keep_ttl, 0s);
+  EXPECT_TRUE(c.routes[0].honor_client_cache_control);
+  EXPECT_EQ(to_toml(parse_config(to_toml(c), "again")), to_toml(c));
+  const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n";
+  expect_error(route + "honor_client_cache_control = \"yes\"\n",
+               {"test.toml:5:", "routes[0].honor_client_cache_control", "true or false"});
+  expect_error(route + "heuristic_fraction = 2\n",
+               {"test.toml:5:", "routes[0].heuristic_fraction", "from 0 to 1"});
+  expect_error(route + "keep_ttl = 5\n", {"test.toml:5:", "routes[0].keep_ttl", "duration"});
+  expect_error("[cache]\ntargeted_cache_control = [\"Bad Name\"]\n",
+               {"test.toml:2:", "cache.targeted_cache_control", "header names"});
+  expect_error("[cache]\ntargeted_cache_control = \"CDN-Cache-Control\"\n",
+               {"test.toml:2:", "cache.targeted_cache_control", "list"});
+}
+
 TEST(Config, UnknownKeyIsAnErrorNamingKeyAndLine) {
   expect_error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
                {"test.toml:3:", "server.lisen", "unknown key"});
