@@ -12,6 +12,7 @@
 #include "gateway/cache_key.h"
 #include "gateway/client_view.h"
 #include "gateway/forwarding.h"
+#include "gateway/invalidation.h"
 #include "gateway/upstream_answer.h"
 #include "gateway/x_cache.h"
 
@@ -196,6 +197,14 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
   if (!may_use_cache(request.method, route->config.key, request)) {
     auto passing = pass(*route, request, upstreams, "method or credentials");
     Reply reply = co_await std::move(passing);
+    if (reply.cached) {
+      // What an unsafe request changed is no longer answered from the cache (RFC 9111 §4.4).
+      for (const auto& target :
+           invalidated_targets(request.method, request.target, request.header("host"),
+                               reply.cached->status, reply.cached->head)) {
+        purge_target(target);
+      }
+    }
     co_return reply;
   }
   auto lookup = cached_get(std::move(rt), *route, std::move(request), upstreams);

@@ -469,6 +469,57 @@ class ClientViews(GatewayCase):
             self.gw.get(target, {"If-None-Match": '"v1"', "Range": "bytes=0-1"}), "HIT")
 
 
+class Invalidation(GatewayCase):
+    """A successful unsafe request makes the next GET of what it changed a miss (RFC 9111 §4.4)."""
+
+    def cached(self, target):
+        """Fetches `target` until the cache answers it; the upstream's count for it then."""
+        self.gw.get(target)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+        return self.up.count(target)
+
+    def test_a_successful_unsafe_request_invalidates_its_target(self):
+        for method in ("DELETE", "POST", "PUT", "PATCH"):
+            target = f"/api/inv/{method.lower()}"
+            calls = self.cached(target)
+            s, h, _ = self.gw.get(target, method=method, body=b"{}")
+            self.assertEqual((s, h["x-cache"]), (200, "PASS"), method)
+            s, h, _ = self.gw.get(target)
+            self.assertEqual((s, h["x-cache"]), (200, "MISS"), method)
+            self.assertEqual(self.up.count(target), calls + 2, method)  # the unsafe one, the GET
+
+    def test_a_created_resources_location_is_invalidated(self):
+        created = "/api/inv/items/7"
+        calls = self.cached(created)
+        post = "/api/inv/items" + q(status=201, hdr="Location:/api/inv/items/7")
+        self.assertEqual(self.gw.get(post, method="POST", body=b"{}")[0], 201)
+        self.assertEqual(self.gw.get(created)[1]["x-cache"], "MISS")
+        self.assertEqual(self.up.count(created), calls + 1)
+
+    def test_same_host_absolute_locations_are_invalidated_other_hosts_never(self):
+        ours, theirs = "/api/inv/ours", "/api/inv/theirs"
+        self.cached(ours), self.cached(theirs)
+        for where in (f"http://127.0.0.1:{self.gw.port}{ours}", f"http://other.test{theirs}",
+                      f"http://127.0.0.1:{self.up.port}{theirs}"):
+            post = "/api/inv/make" + q(status=201, hdr=f"Content-Location:{where}")
+            self.assertEqual(self.gw.get(post, method="POST", body=b"{}")[0], 201)
+        self.assertEqual(self.gw.get(ours)[1]["x-cache"], "MISS")
+        self.assertEqual(self.gw.get(theirs)[1]["x-cache"], "HIT")
+
+    def test_a_failed_unsafe_request_invalidates_nothing(self):
+        target = "/api/inv/failed"
+        calls = self.cached(target)
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.up.port}/__fail" + q(n=1, status=500), method="POST")).read()
+        self.assertEqual(self.gw.get(target, method="DELETE")[0], 500)
+        for status in (404, 409):
+            failing = "/api/inv/other" + q(status=status, hdr=f"Location:{target}")
+            self.assertEqual(self.gw.get(failing, method="PUT", body=b"{}")[0], status)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+        self.assertEqual(self.up.count(target), calls + 1)  # the DELETE only
+
+
 class SaturatedPool(unittest.TestCase):
     def test_gateway_survives_callers_giving_up_while_queued_for_a_connection(self):
         up = Upstream()
