@@ -316,6 +316,19 @@ class Protocol(GatewayCase):
             self.assertEqual(s, 200)
             self.assertEqual(json.loads(body)["target"], target)
 
+    def test_an_early_hints_answer_is_never_cached_the_final_answer_is(self):
+        target = "/api/hinted" + q(mode="early_hints", cc="max-age=60")
+        s1, h1, b1 = self.gw.get(target)
+        s2, h2, b2 = self.gw.get(target)
+        self.assertEqual((s1, h1["x-cache"], s2, h2["x-cache"], b2), (200, "MISS", 200, "HIT", b1))
+        self.assertEqual(json.loads(b2)["target"], target)
+        self.assertNotIn("link", h2)  # the 103's fields are not the answer's
+        self.assertEqual(self.up.count(target), 1)
+        # Passed through (not forwarded: the client waits for the final answer alone).
+        s, h, body = self.gw.get(target, method="POST", body=b"{}")
+        self.assertEqual((s, h["x-cache"], json.loads(body)["target"]), (200, "PASS", target))
+        self.assertNotIn("link", h)
+
     def test_head_passed_through_does_not_wait_for_a_body(self):
         # The upstream sends none and keeps the connection: a gateway waiting for one would
         # answer 504 once the attempt's timeout passed.
