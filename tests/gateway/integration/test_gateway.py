@@ -405,6 +405,13 @@ class ClientViews(GatewayCase):
         self.assertEqual(self.up.count(target), 1)
         self.assertNotIn("if-none-match", self.up.state.headers_seen[-1])
 
+    def test_a_stale_answer_is_answered_304_too(self):
+        target = "/api/view/stale" + q(etag='"v1"', lm=self.LM,
+                                        cc="max-age=0, stale-while-revalidate=600")
+        self.gw.get(target)
+        s, h, body = self.gw.get(target, {"If-None-Match": '"v1"'})
+        self.assertEqual((s, h["x-cache"], body), (304, "STALE", b""))
+
     def test_if_modified_since_is_answered_304_unless_modified_after_it(self):
         target = self.target("ims")
         self.gw.get(target)
