@@ -178,8 +178,7 @@ void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::s
   json_escape(line, target);
   line += fmt::format(
       "\",\"status\":{},\"x_cache\":\"{}\",\"upstream_ms\":{:.3f},\"total_ms\":{:.3f}}}",
-      reply.cached ? reply.cached->status : reply.status, reply.x_cache, reply.upstream_ms,
-      total_ms);
+      reply.sent_status(), reply.x_cache, reply.upstream_ms, total_ms);
   log.write(line);
 }
 

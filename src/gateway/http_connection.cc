@@ -24,6 +24,7 @@
 #include "gateway/admin_session.h"
 #include "gateway/http_session.h"
 #include "gateway/request_framing.h"
+#include "gateway/stored_head.h"
 
 namespace unherd::gateway {
 
@@ -97,16 +98,50 @@ struct ArenaAllocator {
 
 using RequestParser = http::request_parser<http::string_body, ArenaAllocator<char>>;
 
+// Of a stored response's fields, those a 304 sends (RFC 9110 §15.4.5), and Last-Modified.
+bool sent_with_304(std::string_view name) {
+  for (std::string_view n :
+       {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"}) {
+    if (iequals(name, n)) return true;
+  }
+  return false;
+}
+
 // The head of a reply, in `head` (reused: no allocation once it has grown), and the buffers
 // to write: the stored status line and header block of a cached response as they are, the
 // per-request lines (X-Cache, Age, X-Request-Id, Content-Length) from `head`, the body.
+// A cached response's view (client_view.h) may instead send a 304 with the stored validators
+// and cache fields only, a 206 with the stored header block and a slice of the body, or a 416.
 // HTTP/1.0 clients are told when the connection stays open; 1xx, 204 and 304 carry neither a
 // body nor a Content-Length.
 std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string& head,
                                                 std::string_view request_id, bool keep_alive,
                                                 unsigned version) {
+  using Form = ClientView::Form;
+  static constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
+  static constexpr std::string_view kPartial = "HTTP/1.1 206 Partial Content\r\n";
+  static constexpr std::string_view kUnsatisfiable = "HTTP/1.1 416 Range Not Satisfiable\r\n";
   const std::string& body = reply.cached ? reply.cached->body : reply.body;
+  const Form form = reply.cached ? reply.view.form : Form::kFull;
   head.clear();
+  if (form == Form::kNotModified) {
+    for_each_field(reply.cached->head,
+                   [&head](std::string_view name, std::string_view, std::string_view line) {
+                     if (sent_with_304(name)) head += line;
+                   });
+  } else if (form == Form::kPartial) {
+    head += "Content-Range: bytes ";
+    append_number(head, reply.view.first);
+    head += '-';
+    append_number(head, reply.view.first + reply.view.length - 1);
+    head += '/';
+    append_number(head, body.size());
+    head += "\r\n";
+  } else if (form == Form::kUnsatisfiable) {
+    head += "Content-Range: bytes */";
+    append_number(head, body.size());
+    head += "\r\n";
+  }
   if (!reply.cached) {
     head += "HTTP/1.1 ";
     append_number(head, reply.status);
@@ -135,14 +170,18 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
   head += "X-Request-Id: ";
   head += request_id;
   head += "\r\n";
-  const unsigned status = reply.cached ? reply.cached->status : reply.status;
+  const unsigned status = reply.sent_status();
   const bool bodiless = status < 200 || status == 204 || status == 304;
+  // The part of the body sent: all of it, a range of it, or none (416).
+  std::string_view part = body;
+  if (form == Form::kPartial) part = part.substr(reply.view.first, reply.view.length);
+  if (form == Form::kUnsatisfiable) part = {};
   if (!bodiless) {
     // A HEAD passed through has no body here: the length is the one the upstream declared.
-    const bool declared =
-        reply.head_only && body.empty() && reply.cached && reply.cached->declared_length;
+    const bool declared = form == Form::kFull && reply.head_only && body.empty() && reply.cached &&
+                          reply.cached->declared_length;
     head += "Content-Length: ";
-    append_number(head, declared ? *reply.cached->declared_length : body.size());
+    append_number(head, declared ? *reply.cached->declared_length : part.size());
     head += "\r\n";
   }
   if (!keep_alive) {
@@ -153,12 +192,26 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
   head += "\r\n";
   const bool send_body = !reply.head_only && !bodiless;
   std::array<asio::const_buffer, 4> buffers{};
-  if (reply.cached) {
-    buffers[0] = asio::buffer(reply.cached->status_line);
-    buffers[1] = asio::buffer(reply.cached->head);
+  switch (form) {
+    case Form::kFull:
+      if (reply.cached) {
+        buffers[0] = asio::buffer(reply.cached->status_line);
+        buffers[1] = asio::buffer(reply.cached->head);
+      }
+      break;
+    case Form::kPartial:
+      buffers[0] = asio::buffer(kPartial);
+      buffers[1] = asio::buffer(reply.cached->head);
+      break;
+    case Form::kNotModified:  // the stored fields it sends are in `head`
+      buffers[0] = asio::buffer(kNotModified);
+      break;
+    case Form::kUnsatisfiable:
+      buffers[0] = asio::buffer(kUnsatisfiable);
+      break;
   }
   buffers[2] = asio::buffer(head);
-  if (send_body) buffers[3] = asio::buffer(body);
+  if (send_body) buffers[3] = asio::buffer(part);
   return buffers;
 }
 

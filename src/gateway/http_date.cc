@@ -1,6 +1,7 @@
 // HTTP-date parsing and formatting (http_date.h).
 #include "gateway/http_date.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 
@@ -65,7 +66,12 @@ std::optional<HttpTime> make_time(int y, int month_index, int d, int h, int m, i
   const year_month_day date{year(y), month(static_cast<unsigned>(month_index + 1)),
                             day(static_cast<unsigned>(d))};
   if (!date.ok()) return std::nullopt;
-  return sys_days(date) + hours(h) + minutes(m) + seconds(s);
+  // In seconds any four-digit year fits; the clock's own ticks (nanoseconds) reach only about
+  // 1678 to 2262, so dates beyond are clamped to its ends (a far-off Expires stays far off).
+  const sys_seconds t = sys_days(date) + hours(h) + minutes(m) + seconds(s);
+  static const sys_seconds latest = floor<seconds>(HttpTime::max());
+  static const sys_seconds earliest = ceil<seconds>(HttpTime::min());
+  return HttpTime(std::clamp(t, earliest, latest));
 }
 
 // IMF-fixdate = day-name "," SP day SP month SP year SP time-of-day SP "GMT"
@@ -123,9 +129,11 @@ std::optional<HttpTime> parse_http_date(std::string_view text) {
 }
 
 std::string format_http_date(HttpTime t) {
-  const auto day_start = floor<days>(t);
+  // In seconds: the clock's earliest day starts before the earliest time its ticks can hold.
+  const sys_seconds secs = floor<seconds>(t);
+  const sys_days day_start = floor<days>(secs);
   const year_month_day date(day_start);
-  const hh_mm_ss<seconds> time(floor<seconds>(t - day_start));
+  const hh_mm_ss<seconds> time(secs - day_start);
   char out[32];
   std::snprintf(out, sizeof out, "%s, %02u %s %04d %02d:%02d:%02d GMT",
                 kDays[weekday(day_start).c_encoding()].data(), static_cast<unsigned>(date.day()),

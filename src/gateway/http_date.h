@@ -6,7 +6,8 @@
 // ("Sun Nov  6 08:49:37 1994") forms, exactly as the grammar spells them (names are
 // case-sensitive, no surrounding whitespace; the day name is not checked against the date).
 // Anything else, or a calendar date that does not exist, is nullopt: a recipient ignores an invalid
-// date. format_http_date() writes IMF-fixdate, the only form a sender may generate. Pure functions,
+// date. Dates beyond what the clock can hold (about 1678 to 2262) are clamped to its ends.
+// format_http_date() writes IMF-fixdate, the only form a sender may generate. Pure functions,
 // safe from any thread.
 #pragma once
 
@@ -24,7 +25,7 @@ using HttpTime = std::chrono::system_clock::time_point;
 std::optional<HttpTime> parse_http_date(std::string_view text, HttpTime now);
 std::optional<HttpTime> parse_http_date(std::string_view text);  // now: the system clock's
 
-// `t`, to the second (rounded down), as IMF-fixdate. REQUIRES: t within years 1..9999.
+// `t`, to the second (rounded down), as IMF-fixdate.
 std::string format_http_date(HttpTime t);
 
 }  // namespace unherd::gateway

@@ -11,8 +11,10 @@
 #include "gateway/cache_fetch.h"
 #include "gateway/cache_key.h"
 #include "gateway/cache_rules.h"
-#include "gateway/text.h"
+#include "gateway/client_view.h"
 #include "gateway/forwarding.h"
+#include "gateway/invalidation.h"
+#include "gateway/text.h"
 #include "gateway/upstream_answer.h"
 #include "gateway/x_cache.h"
 
@@ -78,6 +80,27 @@ void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
   reply.age = std::chrono::duration_cast<std::chrono::seconds>(now - answer.stored_at) +
               reply.cached->initial_age;
   reply.tier = answer.tier;
+}
+
+// The form of a stored 200 this request asks for (client_view.h). Reads the request's fields
+// into this thread's buffers: no allocation once they have grown.
+template <class Headers>
+ClientView view_for(const Headers& request, std::string_view method, const CachedResponse& r) {
+  if (r.status != 200) return {};
+  thread_local std::string if_none_match, if_modified_since, range, if_range;
+  auto read = [&request](std::string_view name,
+                         std::string& out) -> std::optional<std::string_view> {
+    out.clear();
+    if (!request.header_values(name, out)) return std::nullopt;
+    return std::string_view(out);
+  };
+  ClientFields fields{.get = method == "GET"};
+  fields.if_none_match = read("if-none-match", if_none_match);
+  fields.if_modified_since = read("if-modified-since", if_modified_since);
+  fields.range = read("range", range);
+  if (!fields.if_none_match && !fields.if_modified_since && !fields.range) return {};
+  fields.if_range = read("if-range", if_range);
+  return client_view(fields, r);
 }
 
 // Counts an answer from the cache or a fetch by where it came from.
@@ -180,6 +203,7 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   route->counters->total.add();
   route->counters->hits.add();
   fill_cached(reply, *answer, clock_.now());
+  reply.view = view_for(head, head.method, *reply.cached);
   reply.head_only = head.method == "HEAD";
   return true;
 }
@@ -202,6 +226,14 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
   if (!may_use_cache(request.method, route->config.key, request)) {
     auto passing = pass(*route, request, upstreams, "method or credentials");
     Reply reply = co_await std::move(passing);
+    if (reply.cached) {
+      // What an unsafe request changed is no longer answered from the cache (RFC 9111 §4.4).
+      for (const auto& target :
+           invalidated_targets(request.method, request.target, request.header("host"),
+                               reply.cached->status, reply.cached->head)) {
+        purge_target(target);
+      }
+    }
     co_return reply;
   }
   auto lookup = cached_get(std::move(rt), *route, std::move(request), upstreams);
@@ -318,6 +350,8 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       }
     }
     fill_cached(reply, answer, clock_.now());
+    // Every waiter of a shared fetch gets the form its own request asks for.
+    reply.view = view_for(*shared_request, shared_request->method, *reply.cached);
     count(*counters, answer.source);
   } catch (const std::system_error& e) {
     counters->errors.add();

@@ -7,7 +7,9 @@
 // opens when it keeps failing, after which stale answers are served if any, else 503 with
 // Retry-After, without an upstream call. Other methods, and requests carrying Authorization or
 // Cookie that the route does not key on, pass straight through (X-Cache: PASS), as do keys whose
-// answers turned out not to be shareable (hit-for-pass, ResponseHints).
+// answers turned out not to be shareable (hit-for-pass, ResponseHints). A 2xx or 3xx answer to
+// an unsafe method purges its target and same-host Location / Content-Location (invalidation.h).
+// A stored 200 is sent in the form each request asks for: 304, 206 or 416 (client_view.h).
 //
 // Below memory sits the tier chain the Proxy is handed (built at the composition root, e.g. a
 // disk tier): what is fetched is written behind to it, and a memory miss reads it there (once

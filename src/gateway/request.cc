@@ -40,4 +40,19 @@ Reply Reply::text(unsigned status, std::string body) {
   return r;
 }
 
+unsigned Reply::sent_status() const {
+  if (!cached) return status;
+  switch (view.form) {
+    case ClientView::Form::kNotModified:
+      return 304;
+    case ClientView::Form::kPartial:
+      return 206;
+    case ClientView::Form::kUnsatisfiable:
+      return 416;
+    case ClientView::Form::kFull:
+      break;
+  }
+  return cached->status;
+}
+
 }  // namespace unherd::gateway

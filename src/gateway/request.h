@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "gateway/client_view.h"
 #include "gateway/response.h"
 
 namespace unherd::gateway {
@@ -46,10 +47,12 @@ struct RequestHead {
   bool header_values(std::string_view name, std::string& out) const;
 };
 
-// What to send back. Either a stored/fetched upstream response (`cached`) or a reply the
-// gateway made itself (`status`, `body`); `extra_head` holds other per-request header lines.
+// What to send back. Either a stored/fetched upstream response (`cached`), whole or in the form
+// `view` says (304, 206, 416), or a reply the gateway made itself (`status`, `body`);
+// `extra_head` holds other per-request header lines.
 struct Reply {
   ResponsePtr cached;
+  ClientView view;  // of `cached`: the whole unless the request's conditions or Range say
   unsigned status = 200;
   std::string content_type = "text/plain";
   std::string body;
@@ -61,6 +64,8 @@ struct Reply {
   bool head_only = false;
 
   static Reply text(unsigned status, std::string body);
+  // The status the client is sent.
+  unsigned sent_status() const;
 };
 
 }  // namespace unherd::gateway

@@ -69,6 +69,18 @@ TEST(HttpDate, ReadsLeapDaysAndLeapSeconds) {
   EXPECT_EQ(parse_http_date("Sat, 31 Dec 2016 23:59:60 GMT", kNow), sys_days(2017y / 1 / 1));
 }
 
+// §5.6.7 allows years 0000 to 9999; the clock holds less: far dates are its ends, not errors.
+TEST(HttpDate, ClampsDatesBeyondTheClocksRange) {
+  const auto latest = parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT", kNow);
+  ASSERT_TRUE(latest);
+  EXPECT_GT(*latest, sys_days(2262y / 1 / 1));
+  EXPECT_EQ(parse_http_date(format_http_date(*latest), kNow), latest);
+  const auto earliest = parse_http_date("Mon, 01 Jan 0001 00:00:00 GMT", kNow);
+  ASSERT_TRUE(earliest);
+  EXPECT_LT(*earliest, sys_days(1678y / 1 / 1));
+  EXPECT_EQ(parse_http_date(format_http_date(*earliest), kNow), earliest);
+}
+
 // §5.6.7: a sender generates IMF-fixdate, in GMT, with the right day name.
 TEST(HttpDate, WritesImfFixdateThatReadsBack) {
   EXPECT_EQ(format_http_date(kExample), "Sun, 06 Nov 1994 08:49:37 GMT");

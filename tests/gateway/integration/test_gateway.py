@@ -315,6 +315,19 @@ class Protocol(GatewayCase):
             self.assertEqual(s, 200)
             self.assertEqual(json.loads(body)["target"], target)
 
+    def test_an_early_hints_answer_is_never_cached_the_final_answer_is(self):
+        target = "/api/hinted" + q(mode="early_hints", cc="max-age=60")
+        s1, h1, b1 = self.gw.get(target)
+        s2, h2, b2 = self.gw.get(target)
+        self.assertEqual((s1, h1["x-cache"], s2, h2["x-cache"], b2), (200, "MISS", 200, "HIT", b1))
+        self.assertEqual(json.loads(b2)["target"], target)
+        self.assertNotIn("link", h2)  # the 103's fields are not the answer's
+        self.assertEqual(self.up.count(target), 1)
+        # Passed through (not forwarded: the client waits for the final answer alone).
+        s, h, body = self.gw.get(target, method="POST", body=b"{}")
+        self.assertEqual((s, h["x-cache"], json.loads(body)["target"]), (200, "PASS", target))
+        self.assertNotIn("link", h)
+
     def test_head_passed_through_does_not_wait_for_a_body(self):
         # The upstream sends none and keeps the connection: a gateway waiting for one would
         # answer 504 once the attempt's timeout passed.
@@ -339,9 +352,9 @@ class Protocol(GatewayCase):
 
     def test_range_is_not_forwarded_on_the_shared_fetch(self):
         s, h, body = self.gw.get("/api/ranged", {"Range": "bytes=0-3"})
-        self.assertEqual(s, 200)
+        self.assertEqual((s, body), (206, b'{"ta'))  # cut from the whole answer it fetched
         self.assertNotIn("range", self.up.state.headers_seen[-1])
-        self.assertEqual(json.loads(body)["target"], "/api/ranged")
+        self.assertEqual(json.loads(self.gw.get("/api/ranged")[2])["target"], "/api/ranged")
 
     def test_revalidated_answer_keeps_its_own_cache_control(self):
         target = "/api/nocache" + q(etag='"e1"', cc="no-cache")
@@ -363,6 +376,169 @@ class Protocol(GatewayCase):
                                  headers={"Authorization": f"Bearer {TOKEN}"})
         self.assertEqual((s, json.loads(body)["purged"]), (200, 1))
         self.assertEqual(self.gw.get(target, {"Accept-Language": "en"})[1]["x-cache"], "MISS")
+
+
+class ClientViews(GatewayCase):
+    """Conditional and range requests answered from the stored answer (RFC 9110 §13, §14):
+    never an upstream call of their own."""
+
+    LM = "Sun, 06 Nov 1994 08:49:37 GMT"
+
+    def target(self, name):
+        return f"/api/view/{name}" + q(etag='"v1"', lm=self.LM, cc="max-age=600")
+
+    def assert_not_modified(self, answer, x_cache):
+        s, h, body = answer
+        self.assertEqual((s, h["x-cache"], body), (304, x_cache, b""))
+        self.assertNotIn("content-length", h)
+        self.assertNotIn("content-type", h)  # only the fields a 304 sends (§15.4.5)
+        self.assertEqual((h["etag"], h["cache-control"], h["last-modified"]),
+                         ('"v1"', "max-age=600", self.LM))
+        self.assertIn("x-request-id", h)
+
+    def test_if_none_match_is_answered_304_from_the_cache(self):
+        target = self.target("inm")
+        self.assert_not_modified(self.gw.get(target, {"If-None-Match": '"v1"'}), "MISS")
+        self.assert_not_modified(self.gw.get(target, {"If-None-Match": 'W/"x", W/"v1"'}), "HIT")
+        s, h, body = self.gw.get(target, {"If-None-Match": '"v0"'})
+        self.assertEqual((s, h["x-cache"], int(h["content-length"])), (200, "HIT", len(body)))
+        self.assertEqual(json.loads(body)["n"], 1)
+        self.assertEqual(self.up.count(target), 1)
+        self.assertNotIn("if-none-match", self.up.state.headers_seen[-1])
+
+    def test_a_stale_answer_is_answered_304_too(self):
+        target = "/api/view/stale" + q(etag='"v1"', lm=self.LM,
+                                        cc="max-age=0, stale-while-revalidate=600")
+        self.gw.get(target)
+        s, h, body = self.gw.get(target, {"If-None-Match": '"v1"'})
+        self.assertEqual((s, h["x-cache"], body), (304, "STALE", b""))
+
+    def test_if_modified_since_is_answered_304_unless_modified_after_it(self):
+        target = self.target("ims")
+        self.gw.get(target)
+        self.assert_not_modified(self.gw.get(target, {"If-Modified-Since": self.LM}), "HIT")
+        self.assert_not_modified(
+            self.gw.get(target, {"If-Modified-Since": "Sunday, 06-Nov-94 08:49:37 GMT"}), "HIT")
+        earlier = "Sun, 06 Nov 1994 08:49:36 GMT"
+        self.assertEqual(self.gw.get(target, {"If-Modified-Since": earlier})[0], 200)
+        self.assertEqual(self.gw.get(target, {"If-Modified-Since": "not a date"})[0], 200)
+        # If-None-Match decides alone when both are sent (§13.1.3).
+        both = {"If-None-Match": '"v0"', "If-Modified-Since": self.LM}
+        self.assertEqual(self.gw.get(target, both)[0], 200)
+        self.assertEqual(self.up.count(target), 1)
+
+    def test_a_herd_gets_each_its_own_form_of_one_fetch(self):
+        target = self.target("herd")
+        headers = ['If-None-Match: "v1"\r\n', "Range: bytes=0-9\r\n"] + [""] * 18
+        answers = held_herd(self.gw, self.up, "/api/view/herd", "api", [target] * 20, headers)
+        self.assertEqual(self.up.count(target), 1)
+        self.assertEqual((answers[0][0], answers[0][2]), (304, b""))
+        self.assertNotIn("content-length", answers[0][1])
+        whole = answers[2][2]
+        self.assertEqual(answers[1][0], 206)
+        self.assertEqual(answers[1][2], whole[:10])
+        self.assertEqual(answers[1][1]["content-range"], f"bytes 0-9/{len(whole)}")
+        self.assertEqual([a[0] for a in answers[2:]], [200] * 18)
+        self.assertEqual({a[2] for a in answers[2:]}, {whole})
+        self.assertEqual(json.loads(whole)["target"], target)
+
+    def test_a_byte_range_is_a_206_slice_of_the_stored_answer(self):
+        target = self.target("range")
+        whole = self.gw.get(target)[2]
+        n = len(whole)
+        for spec, first, last in (("bytes=0-3", 0, 3), ("bytes=5-", 5, n - 1),
+                                  ("bytes=-7", n - 7, n - 1), ("bytes=2-99999", 2, n - 1)):
+            s, h, body = self.gw.get(target, {"Range": spec})
+            self.assertEqual((s, h["x-cache"]), (206, "HIT"), spec)
+            self.assertEqual(h["content-range"], f"bytes {first}-{last}/{n}", spec)
+            self.assertEqual(body, whole[first:last + 1], spec)
+            self.assertEqual(int(h["content-length"]), last - first + 1)
+            self.assertEqual((h["etag"], h["content-type"]), ('"v1"', "application/json"))
+        self.assertEqual(self.up.count(target), 1)
+
+    def test_an_unsatisfiable_range_is_416_with_the_length(self):
+        target = self.target("416")
+        n = len(self.gw.get(target)[2])
+        s, h, body = self.gw.get(target, {"Range": f"bytes={n}-"})
+        self.assertEqual((s, h["content-range"], body), (416, f"bytes */{n}", b""))
+
+    def test_ranges_the_gateway_does_not_serve_are_ignored(self):
+        target = self.target("ignored")
+        whole = self.gw.get(target)[2]
+        for spec in ("bytes=0-1,4-5", "items=0-1", "bytes=5-2", "bytes=x-"):
+            s, h, body = self.gw.get(target, {"Range": spec})
+            self.assertEqual((s, body), (200, whole), spec)
+            self.assertNotIn("content-range", h)
+        # HEAD has no range handling (§14.2): its Range is ignored too.
+        s, h, body = self.gw.get(target, {"Range": "bytes=0-1"}, method="HEAD")
+        self.assertEqual((s, body, int(h["content-length"])), (200, b"", len(whole)))
+
+    def test_if_range_honours_the_range_only_for_the_current_answer(self):
+        target = self.target("ifrange")
+        whole = self.gw.get(target)[2]
+        ranged = lambda v: self.gw.get(target, {"Range": "bytes=0-1", "If-Range": v})
+        self.assertEqual(ranged('"v1"')[:3:2], (206, whole[:2]))
+        self.assertEqual(ranged(self.LM)[:3:2], (206, whole[:2]))
+        self.assertEqual(ranged('"v0"')[:3:2], (200, whole))
+        self.assertEqual(ranged('W/"v1"')[:3:2], (200, whole))  # weak: never for ranges
+        self.assertEqual(ranged("Mon, 07 Nov 1994 08:49:37 GMT")[:3:2], (200, whole))
+
+    def test_a_matching_condition_wins_over_a_range(self):
+        target = self.target("both")
+        self.gw.get(target)
+        self.assert_not_modified(
+            self.gw.get(target, {"If-None-Match": '"v1"', "Range": "bytes=0-1"}), "HIT")
+
+
+class Invalidation(GatewayCase):
+    """A successful unsafe request makes the next GET of what it changed a miss (RFC 9111 §4.4)."""
+
+    def cached(self, target):
+        """Fetches `target` until the cache answers it; the upstream's count for it then."""
+        self.gw.get(target)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+        return self.up.count(target)
+
+    def test_a_successful_unsafe_request_invalidates_its_target(self):
+        for method in ("DELETE", "POST", "PUT", "PATCH"):
+            target = f"/api/inv/{method.lower()}"
+            calls = self.cached(target)
+            s, h, _ = self.gw.get(target, method=method, body=b"{}")
+            self.assertEqual((s, h["x-cache"]), (200, "PASS"), method)
+            s, h, _ = self.gw.get(target)
+            self.assertEqual((s, h["x-cache"]), (200, "MISS"), method)
+            self.assertEqual(self.up.count(target), calls + 2, method)  # the unsafe one, the GET
+
+    def test_a_created_resources_location_is_invalidated(self):
+        created = "/api/inv/items/7"
+        calls = self.cached(created)
+        post = "/api/inv/items" + q(status=201, hdr="Location:/api/inv/items/7")
+        self.assertEqual(self.gw.get(post, method="POST", body=b"{}")[0], 201)
+        self.assertEqual(self.gw.get(created)[1]["x-cache"], "MISS")
+        self.assertEqual(self.up.count(created), calls + 1)
+
+    def test_same_host_absolute_locations_are_invalidated_other_hosts_never(self):
+        ours, theirs = "/api/inv/ours", "/api/inv/theirs"
+        self.cached(ours), self.cached(theirs)
+        for where in (f"http://127.0.0.1:{self.gw.port}{ours}", f"http://other.test{theirs}",
+                      f"http://127.0.0.1:{self.up.port}{theirs}"):
+            post = "/api/inv/make" + q(status=201, hdr=f"Content-Location:{where}")
+            self.assertEqual(self.gw.get(post, method="POST", body=b"{}")[0], 201)
+        self.assertEqual(self.gw.get(ours)[1]["x-cache"], "MISS")
+        self.assertEqual(self.gw.get(theirs)[1]["x-cache"], "HIT")
+
+    def test_a_failed_unsafe_request_invalidates_nothing(self):
+        target = "/api/inv/failed"
+        calls = self.cached(target)
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{self.up.port}/__fail" + q(n=1, status=500), method="POST")).read()
+        self.assertEqual(self.gw.get(target, method="DELETE")[0], 500)
+        for status in (404, 409):
+            failing = "/api/inv/other" + q(status=status, hdr=f"Location:{target}")
+            self.assertEqual(self.gw.get(failing, method="PUT", body=b"{}")[0], status)
+        self.assertEqual(self.gw.get(target)[1]["x-cache"], "HIT")
+        self.assertEqual(self.up.count(target), calls + 1)  # the DELETE only
 
 
 class SaturatedPool(unittest.TestCase):
