@@ -1,6 +1,6 @@
 # The front door. Every target installs what it needs first (scripts/install-deps is a no-op
 # when everything is present) and builds with at most two jobs.
-.PHONY: all deps build test test-asan test-tsan fuzz bench compare demo example format clean
+.PHONY: all deps build test test-asan test-tsan fuzz bench compare conformance demo example format clean
 
 JOBS ?= 2
 
@@ -46,6 +46,14 @@ bench: build
 compare: build
 	@scripts/install-deps compare
 	@bench/compare/compare.py
+
+# unherd, nginx and Varnish against the HTTP caching test suite of cache-tests.fyi (the npm
+# package http-cache-tests, installed into build/conformance/): prints a table, appends it to
+# bench/RESULTS.md, keeps raw results and a list of unherd's failures in build/conformance/.
+# Needs Node.js and npm. `bench/conformance/run --only unherd --binary PATH` reruns unherd alone.
+conformance: build
+	@scripts/install-deps compare
+	@bench/conformance/run
 
 # The gateway on 127.0.0.1:8080 (admin 9901) in front of a simulated slow, flaky upstream, a herd
 # of clients and a table of what happened; then it keeps serving until Ctrl-C.
