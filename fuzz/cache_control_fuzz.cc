@@ -84,7 +84,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const StorePolicy p = response_policy(facts, route);
   const auto lifetime = explicit_lifetime(used, facts);
   const bool storable_status = lifetime || used.is_public || cacheable_status(facts.status);
-  if (used.no_store || used.is_private || facts.has_set_cookie || vary_star || !storable_status ||
+  const bool refused_status = used.must_understand && !understood_status(facts.status);
+  if ((used.no_store && !used.must_understand) || refused_status || used.is_private ||
+      facts.has_set_cookie || vary_star || !storable_status ||
       facts.status < 200 || facts.status == 206 || facts.status == 304) {
     require(!p.store, "stored what must never be stored");
     require(p.reason != NoCacheReason::kNone, "not stored without a reason");

@@ -96,6 +96,8 @@ CacheControl parse_cache_control(std::string_view header) {
       cc.must_revalidate = true;
     } else if (iequals(name, "proxy-revalidate")) {
       cc.proxy_revalidate = true;
+    } else if (iequals(name, "must-understand")) {
+      cc.must_understand = true;
     } else if (iequals(name, "public")) {
       cc.is_public = true;
     } else if (iequals(name, "only-if-cached")) {
@@ -122,6 +124,11 @@ bool cacheable_status(unsigned status) {
     default:
       return false;  // 206 too: the gateway keeps whole answers only
   }
+}
+
+bool understood_status(unsigned s) {
+  return (s >= 200 && s <= 206) || (s >= 300 && s <= 305) || s == 307 || s == 308 ||
+         (s >= 400 && s <= 417) || s == 421 || s == 422 || s == 426 || (s >= 500 && s <= 505);
 }
 
 std::vector<std::string> vary_headers(std::string_view vary) {
@@ -191,7 +198,13 @@ bool stale_forbidden(const CacheControl& cc) {
 
 StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   const CacheControl cc = effective_directives(r);
-  if (cc.no_store) return StorePolicy{false, NoCacheReason::kNoStore, {}};
+  if (cc.must_understand) {
+    // §5.2.2.3: only a cache that knows the status's requirements stores it; no-store (which
+    // the origin sends along for caches that do not know must-understand) is then ignored.
+    if (!understood_status(r.status)) return StorePolicy{false, NoCacheReason::kStatus, {}};
+  } else if (cc.no_store) {
+    return StorePolicy{false, NoCacheReason::kNoStore, {}};
+  }
   if (cc.is_private) return StorePolicy{false, NoCacheReason::kPrivate, {}};
   if (r.has_set_cookie) return StorePolicy{false, NoCacheReason::kSetCookie, {}};
   if (r.status < 200 || r.status == 206 || r.status == 304) {

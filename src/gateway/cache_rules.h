@@ -6,7 +6,9 @@
 //   - Which directives: a configured targeted field (CDN-Cache-Control, ...) present with a
 //     directive replaces Cache-Control entirely (RFC 9213 §2.2); with neither, a response
 //     `Pragma: no-cache` counts as no-cache.
-//   - Stored at all (§3): never with no-store, private, Set-Cookie, Vary: *, or a 206/304/1xx;
+//   - Stored at all (§3): never with no-store (unless must-understand and a status the gateway
+//     understands, §5.2.2.3), private, Set-Cookie, Vary: *, a 206/304/1xx, or must-understand
+//     with a status it does not;
 //     otherwise with explicit freshness (s-maxage, max-age, Expires) or `public` whatever the
 //     status, or without them for the heuristically cacheable statuses (RFC 9110 §15.1).
 //   - Freshness lifetime (§4.2.1): s-maxage, else max-age, else Expires − Date, else (origin
@@ -53,6 +55,7 @@ struct CacheControl {
   bool must_revalidate = false;
   bool proxy_revalidate = false;
   bool is_public = false;
+  bool must_understand = false;
   bool only_if_cached = false;  // a request directive
   bool any = false;             // at least one directive was read
 };
@@ -108,6 +111,10 @@ CacheControl effective_directives(const ResponseFacts& r);
 
 // Whether a status may be stored without explicit freshness (RFC 9110 §15.1).
 bool cacheable_status(unsigned status);
+
+// Whether the gateway knows a status's caching requirements: the final statuses RFC 9110
+// defines. must-understand answers with any other status are not stored (RFC 9111 §5.2.2.3).
+bool understood_status(unsigned status);
 
 // §4.2.1: the explicit freshness lifetime, if the origin gave one.
 std::optional<std::chrono::milliseconds> explicit_lifetime(const CacheControl& cc,

@@ -181,12 +181,18 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
                              const RouteTtl& rules, const AnswerTimes& times) {
   // The stored fields, less those the 304 brings anew; then the 304's (its Age among them).
   const std::string options = connection_options(not_modified.headers);
+  // Fields a 304 never changes: those describing the stored body it does not carry, and the
+  // validator it was matched by.
+  auto kept = [&](std::string_view name) {
+    for (std::string_view field :
+         {"content-length", "content-encoding", "content-range", "content-md5", "etag"}) {
+      if (iequals(name, field)) return true;
+    }
+    return hop_by_hop(name, options) || gateway_own(name);
+  };
   auto updates = [&](std::string_view name) {
     for (const auto& [n, v] : not_modified.headers) {
-      if (iequals(n, name) && !iequals(n, "content-length") && !hop_by_hop(n, options) &&
-          !gateway_own(n)) {
-        return true;
-      }
+      if (iequals(n, name) && !kept(n)) return true;
     }
     return false;
   };
@@ -196,9 +202,7 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
     if (!updates(line.first)) merged.headers.push_back(std::move(line));
   }
   for (const auto& [name, value] : not_modified.headers) {
-    if (!iequals(name, "content-length") && !hop_by_hop(name, options) && !gateway_own(name)) {
-      merged.headers.emplace_back(name, value);
-    }
+    if (!kept(name)) merged.headers.emplace_back(name, value);
   }
   merged.body = previous.body;
   BuiltResponse b = build_response(merged, rules, times);

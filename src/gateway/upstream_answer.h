@@ -85,7 +85,8 @@ BuiltResponse accept_response(UpstreamResponse& r, const RouteTtl& rules, const 
 bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified);
 
 // A stored answer renewed by a 304 (RFC 9111 §3.2, §4.3.4): the 304's header fields replace the
-// stored ones of the same name (Content-Length excepted), and the merged answer is judged
+// stored ones of the same name (except those describing the body it does not carry —
+// Content-Length, -Encoding, -Range, -MD5 — and the ETag), and the merged answer is judged
 // again, its age counted from the 304's Date and Age.
 BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
                              const RouteTtl& rules, const AnswerTimes& times);

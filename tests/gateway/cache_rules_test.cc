@@ -127,7 +127,16 @@ TEST(CacheRules, Section3_AnyStatusWithExplicitFreshnessIsStorable) {
   EXPECT_FALSE(policy("max-age=60", 304).store);
 }
 
-// §3, §5.2.2.3, §5.2.2.7: what is never stored in a shared cache.
+// §5.2.2.3: must-understand stores only statuses the cache knows, and then no-store is ignored.
+TEST(CacheRules, Section5_2_2_3_MustUnderstand) {
+  EXPECT_FALSE(policy("max-age=3600, must-understand, no-store", 599).store);
+  EXPECT_EQ(policy("max-age=3600, must-understand, no-store", 599).reason, NoCacheReason::kStatus);
+  EXPECT_TRUE(policy("max-age=3600, must-understand, no-store", 200).store);
+  EXPECT_TRUE(policy("max-age=3600, must-understand", 404).store);
+  EXPECT_FALSE(policy("max-age=3600, no-store", 200).store);
+}
+
+// §3, §5.2.2.5, §5.2.2.7: what is never stored in a shared cache.
 TEST(CacheRules, Section3_NeverStored) {
   EXPECT_EQ(policy("no-store").reason, NoCacheReason::kNoStore);
   EXPECT_EQ(to_string(policy("no-store").reason), "no-store");

@@ -292,11 +292,18 @@ TEST_F(ProxyTest, AKeptAnswerIsRevalidatedOnceForEveryWaiterAndEachGetsTheWholeB
   route().stale_ttl = 0ms;
   route().stale_if_error = 0ms;
   start();
-  upstream.answer(200, {{"Cache-Control", "max-age=1"}, {"ETag", "\"v1\""}, {"X-Rev", "1"}},
+  upstream.answer(200,
+                  {{"Cache-Control", "max-age=1"},
+                   {"ETag", "\"v1\""},
+                   {"X-Rev", "1"},
+                   {"Content-Encoding", "br"}},
                   "body-v1");
   request("/api/kept");
   advance(1h);
-  upstream.hold(304, {{"Cache-Control", "max-age=60"}, {"X-Rev", "2"}, {"Content-Length", "0"}});
+  upstream.hold(304, {{"Cache-Control", "max-age=60"},
+                      {"X-Rev", "2"},
+                      {"Content-Length", "0"},
+                      {"Content-Encoding", "gzip"}});
   auto first = request("/api/kept");
   auto second = request("/api/kept");
   auto third = request("/api/kept");
@@ -316,6 +323,9 @@ TEST_F(ProxyTest, AKeptAnswerIsRevalidatedOnceForEveryWaiterAndEachGetsTheWholeB
     EXPECT_NE((*reply)->cached->head.find("X-Rev: 2\r\n"), std::string::npos);
     EXPECT_EQ((*reply)->cached->head.find("X-Rev: 1"), std::string::npos);
     EXPECT_EQ((*reply)->cached->head.find("Content-Length"), std::string::npos);
+    EXPECT_NE((*reply)->cached->head.find("Content-Encoding: br\r\n"), std::string::npos)
+        << "a 304 does not describe the body it does not carry";
+    EXPECT_EQ((*reply)->cached->head.find("gzip"), std::string::npos);
   }
   auto renewed = request("/api/kept");
   EXPECT_EQ((*renewed)->x_cache, "HIT");
