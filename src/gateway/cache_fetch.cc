@@ -23,6 +23,9 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
     }
   }
   up.headers.emplace_back("Via", *p_.via);
+  // The hints go to the client whose request started this fetch, while it waits; coalesced
+  // waiters get none (they are told nothing before the answer).
+  if (p_.route->config.forward_early_hints) up.interim = p_.request->interim;
   if (previous && !previous->etag.empty()) up.headers.emplace_back("If-None-Match", previous->etag);
   if (previous && !previous->last_modified.empty()) {
     up.headers.emplace_back("If-Modified-Since", previous->last_modified);

@@ -84,6 +84,9 @@ struct RouteConfig {
   // make the gateway revalidate or refuse a cached answer. Off: any client could send every
   // request to the origin; the origin is what the gateway protects.
   bool honor_client_cache_control = false;
+  // Whether the upstream's 103 Early Hints are forwarded to the client whose request reached it
+  // (RFC 9110 §15.2 has proxies forward 1xx answers; off for clients that cannot read them).
+  bool forward_early_hints = true;
   Millis max_wait{5'000};
   Millis timeout{2'000};
   RetryConfig retry;

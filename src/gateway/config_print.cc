@@ -100,6 +100,7 @@ std::string to_toml(const Config& c) {
         << "heuristic_max = \"" << format_millis(r.heuristic_max) << "\"\n"
         << "honor_client_cache_control = " << (r.honor_client_cache_control ? "true" : "false")
         << "\n"
+        << "forward_early_hints = " << (r.forward_early_hints ? "true" : "false") << "\n"
         << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
         << "timeout = \"" << format_millis(r.timeout) << "\"\n"
         << "retry = { attempts = " << r.retry.attempts << ", base = \""

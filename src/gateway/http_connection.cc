@@ -3,7 +3,10 @@
 #include "gateway/http_connection.h"
 
 #include <array>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 // GCC 12 under AddressSanitizer finds a boost::optional<std::size_t> in Beast's request parser
@@ -19,10 +22,13 @@
 #pragma GCC diagnostic pop
 #endif
 #include <charconv>
+#include <deque>
+#include <memory>
 #include <random>
 
 #include "gateway/admin_session.h"
 #include "gateway/http_session.h"
+#include "gateway/interim.h"
 #include "gateway/request_framing.h"
 #include "gateway/stored_head.h"
 
@@ -97,6 +103,53 @@ struct ArenaAllocator {
 };
 
 using RequestParser = http::request_parser<http::string_body, ArenaAllocator<char>>;
+
+// A request's interim answers (103 Early Hints), written to its client in order as they come,
+// each whole, before the final answer (the connection waits for drained() before writing it).
+class ConnectionInterim final : public InterimSink,
+                                public std::enable_shared_from_this<ConnectionInterim> {
+ public:
+  explicit ConnectionInterim(tcp::socket& socket)
+      : socket_(socket), idle_(socket.get_executor()) {}
+
+  void send(std::string bytes) override {
+    if (failed_) return;
+    queue_.push_back(std::move(bytes));
+    if (writing_) return;
+    writing_ = true;
+    asio::co_spawn(socket_.get_executor(), write_all(shared_from_this()), asio::detached);
+  }
+
+  // Completes once nothing is queued or being written.
+  asio::awaitable<void> drained() {
+    while (writing_) {
+      idle_.expires_at(asio::steady_timer::time_point::max());
+      boost::system::error_code ec;
+      co_await idle_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+ private:
+  static asio::awaitable<void> write_all(std::shared_ptr<ConnectionInterim> self) {
+    while (!self->queue_.empty() && !self->failed_) {
+      const std::string bytes = std::move(self->queue_.front());
+      self->queue_.pop_front();
+      boost::system::error_code ec;
+      co_await asio::async_write(self->socket_, asio::buffer(bytes),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      self->failed_ = self->failed_ || static_cast<bool>(ec);  // the final answer will fail too
+    }
+    self->queue_.clear();
+    self->writing_ = false;
+    self->idle_.cancel();
+  }
+
+  tcp::socket& socket_;
+  asio::steady_timer idle_;
+  std::deque<std::string> queue_;
+  bool writing_ = false;
+  bool failed_ = false;
+};
 
 // Of a stored response's fields, those a 304 sends (RFC 9110 §15.4.5), and Last-Modified.
 bool sent_with_304(std::string_view name) {
@@ -233,6 +286,7 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
   std::string head;                        // a reply's head, reused
   std::vector<RequestHead::Field> fields;  // a request's header fields, reused
   std::string target_buffer;               // an absolute-form target, made origin-form
+  std::shared_ptr<ConnectionInterim> interim;  // the request being answered's, if any
   for (;;) {
     arena.reset();  // the previous request's parser is gone
     RequestParser parser(std::piecewise_construct, std::make_tuple(),
@@ -338,11 +392,19 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
         request.headers.emplace_back(std::string(f.name), std::string(f.value));
       if (generated_id) request.headers.emplace_back("X-Request-Id", std::string(request_id));
       request.body = std::move(msg.body());
+      // HTTP/1.0 clients are never sent 1xx answers (RFC 9110 §15.2).
+      if (version >= 11) interim = std::make_shared<ConnectionInterim>(socket);
+      request.interim = interim;
       // No co_await inside a conditional expression or beside temporaries: GCC 12
       // miscompiles both. Each awaitable is built in a statement of its own.
       auto answering = session.answer(std::move(request));
       reply = co_await std::move(answering);
       reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
+      if (interim) {
+        auto draining = interim->drained();
+        co_await std::move(draining);
+        interim.reset();  // hints that come later are for no request of this connection
+      }
     }
     watch.expire_after(send_timeout);
     const auto buffers = prepare_reply(reply, head, request_id, keep, version);

@@ -28,6 +28,7 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
     if (!hop_by_hop(name, options)) up.headers.emplace_back(name, value);
   }
   up.headers.emplace_back("Via", via_);
+  if (route.config.forward_early_hints) up.interim = request.interim;
   ResilientCall call(clock_, ResilienceOptions{.retry = route.retry.get(),
                                                .breaker = route.breaker.get(),
                                                .may_retry = idempotent_method(request.method)});

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "gateway/client_view.h"
+#include "gateway/interim.h"
 #include "gateway/response.h"
 
 namespace unherd::gateway {
@@ -26,6 +28,8 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   bool keep_alive = true;
+  // Where the upstream's 103 Early Hints for this request go (interim.h); empty: nowhere.
+  std::weak_ptr<InterimSink> interim;
 
   // The first value of a header, by case-insensitive name.
   std::optional<std::string_view> header(std::string_view name) const;

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <deque>
 
+#include "gateway/forwarding.h"
 #include "gateway/http_method.h"
 #include "unherd/error.h"
 
@@ -62,6 +63,30 @@ UpstreamError to_error(const boost::system::error_code& ec, const char* step) {
     return {Kind::kBadResponse, what};  // a parse error: the upstream sent garbage
   }
   return {Kind::kReset, what};
+}
+
+// Hands a 103 Early Hints to the client connection waiting for this answer, if it still is:
+// its end-to-end fields (RFC 9110 §15.2: a proxy forwards 1xx answers; §7.6.1 hop-by-hop ones
+// and those its Connection names stay here).
+template <class Fields>
+void forward_early_hints(const Fields& interim, const std::weak_ptr<InterimSink>& to) {
+  auto sink = to.lock();
+  if (!sink) return;
+  std::vector<std::pair<std::string, std::string>> lines;
+  for (const auto& field : interim) {
+    lines.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  }
+  const std::string options = connection_options(lines);
+  std::string bytes = "HTTP/1.1 103 Early Hints\r\n";
+  for (const auto& [name, value] : lines) {
+    if (hop_by_hop(name, options)) continue;
+    bytes += name;
+    bytes += ": ";
+    bytes += value;
+    bytes += "\r\n";
+  }
+  bytes += "\r\n";
+  sink->send(std::move(bytes));
 }
 
 }  // namespace
@@ -273,6 +298,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       }
       const unsigned status = parser->get().result_int();
       if (ec || status < 100 || status >= 200) break;
+      if (status == 103) forward_early_hints(parser->get(), request.interim);
       // The gateway never asks to switch protocols: a 101 is an answer to a request not sent.
       if (status == 101) {
         throw UpstreamError(UpstreamError::Kind::kBadResponse,

@@ -16,12 +16,14 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "gateway/config.h"
+#include "gateway/interim.h"
 
 namespace unherd::gateway {
 
@@ -37,6 +39,9 @@ struct UpstreamRequest {
   std::string target;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // Receives the 103 Early Hints the upstream sends before its answer (their end-to-end
+  // fields); expired or empty: they are read and dropped.
+  std::weak_ptr<InterimSink> interim;
 };
 
 struct UpstreamResponse {

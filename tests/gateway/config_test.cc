@@ -95,6 +95,7 @@ TEST(Config, HttpCacheSettings) {
   EXPECT_DOUBLE_EQ(c.routes[0].heuristic_fraction, 0.1);
   EXPECT_EQ(c.routes[0].heuristic_max, 24h);
   EXPECT_FALSE(c.routes[0].honor_client_cache_control);
+  EXPECT_TRUE(c.routes[0].forward_early_hints);
   EXPECT_EQ(c.cache.targeted_cache_control,
             (std::vector<std::string>{"CDN-Cache-Control", "Surrogate-Control"}));
   c = parse_config(

@@ -31,7 +31,8 @@ class HttpCache(unittest.TestCase):
         routes = (route("origin-only", "/o", cls.up.port, fresh_ttl='"0s"', stale_ttl='"0s"',
                         stale_if_error='"0s"', retry=one_attempt) +
                   route("defaults", "/d", cls.up.port, retry=one_attempt) +
-                  route("client", "/c", cls.up.port, honor_client_cache_control="true"))
+                  route("client", "/c", cls.up.port, honor_client_cache_control="true") +
+                  route("no-hints", "/n", cls.up.port, forward_early_hints="false"))
         cls.gw = Gateway(routes, cache_extra="store = \"none\"")
 
     @classmethod
@@ -185,6 +186,15 @@ class HttpCache(unittest.TestCase):
         self.fetch(target)
         self.assertEqual(self.fetch(target, {"Cache-Control": "no-cache"})[1], "HIT")
         self.assertEqual(self.up.count(target), 1)
+
+
+    # RFC 9110 §15.2: forwarded by default (Protocol tests it); a route may keep them back.
+    def test_a_route_may_keep_early_hints_back(self):
+        target = "/n/hints" + q(mode="early_hints")
+        data = self.gw.raw_exchange(f"GET {target} HTTP/1.1\r\nHost: t\r\n"
+                                    "Connection: close\r\n\r\n".encode())
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:40])
+        self.assertNotIn(b"Link:", data)
 
 
 class KeptAcrossRestart(unittest.TestCase):
