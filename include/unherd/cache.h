@@ -53,14 +53,21 @@ struct Deadlines {
   TimePoint stale_if_error_until{};
   TimePoint keep_until{};  // the entry is gone after this
 
+  // Windows that would end past the clock's range end at its end.
   static Deadlines from(TimePoint now, const Ttl& ttl) noexcept {
-    auto nonneg = [](Duration d) { return std::max(d, Duration::zero()); };
     Deadlines d;
-    d.fresh_until = now + nonneg(ttl.fresh);
-    d.stale_until = d.fresh_until + nonneg(ttl.stale_while_revalidate);
-    d.stale_if_error_until = std::max(d.stale_until, d.fresh_until + nonneg(ttl.stale_if_error));
-    d.keep_until = d.stale_if_error_until + nonneg(ttl.keep);
+    d.fresh_until = later(now, ttl.fresh);
+    d.stale_until = later(d.fresh_until, ttl.stale_while_revalidate);
+    d.stale_if_error_until = std::max(d.stale_until, later(d.fresh_until, ttl.stale_if_error));
+    d.keep_until = later(d.stale_if_error_until, ttl.keep);
     return d;
+  }
+
+  // t + d for d ≥ 0 (negative counts as zero), saturating at the latest time the clock holds.
+  static TimePoint later(TimePoint t, Duration d) noexcept {
+    if (d <= Duration::zero()) return t;
+    if (t > TimePoint::max() - d) return TimePoint::max();
+    return t + d;
   }
 };
 
@@ -77,6 +84,9 @@ struct Lookup {
   // Earliest time a background refresh may start (later than stored_at after failed refreshes).
   TimePoint refresh_after{};
   std::uint32_t refresh_failures = 0;
+  // False: the value may be revalidated (or fall back on when a fetch fails) but is no answer
+  // by itself for this call (Coordinator: CallPolicy::min_stored_at, fresh_only).
+  bool answerable = true;
 };
 
 struct CacheOptions {
@@ -116,6 +126,23 @@ class Cache {
   Cache& operator=(const Cache&) = delete;
 
   Lookup<V> lookup(const K& key, TimePoint now) { return *lookup_impl<false>(key, now); }
+
+  // What is stored for key, if anything, as lookup() would see it at `now` — but counting
+  // nothing and leaving recency alone: for callers deciding how to ask.
+  std::optional<Lookup<V>> peek(const K& key, TimePoint now) {
+    const std::size_t h = Hash{}(key);
+    Shard& shard = shard_for(h);
+    std::lock_guard lock(shard.mu);
+    auto it = shard.map.find(Prehashed{&key, h});
+    if (it == shard.map.end() || now >= it->second.deadlines.keep_until) return std::nullopt;
+    const Entry& e = it->second;
+    Lookup<V> l;
+    l.freshness = freshness_at(e.deadlines, now);
+    l.value = e.value;
+    l.deadlines = e.deadlines;
+    l.stored_at = e.stored_at;
+    return l;
+  }
 
   // A Fresh lookup (counted as a hit), or nullopt, counting nothing, when the entry is stale,
   // kept only for errors, or absent: for callers with a faster path for fresh hits, who then

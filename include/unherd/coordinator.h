@@ -114,6 +114,9 @@ struct CallPolicy {
   // the fetch as FetchContext::previous) as if it were only kept. For callers that must not be
   // answered from older values (an HTTP client's Cache-Control: no-cache or max-age).
   TimePoint min_stored_at{};
+  // Only fresh cached values answer this call: a stale one is revalidated at once (an HTTP
+  // client's max-age without max-stale).
+  bool fresh_only = false;
 };
 
 struct CoordinatorOptions {
@@ -200,6 +203,10 @@ class Coordinator {
   // A fresh answer from memory, without a coroutine or a fetcher: the fast path for hits.
   // nullopt, counting nothing, when memory has no fresh value; get() or async_get() then
   // answers (stale values, lower tiers, fetches).
+  // What memory holds for key (fresh, stale or kept), counting nothing: for callers deciding
+  // how to ask (an HTTP client's max-age counts the stored answer's own age).
+  std::optional<Lookup<V>> peek(const K& key) { return cache_.peek(key, clock_.now()); }
+
   std::optional<Answer<V>> try_hit(const K& key) {
     std::optional<Lookup<V>> found = cache_.lookup_fresh(key, clock_.now());
     if (!found) return std::nullopt;
@@ -305,9 +312,10 @@ class Coordinator {
   // min_stored_at is only kept (a miss that carries it, for revalidation).
   Lookup<V> lookup(const K& key, TimePoint now, const CallPolicy& policy) {
     Lookup<V> found = cache_.lookup(key, now);
-    if (found.value && found.stored_at < policy.min_stored_at) {
+    if (found.value && (found.stored_at < policy.min_stored_at ||
+                        (policy.fresh_only && found.freshness == Freshness::kStale))) {
       found.freshness = Freshness::kMiss;
-      found.refresh_failures = 0;  // not an answer, not even after failures
+      found.answerable = false;  // not an answer, not even after failures
     }
     return found;
   }

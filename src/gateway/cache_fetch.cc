@@ -1,6 +1,10 @@
 // CacheFetch: the upstream call that fills the cache (cache_fetch.h).
 #include "gateway/cache_fetch.h"
 
+#include <algorithm>
+#include <iterator>
+#include <optional>
+
 #include "gateway/cache_key.h"
 #include "gateway/forwarding.h"
 #include "gateway/text.h"
@@ -19,6 +23,12 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
         !iequals(name, "if-modified-since") && !iequals(name, "range") &&
         !iequals(name, "if-range") && !iequals(name, "if-match") &&
         !iequals(name, "if-unmodified-since")) {
+      if (iequals(name, "cache-control")) {
+        // One client's only-if-cached would fail everyone's fetch at an upstream cache.
+        std::string forwarded = without_directive(value, "only-if-cached");
+        if (!forwarded.empty()) up.headers.emplace_back(name, std::move(forwarded));
+        continue;
+      }
       up.headers.emplace_back(name, value);
     }
   }
@@ -44,6 +54,41 @@ boost::asio::awaitable<UpstreamResponse> CacheFetch::send(UpstreamRequest up,
   co_return res;
 }
 
+namespace {
+
+bool subset(const std::vector<std::string>& names, const std::vector<std::string>& of) {
+  return std::includes(of.begin(), of.end(), names.begin(), names.end());  // both sorted
+}
+
+std::vector<std::string> union_of(const std::vector<std::string>& a,
+                                  const std::vector<std::string>& b) {
+  std::vector<std::string> out;
+  std::set_union(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out));
+  return out;
+}
+
+}  // namespace
+
+Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built) const {
+  if (!built.response->shareable || subset(built.response->vary, p_.vary)) {
+    // Varying on no more than the key names (a key more specific than needed is safe).
+    return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
+                                built.policy.store};
+  }
+  // It varies on headers this key did not include: stored under the key they make with this
+  // request's values, and learned, so that later requests key on them. The other waiters of
+  // this key may have other values: they are not given it (they look again).
+  std::vector<std::string> names = union_of(p_.vary, built.response->vary);
+  p_.hints->learn_vary(p_.primary_key, names);
+  if (built.policy.store && p_.store_variant) {
+    p_.store_variant(*p_.request, names, built.response, built.policy.ttl);
+  }
+  auto own = std::make_shared<CachedResponse>(*built.response);
+  own->shareable = false;
+  own->not_shareable_reason = NoCacheReason::kVary;
+  return Fetched<ResponsePtr>{std::move(own), built.policy.ttl, std::nullopt, false};
+}
+
 boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
     const FetchContext<ResponsePtr>& ctx) const {
   const Route& route = *p_.route;
@@ -54,31 +99,27 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
   UpstreamResponse res = co_await std::move(sending);
   if (res.status == 304 && previous) {
     if (renews(*previous, res)) {
-      // Revalidated: the stored answer, with the 304's header fields, judged again.
-      BuiltResponse renewed = renew_response(*previous, res, route.ttl, times);
-      co_return Fetched<ResponsePtr>{std::move(renewed.response), renewed.policy.ttl,
-                                     std::nullopt, renewed.policy.store};
+      // Revalidated: the stored answer, with the 304's header fields, judged again (a Vary it
+      // brings is settled as a fetched answer's would be).
+      co_return settle(renew_response(*previous, res, route.ttl, times));
     }
     // The 304 is about another representation than the stored one: ask for the whole.
     auto again = send(upstream_request(nullptr), times);
     res = co_await std::move(again);
   }
-  BuiltResponse built = accept_response(res, route.ttl, times, p_.request.get());
-  if (built.response->shareable && built.response->vary != p_.vary) {
-    // It varies on headers this key did not include: stored under the key they make with this
-    // request's values, and learned, so that later requests key on them. The other waiters of
-    // this key may have other values: they are not given it (they look again).
-    p_.hints->learn_vary(p_.primary_key, built.response->vary);
-    if (built.policy.store && p_.store_variant) {
-      p_.store_variant(*p_.request, built.response->vary, built.response, built.policy.ttl);
-    }
-    auto own = std::make_shared<CachedResponse>(*built.response);
-    own->shareable = false;
-    own->not_shareable_reason = NoCacheReason::kVary;
-    co_return Fetched<ResponsePtr>{std::move(own), built.policy.ttl, std::nullopt, false};
+  std::optional<BuiltResponse> built;
+  try {
+    built.emplace(accept_response(res, route.ttl, times, p_.request.get()));
+  } catch (const UpstreamStatusError& e) {
+    // A failure answer is stored (when its freshness is explicit) only after the retries, the
+    // breaker and stale-if-error had their say, under this key: not if it varies on more.
+    if (!e.policy.store || subset(e.response->vary, p_.vary)) throw;
+    p_.hints->learn_vary(p_.primary_key, union_of(p_.vary, e.response->vary));
+    StorePolicy unstored = e.policy;
+    unstored.store = false;
+    throw UpstreamStatusError(e.response, e.retry_after, e.owner, unstored);
   }
-  co_return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
-                                 built.policy.store};
+  co_return settle(std::move(*built));
 }
 
 }  // namespace unherd::gateway

@@ -59,6 +59,9 @@ class CacheFetch {
   UpstreamRequest upstream_request(const CachedResponse* previous) const;
 
  private:
+  // The fetch's answer as the Coordinator takes it; one that varies on request headers the key
+  // did not name is stored under the key they make, and kept from this key's other waiters.
+  Fetched<ResponsePtr> settle(BuiltResponse built) const;
   // By value: the coroutine runs after the caller's full expression ends.
   boost::asio::awaitable<UpstreamResponse> send(UpstreamRequest up,
                                                 AnswerTimes& times) const;

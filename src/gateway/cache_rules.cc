@@ -27,8 +27,10 @@ std::optional<seconds> delta_seconds(std::string_view v) {
 
 // Calls f(name, value) for each element of a comma-separated list; value is what follows '='
 // with surrounding quotes removed. A comma inside a quoted string does not end the element.
+// Calls f(element) for each non-empty, trimmed element of a comma-separated list; a comma
+// inside a quoted string does not end an element.
 template <class F>
-void for_each_directive(std::string_view list, F f) {
+void for_each_element_text(std::string_view list, F f) {
   std::size_t i = 0;
   while (i < list.size()) {
     std::size_t end = i;
@@ -45,14 +47,20 @@ void for_each_directive(std::string_view list, F f) {
     }
     const std::string_view item = trim(list.substr(i, end - i));
     i = end + 1;
-    if (item.empty()) continue;
+    if (!item.empty()) f(item);
+  }
+}
+
+template <class F>
+void for_each_directive(std::string_view list, F f) {
+  for_each_element_text(list, [&](std::string_view item) {
     const auto eq = item.find('=');
     std::string_view value = eq == std::string_view::npos ? "" : trim(item.substr(eq + 1));
     if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
       value = value.substr(1, value.size() - 2);
     }
     f(trim(item.substr(0, eq)), value);
-  }
+  });
 }
 
 // A freshness directive (max-age, s-maxage): invalid or conflicting values make it 0 (§4.2.1).
@@ -70,6 +78,11 @@ void set_window(std::optional<seconds>& slot, std::string_view value) {
   const std::optional<seconds> v = delta_seconds(value);
   if (!v) return;
   slot = slot && *slot != *v ? seconds(0) : *v;
+}
+
+// b - a in whole seconds (each rounded down first): no overflow for any two times a clock holds.
+seconds seconds_between(WallTime a, WallTime b) {
+  return std::chrono::floor<seconds>(b) - std::chrono::floor<seconds>(a);
 }
 
 }  // namespace
@@ -143,6 +156,18 @@ std::vector<std::string> vary_headers(std::string_view vary) {
   return names;
 }
 
+std::string without_directive(std::string_view header, std::string_view name) {
+  std::string out;
+  // Elements are cut as for_each_directive cuts them (quoted commas do not split), kept whole.
+  for_each_element_text(header, [&](std::string_view element) {
+    const std::string_view directive = trim(element.substr(0, element.find('=')));
+    if (iequals(directive, name)) return;
+    if (!out.empty()) out += ", ";
+    out += element;
+  });
+  return out;
+}
+
 std::optional<seconds> age_value(std::string_view first_line) {
   const std::string_view first = trim(first_line.substr(0, first_line.find(',')));
   return delta_seconds(first);
@@ -168,15 +193,15 @@ std::optional<milliseconds> explicit_lifetime(const CacheControl& cc, const Resp
   if (!r.has_expires) return std::nullopt;
   if (!r.expires) return milliseconds(0);  // invalid ("0", garbage, conflicting): expired
   const WallTime date = r.date.value_or(r.response_time);
-  return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(*r.expires - date));
+  return std::clamp(seconds_between(date, *r.expires), seconds(0), kMaxDeltaSeconds);
 }
 
 std::optional<milliseconds> heuristic_lifetime(const ResponseFacts& r, const RouteTtl& route) {
   if (!r.last_modified || route.heuristic_fraction <= 0) return std::nullopt;
   const WallTime date = r.date.value_or(r.response_time);
-  if (*r.last_modified > date) return std::nullopt;
-  const auto since = std::chrono::duration_cast<milliseconds>(date - *r.last_modified);
-  const double h = static_cast<double>(since.count()) * route.heuristic_fraction;
+  const seconds since = seconds_between(*r.last_modified, date);
+  if (since < seconds(0)) return std::nullopt;
+  const double h = static_cast<double>(since.count()) * 1000.0 * route.heuristic_fraction;
   const double cap = static_cast<double>(route.heuristic_max.count());
   return milliseconds(static_cast<std::int64_t>(std::min(h, cap)));
 }
@@ -184,12 +209,10 @@ std::optional<milliseconds> heuristic_lifetime(const ResponseFacts& r, const Rou
 seconds corrected_initial_age(const ResponseFacts& r) {
   const auto received_second = std::chrono::floor<seconds>(r.response_time);
   const WallTime date = r.date.value_or(received_second);
-  const auto apparent = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
-                                                      received_second - date));
-  const auto delay = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
-                                                   r.response_time - r.request_time));
-  const milliseconds corrected = r.age.value_or(seconds(0)) + delay;
-  return std::min(std::chrono::floor<seconds>(std::max(apparent, corrected)), kMaxDeltaSeconds);
+  const seconds apparent = std::max(seconds(0), seconds_between(date, received_second));
+  const seconds delay = std::max(seconds(0), seconds_between(r.request_time, r.response_time));
+  const seconds corrected = r.age.value_or(seconds(0)) + delay;
+  return std::max(apparent, corrected);
 }
 
 bool stale_forbidden(const CacheControl& cc) {
@@ -218,6 +241,9 @@ StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   if (!lifetime && !cc.is_public && !cacheable_status(r.status)) {
     return StorePolicy{false, NoCacheReason::kStatus, {}};
   }
+  if (!route.store_errors && r.status >= 400 && !cacheable_status(r.status)) {
+    return StorePolicy{false, NoCacheReason::kStatus, {}};
+  }
   milliseconds fresh = route.fresh;  // the origin is silent: the operator's default
   if (lifetime) {
     fresh = *lifetime;
@@ -233,7 +259,7 @@ StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   if (cc.stale_if_error) on_error = *cc.stale_if_error;
   if (stale_forbidden(cc)) stale = on_error = milliseconds(0);
 
-  const seconds age = corrected_initial_age(r);
+  const seconds age = corrected_initial_age(r);  // up to centuries: kept in 64-bit seconds
   fresh -= age;
   if (fresh < milliseconds(0)) {  // arrived stale: the windows after freshness have begun too
     stale = std::max(milliseconds(0), stale + fresh);
@@ -243,7 +269,7 @@ StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   StorePolicy p;
   p.store = true;
   p.ttl = unherd::Ttl{fresh, stale, on_error, r.has_validator ? route.keep : milliseconds(0)};
-  p.initial_age = age;
+  p.initial_age = std::min(age, kMaxDeltaSeconds);  // as sent in Age
   p.explicit_fresh = lifetime.has_value();
   return p;
 }

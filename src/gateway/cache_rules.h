@@ -74,6 +74,10 @@ struct RouteTtl {
   std::chrono::milliseconds heuristic_max{std::chrono::hours(24)};
   // Targeted Cache-Control fields (RFC 9213) this cache obeys, in precedence order.
   std::vector<std::string> targeted;
+  // Whether error answers (4xx, 5xx) outside the heuristically cacheable statuses may be stored
+  // when the origin gives them explicit freshness. Off where an origin marks every answer
+  // cacheable and clients can provoke errors with headers the key does not name.
+  bool store_errors = true;
 };
 
 // What the rules read from an answer. Header values are those the upstream sent (several lines
@@ -135,6 +139,10 @@ bool stale_forbidden(const CacheControl& cc);
 // The Age field's value (§5.1): the first value of the first line if it is delta-seconds (past
 // 2^31: 2^31); nullopt (ignored) if that is not a non-negative integer.
 std::optional<seconds> age_value(std::string_view first_line);
+
+// A Cache-Control value without the directives named `name` (case-insensitively); the rest as
+// they were, comma-separated.
+std::string without_directive(std::string_view header, std::string_view name);
 
 // The header names a Vary value lists, lower-cased. ["*"] for "*".
 std::vector<std::string> vary_headers(std::string_view vary);

@@ -326,6 +326,7 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   r.duration("heuristic_max", route.heuristic_max);
   r.boolean("honor_client_cache_control", route.honor_client_cache_control);
   r.boolean("forward_early_hints", route.forward_early_hints);
+  r.boolean("store_errors", route.store_errors);
   r.duration("max_wait", route.max_wait);
   r.duration("timeout", route.timeout);
   if (route.timeout.count() == 0) r.fail_here("timeout", "must be more than zero");

@@ -101,6 +101,7 @@ std::string to_toml(const Config& c) {
         << "honor_client_cache_control = " << (r.honor_client_cache_control ? "true" : "false")
         << "\n"
         << "forward_early_hints = " << (r.forward_early_hints ? "true" : "false") << "\n"
+        << "store_errors = " << (r.store_errors ? "true" : "false") << "\n"
         << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
         << "timeout = \"" << format_millis(r.timeout) << "\"\n"
         << "retry = { attempts = " << r.retry.attempts << ", base = \""

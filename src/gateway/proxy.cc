@@ -227,11 +227,15 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
     auto passing = pass(*route, request, upstreams, "method or credentials");
     Reply reply = co_await std::move(passing);
     if (reply.cached) {
-      // What an unsafe request changed is no longer answered from the cache (RFC 9111 §4.4).
+      // What an unsafe request changed is no longer answered from the cache (RFC 9111 §4.4):
+      // only what this upstream serves (a Location on another route's upstream is another
+      // origin to us, whatever the Host says).
+      const std::string origin = route->config.upstream.to_string();
       for (const auto& target :
            invalidated_targets(request.method, request.target, request.header("host"),
                                reply.cached->status, reply.cached->head)) {
-        purge_target(target);
+        const Route* owner = rt->match(path_of(target));
+        if (owner != nullptr && owner->config.upstream.to_string() == origin) purge_target(target);
       }
     }
     co_return reply;
@@ -286,11 +290,17 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       fill_cached(hit, *answer, clock_.now());
       count(*route.counters, answer->source);
       hit.head_only = head_only;
+      hit.view = view_for(request, request.method, *hit.cached);
       co_return hit;
     }
-    // §5.2.1.4, §5.2.1.1: an older stored answer is revalidated (one call for every such
-    // request of the key at once), not served.
-    if (client.max_age) policy.min_stored_at = clock_.now() - *client.max_age;
+    // §5.2.1.4, §5.2.1.1: an older stored answer — its age counts the one it arrived with —
+    // or a stale one is revalidated (one call for every such request of the key at once).
+    if (client.max_age) {
+      TimePoint oldest = clock_.now() - *client.max_age;
+      if (auto stored = coordinator_.peek(*key)) oldest += (*stored->value)->initial_age;
+      policy.min_stored_at = oldest;
+      policy.fresh_only = true;
+    }
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));
   RouteCounters* counters = route.counters.get();

@@ -1,7 +1,9 @@
 // ResponseHints: a sharded, byte-bounded LRU of per-key hints (response_hints.h).
 #include "gateway/response_hints.h"
 
+#include <algorithm>
 #include <functional>
+#include <iterator>
 
 namespace unherd::gateway {
 
@@ -91,7 +93,12 @@ void ResponseHints::learn_vary(std::string_view primary_key, std::vector<std::st
   Shard& shard = shard_of(primary_key);
   std::lock_guard lock(shard.mu);
   Entry* e = touch(shard, primary_key, true);
-  e->vary = std::move(names);
+  // Names only ever add up: an origin that names a header on some answers only would otherwise
+  // flip the key back and forth, and a key on more names than needed is only less shared.
+  std::vector<std::string> all;
+  std::set_union(e->vary.begin(), e->vary.end(), names.begin(), names.end(),
+                 std::back_inserter(all));
+  e->vary = std::move(all);
   recharge(shard, *e);
 }
 

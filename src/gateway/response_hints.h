@@ -46,7 +46,8 @@ class ResponseHints {
   // Ends a pass mark (a later answer for the key turned out shareable).
   void forget_pass(std::string_view key);
 
-  // The lower-case request header names the answers of `primary_key` vary on; empty if none.
+  // The lower-case request header names the answers of `primary_key` vary on, sorted; empty if
+  // none. learn_vary() adds to them (sorted names).
   std::vector<std::string> vary(std::string_view primary_key);
   void learn_vary(std::string_view primary_key, std::vector<std::string> names);
 

@@ -132,6 +132,12 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
     }
     append_line(out->head, name, value);
   }
+  if (!date) {
+    // RFC 9110 §6.6.1: a recipient with a clock records when an answer without Date came, in
+    // a Date it adds, before caching or forwarding it.
+    append_line(out->head, "Date", format_http_date(times.response));
+    facts.date = times.response;
+  }
   facts.cache_control = cache_control;
   facts.pragma = pragma;
   facts.targeted = targeted;
@@ -180,7 +186,13 @@ bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified
 BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
                              const RouteTtl& rules, const AnswerTimes& times) {
   // The stored fields, less those the 304 brings anew; then the 304's (its Age among them).
-  const std::string options = connection_options(not_modified.headers);
+  // A 304 without Date is dated when it came: the stored Date would make it as old as the
+  // stored answer (RFC 9110 §6.6.1).
+  HeaderLines fields = not_modified.headers;
+  if (header_of(not_modified, "date").empty()) {
+    fields.emplace_back("Date", format_http_date(times.response));
+  }
+  const std::string options = connection_options(fields);
   // Fields a 304 never changes: those describing the stored body it does not carry, and the
   // validator it was matched by.
   auto kept = [&](std::string_view name) {
@@ -191,7 +203,7 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
     return hop_by_hop(name, options) || gateway_own(name);
   };
   auto updates = [&](std::string_view name) {
-    for (const auto& [n, v] : not_modified.headers) {
+    for (const auto& [n, v] : fields) {
       if (iequals(n, name) && !kept(n)) return true;
     }
     return false;
@@ -201,13 +213,12 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
   for (auto& line : parse_head(previous.head)) {
     if (!updates(line.first)) merged.headers.push_back(std::move(line));
   }
-  for (const auto& [name, value] : not_modified.headers) {
+  for (const auto& [name, value] : fields) {
     if (!kept(name)) merged.headers.emplace_back(name, value);
   }
   merged.body = previous.body;
   BuiltResponse b = build_response(merged, rules, times);
   b.response->status_line = previous.status_line;
-  b.response->vary = previous.vary;  // the key it is stored under was built with these
   b.response->revalidated = true;
   return b;
 }

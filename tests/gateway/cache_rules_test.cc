@@ -125,6 +125,13 @@ TEST(CacheRules, Section3_AnyStatusWithExplicitFreshnessIsStorable) {
   EXPECT_TRUE(policy("", 404).store);
   EXPECT_FALSE(policy("max-age=60", 206).store);  // partial answers: never
   EXPECT_FALSE(policy("max-age=60", 304).store);
+  // An operator may keep provokable errors out (store_errors = false); 404 & co. stay storable.
+  RouteTtl no_errors = kRoute;
+  no_errors.store_errors = false;
+  EXPECT_FALSE(response_policy(facts("public, max-age=600", 400), no_errors).store);
+  EXPECT_FALSE(response_policy(facts("max-age=600", 503), no_errors).store);
+  EXPECT_TRUE(response_policy(facts("max-age=600", 404), no_errors).store);
+  EXPECT_TRUE(response_policy(facts("max-age=600", 302), no_errors).store);
 }
 
 // §5.2.2.3: must-understand stores only statuses the cache knows, and then no-store is ignored.
@@ -244,6 +251,39 @@ TEST(CacheRules, Section5_4_PragmaNoCacheWithoutCacheControl) {
   EXPECT_EQ(response_policy(r, kRoute).ttl.stale_if_error, 0s);
   r.cache_control = "max-age=60";
   EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 60s);
+}
+
+// Far-off dates (a year-9999 Expires, a Date in 1601) give bounded lifetimes and ages, never
+// an overflow: lifetimes are delta-seconds, at most 2^31 (§1.2.2).
+TEST(CacheRules, Section1_2_2_FarOffDatesAreBounded) {
+  ResponseFacts r = facts("");
+  r.has_expires = true;
+  r.expires = WallTime::max();
+  r.date = WallTime::min();
+  auto p = response_policy(r, kRoute);
+  EXPECT_TRUE(p.store);
+  EXPECT_LE(p.ttl.fresh, kMaxDeltaSeconds);
+  r.date = T;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, kMaxDeltaSeconds);
+  // A Date 125 years back and an Expires now: centuries old, never fresh (no clamp of the age
+  // used against the lifetime).
+  r.date = T - 24h * 365 * 125;
+  r.expires = T;
+  p = response_policy(r, kRoute);
+  EXPECT_EQ(p.ttl.fresh, 0s);
+  EXPECT_EQ(p.initial_age, kMaxDeltaSeconds);
+  r.has_expires = false;
+  r.last_modified = WallTime::min();
+  r.date = WallTime::max();
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 24h);
+}
+
+// A shared fetch forwards a client's Cache-Control without what would fail the others.
+TEST(CacheRules, WithoutDirectiveKeepsTheRest) {
+  EXPECT_EQ(without_directive("max-age=0, only-if-cached", "only-if-cached"), "max-age=0");
+  EXPECT_EQ(without_directive("Only-If-Cached", "only-if-cached"), "");
+  EXPECT_EQ(without_directive(R"(no-cache="a, b", only-if-cached, x=1)", "only-if-cached"),
+            R"(no-cache="a, b", x=1)");
 }
 
 // RFC 9213 §2.2: a targeted field with a directive replaces Cache-Control for this cache.

@@ -96,6 +96,7 @@ TEST(Config, HttpCacheSettings) {
   EXPECT_EQ(c.routes[0].heuristic_max, 24h);
   EXPECT_FALSE(c.routes[0].honor_client_cache_control);
   EXPECT_TRUE(c.routes[0].forward_early_hints);
+  EXPECT_TRUE(c.routes[0].store_errors);
   EXPECT_EQ(c.cache.targeted_cache_control,
             (std::vector<std::string>{"CDN-Cache-Control", "Surrogate-Control"}));
   c = parse_config(

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "gateway/config.h"
+#include "gateway/http_date.h"
 #include "gateway/upstreams.h"
 #include "unherd/async.h"
 #include "unherd/clock.h"
@@ -322,7 +323,6 @@ TEST_F(ProxyTest, AKeptAnswerIsRevalidatedOnceForEveryWaiterAndEachGetsTheWholeB
     EXPECT_EQ(body(**reply), "body-v1");
     EXPECT_NE((*reply)->cached->head.find("X-Rev: 2\r\n"), std::string::npos);
     EXPECT_EQ((*reply)->cached->head.find("X-Rev: 1"), std::string::npos);
-    EXPECT_EQ((*reply)->cached->head.find("Content-Length"), std::string::npos);
     EXPECT_NE((*reply)->cached->head.find("Content-Encoding: br\r\n"), std::string::npos)
         << "a 304 does not describe the body it does not carry";
     EXPECT_EQ((*reply)->cached->head.find("gzip"), std::string::npos);
@@ -517,6 +517,115 @@ TEST_F(ProxyTest, TheTierChainItIsHandedIsWrittenReadAfterARestartAndSynced) {
   EXPECT_EQ(upstream.sent.size(), 1u);
   proxy->sync_store();
   EXPECT_EQ(tier->syncs, 1);
+}
+
+}  // namespace
+}  // namespace unherd::gateway
+
+namespace unherd::gateway {
+namespace {
+
+// RFC 9111 §4.1: an error answer with explicit freshness that varies on a request header the
+// key did not name is not stored under the key: another client would get this one's variant.
+TEST_F(ProxyTest, AnErrorThatVariesOnAnUnnamedHeaderIsNotStoredForOthers) {
+  start();
+  upstream.answer(503, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"},
+                        {"Content-Encoding", "gzip"}},
+                  "gzip bytes");
+  auto gzip = request("/api/outage", {{"Accept-Encoding", "gzip"}});
+  EXPECT_EQ(status(**gzip), 503u);
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"}}, "plain");
+  auto plain = request("/api/outage");
+  EXPECT_EQ(body(**plain), "plain");
+  EXPECT_EQ(upstream.sent.size(), 2u);
+  Reply fast;
+  EXPECT_FALSE(proxy->try_hit(RequestHead{"GET", "/api/outage", {}}, fast))
+      << "the key now names Accept-Encoding: the fast path declines";
+}
+
+// RFC 9111 §4.1, §4.3.4: a 304 that brings a Vary the stored answer did not have renews only
+// the variant of the request that revalidated it; other variants are asked for.
+TEST_F(ProxyTest, A304ThatAddsVaryRenewsOnlyTheRevalidatingVariant) {
+  route().stale_ttl = 0ms;
+  route().stale_if_error = 0ms;
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=1"}, {"ETag", "\"e\""}}, "english");
+  request("/api/i18n", {{"Accept-Language", "en"}});
+  advance(2s);
+  upstream.answer(304, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Language"}});
+  auto en = request("/api/i18n", {{"Accept-Language", "en"}});
+  EXPECT_EQ(((*en)->x_cache), "REVALIDATED");
+  EXPECT_EQ(body(**en), "english");
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Language"}}, "french");
+  auto fr = request("/api/i18n", {{"Accept-Language", "fr"}});
+  EXPECT_EQ(body(**fr), "french");
+  auto en_again = request("/api/i18n", {{"Accept-Language", "en"}});
+  EXPECT_EQ(((*en_again)->x_cache), "HIT");
+  EXPECT_EQ(body(**en_again), "english");
+  EXPECT_EQ(upstream.sent.size(), 3u);
+}
+
+// An origin's year-9999 Expires is far-future freshness, kept below memory too (no deadline
+// overflows into the past and turns the write into a removal).
+TEST_F(ProxyTest, AFarFutureExpiresIsStoredInTheTierAndSurvivesARestart) {
+  auto tier = std::make_shared<MapTier>();
+  start({tier});
+  upstream.answer(200, {{"Expires", "Fri, 31 Dec 9999 23:59:59 GMT"}, {"ETag", "\"f\""}},
+                  "forever");
+  request("/api/forever");
+  ASSERT_EQ(tier->records.size(), 1u);
+  EXPECT_GT(tier->records.begin()->second.fresh_until, clock.wall_now() + 24h * 365 * 60);
+  EXPECT_GE(tier->records.begin()->second.dead_after(), tier->records.begin()->second.fresh_until);
+  start({tier});
+  auto reply = request("/api/forever");
+  EXPECT_EQ((*reply)->x_cache, "HIT");
+  EXPECT_EQ(upstream.sent.size(), 1u);
+}
+
+// RFC 9110 §6.6.1: a 304 without Date is dated when it came, so the renewed answer is fresh for
+// the lifetime the 304 gives, not aged by the stored Date.
+TEST_F(ProxyTest, A304WithoutDateRenewsTheAnswerFromNow) {
+  route().stale_ttl = 0ms;
+  route().stale_if_error = 0ms;
+  start();
+  upstream.answer(200,
+                  {{"Cache-Control", "max-age=60"},
+                   {"ETag", "\"d\""},
+                   {"Date", format_http_date(clock.wall_now())}},
+                  "dated");
+  request("/api/dated");
+  advance(30min);
+  upstream.answer(304, {{"Cache-Control", "max-age=60"}});
+  EXPECT_EQ((*request("/api/dated"))->x_cache, "REVALIDATED");
+  auto hit = request("/api/dated");
+  EXPECT_EQ((*hit)->x_cache, "HIT");
+  EXPECT_EQ((*hit)->age, 0s);
+  EXPECT_EQ(upstream.sent.size(), 2u);
+}
+
+// RFC 9111 §4.4: an unsafe request invalidates what its own upstream serves; a Location on a
+// route of another upstream is another origin's, whatever the Host.
+TEST_F(ProxyTest, InvalidationStaysWithinTheRequestsUpstream) {
+  RouteConfig other = route();
+  other.name = "other";
+  other.prefix = "/other";
+  other.upstream.port = 10;
+  config.routes.push_back(other);
+  RouteConfig sibling = route();
+  sibling.name = "sibling";
+  sibling.prefix = "/sibling";
+  config.routes.push_back(sibling);
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "theirs");
+  request("/other/x");
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "ours");
+  request("/sibling/y");
+  upstream.answer(201, {{"Location", "/other/x"}, {"Content-Location", "/sibling/y"}}, "made");
+  request("/api/things", {{"Host", "gateway"}}, "POST");
+  EXPECT_EQ((*request("/other/x"))->x_cache, "HIT");
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "ours again");
+  EXPECT_EQ((*request("/sibling/y"))->x_cache, "MISS");
+  EXPECT_EQ(upstream.sent.size(), 4u);
 }
 
 }  // namespace

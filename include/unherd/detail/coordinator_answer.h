@@ -137,7 +137,7 @@ auto Coordinator<K, V, Hash, KeyEq>::from_cache(Lookup<V>& found) -> std::option
     stale_.add();
     return Answer<V>{*found.value, Source::kStale, found.stored_at, kMemoryTier};
   }
-  if (found.value && found.refresh_failures > 0 &&
+  if (found.value && found.answerable && found.refresh_failures > 0 &&
       clock_.now() < found.deadlines.stale_if_error_until) {
     // Only good for errors (not merely kept for revalidation), and the key's last call
     // sequence failed: rather than wait for another that would likely fail too, callers get the
@@ -164,6 +164,7 @@ auto Coordinator<K, V, Hash, KeyEq>::from_tier(const Loaded& l, const CallPolicy
     -> std::optional<Answer<V>> {
   if (l.stored_at < policy.min_stored_at) return std::nullopt;  // revalidated, not an answer
   const TimePoint now = clock_.now();
+  if (policy.fresh_only && now >= l.deadlines.fresh_until) return std::nullopt;
   if (now < l.deadlines.fresh_until) {
     hits_.add();
     return Answer<V>{l.value, Source::kHit, l.stored_at, tiers_[l.tier]->name()};
@@ -186,7 +187,10 @@ auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, s
     }
     const TimePoint now = clock_.now();
     const WallTime wall = clock_.wall_now();
-    auto local = [&](WallTime t) { return now + std::chrono::duration_cast<Duration>(t - wall); };
+    auto local = [&](WallTime t) {
+      if (t <= wall) return now - std::chrono::duration_cast<Duration>(wall - t);
+      return Deadlines::later(now, std::chrono::duration_cast<Duration>(t - wall));
+    };
     Loaded l{std::move(*value),
              Deadlines{local(record.fresh_until), local(record.stale_until),
                        local(record.stale_if_error_until), local(record.dead_after())},
@@ -233,8 +237,10 @@ auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, c
   if constexpr (kStringKeys) {
     if (tiers_.empty()) return;
     const WallTime wall = clock_.wall_now();
+    // A deadline past the wall clock's range (an origin's year-9999 Expires) saturates there.
     auto at = [&](TimePoint t) {
-      return wall + std::chrono::duration_cast<WallTime::duration>(t - now);
+      const auto ahead = std::chrono::duration_cast<WallTime::duration>(t - now);
+      return ahead > WallTime::max() - wall ? WallTime::max() : wall + ahead;
     };
     // A dead record is a removal: no need to encode the value.
     TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(), wall,

@@ -177,6 +177,10 @@ class HttpCache(unittest.TestCase):
         self.assertEqual(self.fetch(target, {"Cache-Control": "max-age=3600"})[1], "HIT")
         self.assertEqual(self.fetch(target, {"Pragma": "no-cache"})[1], "REVALIDATED")
         self.assertEqual(self.up.count(target), 3)
+        # max-age counts the age the answer arrived with, and refuses stale answers.
+        aged = "/c/aged" + q(etag='"a1"', cc="max-age=86400", hdr="Age:3000")
+        self.assertEqual(self.x_caches(aged), ["MISS", "HIT"])
+        self.assertEqual(self.fetch(aged, {"Cache-Control": "max-age=600"})[1], "REVALIDATED")
         s, x, _, _ = self.fetch("/c/absent", {"Cache-Control": "only-if-cached"})
         self.assertEqual(s, 504)
         self.assertEqual(self.up.count("/c/absent"), 0)
