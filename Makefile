@@ -47,12 +47,12 @@ compare: build
 	@scripts/install-deps compare
 	@bench/compare/compare.py
 
-# unherd, nginx and Varnish against the HTTP caching test suite of cache-tests.fyi (the npm
+# unherd, nginx, Varnish and Squid against the HTTP caching test suite of cache-tests.fyi (the npm
 # package http-cache-tests, installed into build/conformance/): prints a table, appends it to
 # bench/RESULTS.md, keeps raw results and a list of unherd's failures in build/conformance/.
 # Needs Node.js and npm. `bench/conformance/run --only unherd --binary PATH` reruns unherd alone.
 conformance: build
-	@scripts/install-deps compare
+	@scripts/install-deps conformance
 	@bench/conformance/run
 
 # The gateway on 127.0.0.1:8080 (admin 9901) in front of a simulated slow, flaky upstream, a herd
