@@ -152,11 +152,15 @@ class System:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            for p in reversed(tree(self.proc.pid)):
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+            # Stopped first, all of them, then killed: a master killed before its workers (or
+            # after them) could otherwise start new ones that outlive the run.
+            procs = tree(self.proc.pid)
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for p in procs:
+                    try:
+                        os.kill(p, sig)
+                    except OSError:
+                        pass
             self.proc.wait()
 
 
