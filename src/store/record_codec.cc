@@ -12,8 +12,11 @@ namespace {
 
 std::uint32_t keep_seconds(const TierRecord& r) {
   if (r.keep_until <= r.stale_if_error_until) return 0;
-  const auto s = std::chrono::ceil<std::chrono::seconds>(r.keep_until - r.stale_if_error_until);
-  return static_cast<std::uint32_t>(std::min<std::int64_t>(s.count(), UINT32_MAX));
+  // Unsigned: the difference of two far-apart times does not fit a signed count of ns.
+  const std::uint64_t ns = static_cast<std::uint64_t>(to_ns(r.keep_until)) -
+                           static_cast<std::uint64_t>(to_ns(r.stale_if_error_until));
+  const std::uint64_t s = ns / 1'000'000'000 + (ns % 1'000'000'000 != 0);  // rounded up
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(s, UINT32_MAX));
 }
 
 }  // namespace
