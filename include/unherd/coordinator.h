@@ -313,7 +313,7 @@ class Coordinator {
   Lookup<V> lookup(const K& key, TimePoint now, const CallPolicy& policy) {
     Lookup<V> found = cache_.lookup(key, now);
     if (found.value && (found.stored_at < policy.min_stored_at ||
-                        (policy.fresh_only && found.freshness == Freshness::kStale))) {
+                        (policy.fresh_only && found.freshness != Freshness::kFresh))) {
       found.freshness = Freshness::kMiss;
       found.answerable = false;  // not an answer, not even after failures
     }

@@ -120,6 +120,9 @@ class ConnectionInterim final : public InterimSink,
     asio::co_spawn(socket_.get_executor(), write_all(shared_from_this()), asio::detached);
   }
 
+  // Whether a write failed or was cut short (the connection can carry no more answers).
+  bool failed() const { return failed_; }
+
   // Completes once nothing is queued or being written.
   asio::awaitable<void> drained() {
     while (writing_) {
@@ -137,7 +140,7 @@ class ConnectionInterim final : public InterimSink,
       boost::system::error_code ec;
       co_await asio::async_write(self->socket_, asio::buffer(bytes),
                                  asio::redirect_error(asio::use_awaitable, ec));
-      self->failed_ = self->failed_ || static_cast<bool>(ec);  // the final answer will fail too
+      self->failed_ = self->failed_ || static_cast<bool>(ec);
     }
     self->queue_.clear();
     self->writing_ = false;
@@ -401,9 +404,17 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
       reply = co_await std::move(answering);
       reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
       if (interim) {
+        // The hints are part of the reply: a client that does not take them within
+        // send_timeout is closed, as for the answer itself.
+        watch.expire_after(send_timeout);
         auto draining = interim->drained();
         co_await std::move(draining);
+        const bool cut = interim->failed() || watch.expired;
         interim.reset();  // hints that come later are for no request of this connection
+        if (cut) {  // a 103 written in part (or not at all): the answer cannot follow it
+          server.active--;
+          break;
+        }
       }
     }
     watch.expire_after(send_timeout);

@@ -453,7 +453,10 @@ std::size_t Proxy::purge_target(const std::string& target) {
 }
 
 std::size_t Proxy::purge_key(const std::string& key) {
-  // The key, and the variants stored under it for the headers its answers Vary on.
+  // The key, and the variants stored under it for the headers its answers Vary on; and what
+  // was learned about it (Vary names only ever add up until a purge, or the hints' LRU, drops
+  // them).
+  hints_.forget(key);
   const bool found = coordinator_.purge(key);
   return std::size_t{found} + coordinator_.purge_prefix(key + '\x1f');
 }

@@ -71,6 +71,14 @@ bool ResponseHints::remember_unshareable(std::string_view key, NoCacheReason why
   return true;
 }
 
+void ResponseHints::forget(std::string_view key) {
+  if (entries_.load(std::memory_order_relaxed) == 0) return;
+  Shard& shard = shard_of(key);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.index.find(key);
+  if (it != shard.index.end()) erase(shard, it->second);
+}
+
 void ResponseHints::forget_pass(std::string_view key) {
   if (entries_.load(std::memory_order_relaxed) == 0) return;
   Shard& shard = shard_of(key);

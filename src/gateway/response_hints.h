@@ -45,6 +45,8 @@ class ResponseHints {
   static constexpr Duration kPassFor = std::chrono::seconds(30);
   // Ends a pass mark (a later answer for the key turned out shareable).
   void forget_pass(std::string_view key);
+  // Forgets everything learned about key (a purge): its pass mark and its Vary names.
+  void forget(std::string_view key);
 
   // The lower-case request header names the answers of `primary_key` vary on, sorted; empty if
   // none. learn_vary() adds to them (sorted names).

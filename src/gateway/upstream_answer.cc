@@ -189,7 +189,11 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
   // A 304 without Date is dated when it came: the stored Date would make it as old as the
   // stored answer (RFC 9110 §6.6.1).
   HeaderLines fields = not_modified.headers;
-  if (header_of(not_modified, "date").empty()) {
+  const bool dated = std::any_of(fields.begin(), fields.end(), [](const auto& f) {
+    return iequals(f.first, "date") && !trim(f.second).empty();
+  });
+  if (!dated) {
+    std::erase_if(fields, [](const auto& f) { return iequals(f.first, "date"); });
     fields.emplace_back("Date", format_http_date(times.response));
   }
   const std::string options = connection_options(fields);

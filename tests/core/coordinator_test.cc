@@ -335,6 +335,28 @@ TEST(Coordinator, AValueOlderThanTheCallAcceptsIsRevalidatedNotServed) {
   EXPECT_EQ(coord.get("k", unused, strict).source, Source::kHit);  // the new one is recent
 }
 
+// fresh_only: nothing but a fresh value answers — not a stale-if-error copy, even after the
+// key's last fetch failed (when others get it at once).
+TEST(Coordinator, AFreshOnlyCallIsNeverAnsweredStaleIfError) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 0s, 300s}};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(100s);  // past freshness, inside stale-if-error
+  auto failing = []() -> std::string { throw std::runtime_error("upstream down"); };
+  EXPECT_EQ(coord.get("k", failing, policy).source, Source::kStaleIfError);  // a failed run
+  int fetches = 0;
+  auto fetch = [&] {
+    ++fetches;
+    return std::string("new");
+  };
+  CallPolicy fresh_only = policy;
+  fresh_only.fresh_only = true;
+  auto answer = coord.get("k", fetch, fresh_only);
+  EXPECT_EQ(fetches, 1);
+  EXPECT_EQ((std::pair{answer.source, answer.value}), (std::pair{Source::kFetched, std::string("new")}));
+}
+
 // Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:
 // every waiter gets the stale value at once, and the retries go on in the background.
 TEST(Coordinator, AFailedAttemptAnswersEveryWaiterStaleWhileTheRetryRunsInTheBackground) {

@@ -628,5 +628,21 @@ TEST_F(ProxyTest, InvalidationStaysWithinTheRequestsUpstream) {
   EXPECT_EQ(upstream.sent.size(), 4u);
 }
 
+// Learned Vary names only add up; a purge of the target forgets them, so an origin that stopped
+// varying (or a bad deploy's Vary) does not keep the key split, and the fast path comes back.
+TEST_F(ProxyTest, APurgeForgetsTheVaryNamesLearnedForTheKey) {
+  start();
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "User-Agent"}}, "split");
+  request("/api/ua", {{"User-Agent", "a"}});
+  Reply fast;
+  const RequestHead head{"GET", "/api/ua", {}};
+  EXPECT_FALSE(proxy->try_hit(head, fast));
+  EXPECT_GE(proxy->purge_target("/api/ua"), 1u);
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "whole");
+  EXPECT_EQ(body(**request("/api/ua", {{"User-Agent", "b"}})), "whole");
+  ASSERT_TRUE(proxy->try_hit(head, fast));
+  EXPECT_EQ(body(fast), "whole");
+}
+
 }  // namespace
 }  // namespace unherd::gateway
