@@ -41,7 +41,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   facts.has_validator = in.ConsumeBool();
   // Times around a fixed instant, as a clock and an origin's headers may put them.
   const unherd::WallTime t0 = unherd::WallTime(seconds(1'800'000'000));
-  auto some_time = [&] { return t0 + seconds(in.ConsumeIntegralInRange<std::int64_t>(-1LL << 32, 1LL << 32)); };
+  auto some_time = [&] {
+    return t0 + seconds(in.ConsumeIntegralInRange<std::int64_t>(-1LL << 32, 1LL << 32));
+  };
   facts.response_time = t0;
   facts.request_time = t0 - milliseconds(in.ConsumeIntegralInRange<std::int64_t>(0, 100'000));
   if (in.ConsumeBool()) facts.date = some_time();
@@ -86,8 +88,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const bool storable_status = lifetime || used.is_public || cacheable_status(facts.status);
   const bool refused_status = used.must_understand && !understood_status(facts.status);
   if ((used.no_store && !used.must_understand) || refused_status || used.is_private ||
-      facts.has_set_cookie || vary_star || !storable_status ||
-      facts.status < 200 || facts.status == 206 || facts.status == 304) {
+      facts.has_set_cookie || vary_star || !storable_status || facts.status < 200 ||
+      facts.status == 206 || facts.status == 304) {
     require(!p.store, "stored what must never be stored");
     require(p.reason != NoCacheReason::kNone, "not stored without a reason");
     return 0;

@@ -306,7 +306,7 @@ class Coordinator {
   // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
   // memory meanwhile, and joining the flight now would start a second one.
   std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found,
-                                           const CallPolicy& policy);
+                                            const CallPolicy& policy);
 
   // What memory has for key, as this call may use it: a value stored before the policy's
   // min_stored_at is only kept (a miss that carries it, for revalidation).

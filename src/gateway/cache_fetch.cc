@@ -44,7 +44,7 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
 }
 
 boost::asio::awaitable<UpstreamResponse> CacheFetch::send(UpstreamRequest up,
-                                                         AnswerTimes& times) const {
+                                                          AnswerTimes& times) const {
   const Route& route = *p_.route;
   route.counters->upstream.add();
   times.request = p_.clock->wall_now();
@@ -72,8 +72,7 @@ std::vector<std::string> union_of(const std::vector<std::string>& a,
 Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built) const {
   if (!built.response->shareable || subset(built.response->vary, p_.vary)) {
     // Varying on no more than the key names (a key more specific than needed is safe).
-    return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt,
-                                built.policy.store};
+    return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, built.policy.store};
   }
   // It varies on headers this key did not include: stored under the key they make with this
   // request's values, and learned, so that later requests key on them. The other waiters of

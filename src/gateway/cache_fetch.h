@@ -63,8 +63,7 @@ class CacheFetch {
   // did not name is stored under the key they make, and kept from this key's other waiters.
   Fetched<ResponsePtr> settle(BuiltResponse built) const;
   // By value: the coroutine runs after the caller's full expression ends.
-  boost::asio::awaitable<UpstreamResponse> send(UpstreamRequest up,
-                                                AnswerTimes& times) const;
+  boost::asio::awaitable<UpstreamResponse> send(UpstreamRequest up, AnswerTimes& times) const;
 
   Params p_;
 };

@@ -89,7 +89,7 @@ struct ResponseFacts {
   std::string_view pragma;
   std::optional<seconds> age;  // the first valid Age value (age_value())
   bool has_set_cookie = false;
-  std::string_view vary;  // "" if none
+  std::string_view vary;       // "" if none
   bool has_validator = false;  // ETag or Last-Modified
   std::optional<WallTime> date;
   bool has_expires = false;
@@ -104,7 +104,7 @@ struct StorePolicy {
   // Why not (kNoStore, kPrivate, kSetCookie, kStatus, kVaryStar); kNone when stored.
   NoCacheReason reason = NoCacheReason::kNone;
   unherd::Ttl ttl;
-  seconds initial_age{0};      // the corrected initial age (§4.2.3): Age = this + resident time
+  seconds initial_age{0};       // the corrected initial age (§4.2.3): Age = this + resident time
   bool explicit_fresh = false;  // the origin gave the lifetime (s-maxage, max-age, Expires)
 };
 

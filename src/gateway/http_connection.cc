@@ -109,8 +109,7 @@ using RequestParser = http::request_parser<http::string_body, ArenaAllocator<cha
 class ConnectionInterim final : public InterimSink,
                                 public std::enable_shared_from_this<ConnectionInterim> {
  public:
-  explicit ConnectionInterim(tcp::socket& socket)
-      : socket_(socket), idle_(socket.get_executor()) {}
+  explicit ConnectionInterim(tcp::socket& socket) : socket_(socket), idle_(socket.get_executor()) {}
 
   void send(std::string bytes) override {
     if (failed_) return;
@@ -286,9 +285,9 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
   const auto send_timeout = server.config.server.send_timeout;
   beast::flat_buffer buffer;
   HeaderArena arena;
-  std::string head;                        // a reply's head, reused
-  std::vector<RequestHead::Field> fields;  // a request's header fields, reused
-  std::string target_buffer;               // an absolute-form target, made origin-form
+  std::string head;                            // a reply's head, reused
+  std::vector<RequestHead::Field> fields;      // a request's header fields, reused
+  std::string target_buffer;                   // an absolute-form target, made origin-form
   std::shared_ptr<ConnectionInterim> interim;  // the request being answered's, if any
   for (;;) {
     arena.reset();  // the previous request's parser is gone
@@ -411,7 +410,7 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
         co_await std::move(draining);
         const bool cut = interim->failed() || watch.expired;
         interim.reset();  // hints that come later are for no request of this connection
-        if (cut) {  // a 103 written in part (or not at all): the answer cannot follow it
+        if (cut) {        // a 103 written in part (or not at all): the answer cannot follow it
           server.active--;
           break;
         }

@@ -246,8 +246,7 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
 }
 
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, const Route& route,
-                                         Request request, Upstreams& upstreams,
-                                         bool look_again) {
+                                         Request request, Upstreams& upstreams, bool look_again) {
   // What the fetch will not forward (hop-by-hop, or named by Connection) is absent from the key.
   std::string options = connection_options(request.headers);
   auto values = [&request, &options](std::string_view name, std::string& out) {
@@ -310,8 +309,8 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
     auto req_values = [&req, &req_options](std::string_view name, std::string& out) {
       return !hop_by_hop(name, req_options) && req.header_values(name, out);
     };
-    if (auto variant = cache_key(route.config.key, req.target, req_values, names,
-                                 max_query_params_)) {
+    if (auto variant =
+            cache_key(route.config.key, req.target, req_values, names, max_query_params_)) {
       coordinator_.put(*variant, std::move(response), ttl);
     }
   };

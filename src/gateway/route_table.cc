@@ -112,8 +112,9 @@ void Routes::install(const std::vector<RouteConfig>& routes,
     auto& counters = counters_[rc.name];
     if (!counters) counters = std::make_shared<RouteCounters>();
     route->counters = counters;
-    route->ttl = RouteTtl{rc.fresh_ttl,          rc.stale_ttl,     rc.stale_if_error, rc.keep_ttl,
-                          rc.heuristic_fraction, rc.heuristic_max, targeted,          rc.store_errors};
+    route->ttl =
+        RouteTtl{rc.fresh_ttl,          rc.stale_ttl,     rc.stale_if_error, rc.keep_ttl,
+                 rc.heuristic_fraction, rc.heuristic_max, targeted,          rc.store_errors};
     route->policy = CallPolicy{.ttl = Ttl{rc.fresh_ttl, rc.stale_ttl, rc.stale_if_error},
                                .flight = {.max_wait = rc.max_wait},
                                .retry = route->retry.get(),

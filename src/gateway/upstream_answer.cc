@@ -63,7 +63,8 @@ HeaderLines parse_head(std::string_view head) {
     head = eol == std::string_view::npos ? std::string_view{} : head.substr(eol + 2);
     const auto colon = line.find(':');
     if (colon == std::string_view::npos) continue;
-    lines.emplace_back(std::string(line.substr(0, colon)), std::string(trim(line.substr(colon + 1))));
+    lines.emplace_back(std::string(line.substr(0, colon)),
+                       std::string(trim(line.substr(colon + 1))));
   }
   return lines;
 }

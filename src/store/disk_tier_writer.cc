@@ -110,8 +110,7 @@ void DiskTier::Impl::put(MDB_txn* txn, const Op& op, std::uint64_t& staged_bytes
   MDB_val k = val(skey), v{size, nullptr};
   check(mdb_put(txn, records, &k, &v, MDB_RESERVE), "put");
   encode_record(static_cast<char*>(v.mv_data), op.key, op.record);
-  const Meta meta{staged_seq++, to_ns(op.record.dead_after()),
-                  charge_of(size, skey.size())};
+  const Meta meta{staged_seq++, to_ns(op.record.dead_after()), charge_of(size, skey.size())};
   write_meta(txn, skey, meta);
   const std::string order_key = big_endian(meta.seq);
   MDB_val lk = val(order_key), lv = val(skey);

@@ -52,8 +52,8 @@ std::optional<Decoded> decode_record(std::string_view bytes) {
   d.stale_until = load<std::int64_t>(p + 32);
   d.stale_if_error_until = load<std::int64_t>(p + 40);
   const std::int64_t keep_ns = std::int64_t{load<std::uint32_t>(p + 12)} * 1'000'000'000;
-  d.keep_until = d.stale_if_error_until > INT64_MAX - keep_ns ? INT64_MAX
-                                                              : d.stale_if_error_until + keep_ns;
+  d.keep_until =
+      d.stale_if_error_until > INT64_MAX - keep_ns ? INT64_MAX : d.stale_if_error_until + keep_ns;
   d.key = bytes.substr(kHeader, key_len);
   d.value = bytes.substr(kHeader + key_len);
   return d;

@@ -60,9 +60,12 @@ struct Decoded {
   std::int64_t keep_until;  // stale_if_error_until + keep: the record is dead after this
 
   TierRecord record() const {
-    return TierRecord{std::string(value),        from_ns(stored_at),
-                      from_ns(fresh_until),      from_ns(stale_until),
-                      from_ns(stale_if_error_until), from_ns(keep_until)};
+    return TierRecord{std::string(value),
+                      from_ns(stored_at),
+                      from_ns(fresh_until),
+                      from_ns(stale_until),
+                      from_ns(stale_if_error_until),
+                      from_ns(keep_until)};
   }
 };
 

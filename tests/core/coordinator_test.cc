@@ -303,8 +303,7 @@ TEST(Coordinator, AKeptValueIsRevalidatedButNeverServedWhenTheFetchFails) {
   EXPECT_THROW(coord.get("k", failing, policy), std::runtime_error);  // after a failed run too
   EXPECT_EQ(coord.stats().stale_if_error_served, 0u);
   auto renewed = coord.get(
-      "k", [](const FetchContext<std::string>& ctx) { return *ctx.previous + "-renewed"; },
-      policy);
+      "k", [](const FetchContext<std::string>& ctx) { return *ctx.previous + "-renewed"; }, policy);
   EXPECT_EQ(renewed.source, Source::kFetched);
   EXPECT_EQ(renewed.value, "old-renewed");
 }
@@ -331,7 +330,8 @@ TEST(Coordinator, AValueOlderThanTheCallAcceptsIsRevalidatedNotServed) {
       },
       strict);
   EXPECT_EQ(previous, "old");
-  EXPECT_EQ((std::pair{answer.source, answer.value}), (std::pair{Source::kFetched, std::string("new")}));
+  EXPECT_EQ((std::pair{answer.source, answer.value}),
+            (std::pair{Source::kFetched, std::string("new")}));
   EXPECT_EQ(coord.get("k", unused, strict).source, Source::kHit);  // the new one is recent
 }
 
@@ -354,7 +354,8 @@ TEST(Coordinator, AFreshOnlyCallIsNeverAnsweredStaleIfError) {
   fresh_only.fresh_only = true;
   auto answer = coord.get("k", fetch, fresh_only);
   EXPECT_EQ(fetches, 1);
-  EXPECT_EQ((std::pair{answer.source, answer.value}), (std::pair{Source::kFetched, std::string("new")}));
+  EXPECT_EQ((std::pair{answer.source, answer.value}),
+            (std::pair{Source::kFetched, std::string("new")}));
 }
 
 // Once an attempt fails, a caller with a stale-if-error value has nothing better to wait for:

@@ -91,7 +91,7 @@ TEST(CacheRules, Section5_3_ExpiresIsReadAgainstDate) {
   p = response_policy(r, kRoute);
   EXPECT_EQ(p.ttl.fresh, 0s);
   EXPECT_EQ(p.ttl.stale_while_revalidate, 0s);  // the origin made it stale: each use revalidates
-  r.expires.reset();  // has_expires but unparsable
+  r.expires.reset();                            // has_expires but unparsable
   EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 0s);
 }
 

@@ -89,8 +89,8 @@ TEST(Config, DefaultsFillWhatIsLeftOut) {
 
 // The HTTP cache settings (RFC 9111 behaviour), their defaults and their errors.
 TEST(Config, HttpCacheSettings) {
-  Config c = parse_config(
-      "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\n", "t");
+  Config c =
+      parse_config("[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h:1\"\n", "t");
   EXPECT_EQ(c.routes[0].keep_ttl, 1h);
   EXPECT_DOUBLE_EQ(c.routes[0].heuristic_fraction, 0.1);
   EXPECT_EQ(c.routes[0].heuristic_max, 24h);

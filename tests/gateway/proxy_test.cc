@@ -334,7 +334,8 @@ TEST_F(ProxyTest, AKeptAnswerIsRevalidatedOnceForEveryWaiterAndEachGetsTheWholeB
   upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "whole");
   auto gone = request("/api/kept");
   EXPECT_EQ(body(**gone), "whole");
-  for (const auto& [name, value] : upstream.sent.back().headers) EXPECT_NE(name, "If-None-Match");
+  for (const auto& [name, value] : upstream.sent.back().headers)
+    EXPECT_NE(name, "If-None-Match");
 }
 
 // §4.3.4: a 304 whose validator is not the stored one's updates nothing: the resource is
@@ -352,7 +353,8 @@ TEST_F(ProxyTest, A304ForAnotherRepresentationIsFollowedByAWholeFetch) {
   ASSERT_TRUE(*reply);
   EXPECT_EQ(body(**reply), "two");
   ASSERT_EQ(upstream.sent.size(), 3u);
-  for (const auto& [name, value] : upstream.sent[2].headers) EXPECT_NE(name, "If-None-Match");
+  for (const auto& [name, value] : upstream.sent[2].headers)
+    EXPECT_NE(name, "If-None-Match");
 }
 
 // §3: an error answer with explicit freshness is stored, but a stale-if-error copy is preferred
@@ -529,9 +531,10 @@ namespace {
 // key did not name is not stored under the key: another client would get this one's variant.
 TEST_F(ProxyTest, AnErrorThatVariesOnAnUnnamedHeaderIsNotStoredForOthers) {
   start();
-  upstream.answer(503, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"},
-                        {"Content-Encoding", "gzip"}},
-                  "gzip bytes");
+  upstream.answer(
+      503,
+      {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"}, {"Content-Encoding", "gzip"}},
+      "gzip bytes");
   auto gzip = request("/api/outage", {{"Accept-Encoding", "gzip"}});
   EXPECT_EQ(status(**gzip), 503u);
   upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"}}, "plain");

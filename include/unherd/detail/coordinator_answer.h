@@ -243,7 +243,8 @@ auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, c
       return ahead > WallTime::max() - wall ? WallTime::max() : wall + ahead;
     };
     // A dead record is a removal: no need to encode the value.
-    TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(), wall,
+    TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(),
+                      wall,
                       at(d.fresh_until),
                       at(d.stale_until),
                       at(d.stale_if_error_until),
