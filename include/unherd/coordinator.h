@@ -84,6 +84,9 @@ struct FetchContext {
   // Nobody is waiting: a stale-while-revalidate refresh, or retries that went on in the
   // background once the waiters had a stale-if-error value.
   bool background = false;
+  // This fetch's place among the fills a purge can spoil: what Coordinator::put(ctx, ...) stores
+  // under (a value for another key learned from this fetch). Opaque; valid during the attempt.
+  detail::FillToken fill;
 };
 
 template <class V>
@@ -254,7 +257,11 @@ class Coordinator {
     auto starts = [p = std::string(prefix)](const K& k) {
       return std::string_view(k).starts_with(p);
     };
-    auto purging = fills_.purge_if(starts);
+    // Fills of keys the prefix extends are spoiled too: they may store variants that start with it.
+    auto purging = fills_.purge_if([p = std::string(prefix)](const K& k) {
+      const std::string_view key(k);
+      return key.starts_with(p) || std::string_view(p).starts_with(key);
+    });
     std::size_t n = 0;
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
       n = std::max(n, (*it)->purge_prefix(prefix));
@@ -262,13 +269,29 @@ class Coordinator {
     return std::max(n, cache_.erase_if(starts));
   }
 
-  // Stores a value directly (a warm-up, or a response learned elsewhere), in every tier.
+  // A promise to store `key` later (put(ticket, ...)), taken before the value is fetched: a purge
+  // of the key (or of a prefix of it, or of one that extends it) that overlaps the ticket makes
+  // that put store nothing, so a value fetched before a purge never outlives it. Cheap: one
+  // node in a sharded registry while it lives.
+  using Ticket = typename detail::FillRegistry<K, Hash, KeyEq>::Fill;
+  Ticket reserve(const K& key) { return fills_.enter(key); }
+
+  // Stores a value in memory and every tier, unless a purge overlapped `ticket` (then returns
+  // false and stores nothing): checked and stored in one step, atomically with purges. `key` is
+  // the ticket's own, or (string keys) one that extends it — a variant of it.
+  bool put(const Ticket& ticket, const K& key, V value, const Ttl& ttl) {
+    return put_under(ticket.token(), key, std::move(value), ttl);
+  }
+  // The same from inside a fetch: under the fetch's own fill (a value learned from the fetch,
+  // stored under the key it belongs to, such as a variant of the fetched key).
+  bool put(const FetchContext<V>& ctx, const K& key, V value, const Ttl& ttl) {
+    return put_under(ctx.fill, key, std::move(value), ttl);
+  }
+  // Stores a value made now (a warm-up): a purge that comes after removes it. For a value
+  // fetched earlier, take a ticket before fetching.
   bool put(const K& key, V value, const Ttl& ttl) {
-    const TimePoint now = clock_.now();
-    const std::size_t charge = charge_(key, value);
-    const Deadlines deadlines = Deadlines::from(now, ttl);
-    write_tiers(key, value, deadlines, now);
-    return cache_.insert(key, std::move(value), charge, deadlines, now);
+    const Ticket ticket = reserve(key);
+    return put(ticket, key, std::move(value), ttl);
   }
 
   CoordinatorStats stats() const;
@@ -347,8 +370,16 @@ class Coordinator {
 
   asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
 
-  // Hands a value to every lower tier, its deadlines as wall-clock times.
-  void write_tiers(const K& key, const V& value, const Deadlines& d, TimePoint now);
+  // The record a value is written to the lower tiers as, its deadlines as wall-clock times
+  // (encoded here, outside any lock); nullopt without tiers.
+  std::optional<TierRecord> tier_record(const V& value, const Deadlines& d, TimePoint now);
+  // Hands a record to every lower tier.
+  void write_tiers(const K& key, TierRecord record);
+
+  // Stores a value under a fill (fills_.store_unless_spoiled): memory and every tier.
+  bool store_under(detail::FillToken fill, const K& key, V value, std::size_t charge,
+                   const Ttl& ttl);
+  bool put_under(detail::FillToken fill, const K& key, V value, const Ttl& ttl);
 
   std::exception_ptr negative_hit(const K& key, TimePoint now);
 
@@ -390,7 +421,7 @@ class Coordinator {
 
   Ctx context(const Run& run, const AttemptInfo& attempt) const {
     return Ctx{run.previous ? &*run.previous : nullptr, attempt.number, attempt.deadline,
-               run.background};
+               run.background, run.fill.token()};
   }
 
   // A retry has been decided: whether it runs here (true) or the run stops to be handed off

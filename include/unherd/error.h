@@ -24,8 +24,8 @@ enum class Errc {
   // A waiter was cancelled by its caller (for example an asio cancellation slot).
   cancelled,
   // The call failed on this side, before the upstream was involved (out of file descriptors,
-  // buffers or memory). Not the upstream's fault: the breaker does not count it, and it is not
-  // retried — it fails the one call.
+  // buffers or memory; a request this side refuses to send). Not the upstream's fault: the
+  // breaker does not count it, and it is not retried — it fails the one call.
   local_failure,
 };
 

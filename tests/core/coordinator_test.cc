@@ -626,6 +626,86 @@ TEST(Coordinator, AFetchOverlappingAPurgeIsStoredUnlessThePurgeMatchesItsKey) {
   }
 }
 
+// A charge function that holds the thread charging `value` (a fill between its fetch and its
+// store) until the test lets it go: a purge can be run in that gap.
+struct PausingCharge {
+  std::string value;
+  Gate reached, release;
+  std::size_t operator()(const std::string& key, const std::string& v) {
+    if (v == value) {
+      reached.open();
+      release.wait();
+    }
+    return key.size() + v.size();
+  }
+};
+
+// A purge that runs after a fetch got its value and before it stored it wins: checking for a
+// purge and storing are one step (they once were two, and the purged value came back).
+TEST(Coordinator, APurgeBetweenAFetchAndItsStoreSticks) {
+  for (const char* how : {"purge", "purge_prefix", "purge_if"}) {
+    ManualClock clock;
+    auto pause = std::make_shared<PausingCharge>();
+    pause->value = "before the purge";
+    Coord coord({}, clock,
+                [pause](const std::string& k, const std::string& v) { return (*pause)(k, v); });
+    auto caller = std::async(std::launch::async, [&] {
+      return coord.get(
+          "/a/1", [] { return std::string("before the purge"); }, kTenSeconds);
+    });
+    pause->reached.wait();  // fetched, not yet stored
+    const std::string h = how;
+    if (h == "purge") coord.purge("/a/1");
+    if (h == "purge_prefix") coord.purge_prefix("/a/");
+    if (h == "purge_if") coord.purge_if([](const std::string& k) { return k == "/a/1"; });
+    pause->release.open();
+    EXPECT_EQ(caller.get().value, "before the purge") << how;  // its caller still gets it
+    EXPECT_FALSE(coord.peek("/a/1")) << how << ": the purged value came back";
+  }
+}
+
+// put() with a ticket taken before the value was fetched: a purge in between wins. A put from
+// inside a fetch stores a variant of the fetched key under that fetch's purge check.
+TEST(Coordinator, APutAfterAPurgeThatOverlappedItsTicketStoresNothing) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  {
+    const auto ticket = coord.reserve("/a/1");
+    coord.purge("/a/1");
+    EXPECT_FALSE(coord.put(ticket, "/a/1", "old", Ttl{1h}));
+    EXPECT_FALSE(coord.peek("/a/1"));
+  }
+  {
+    const auto ticket = coord.reserve("/a/1");
+    coord.purge_prefix("/a/1\x1fvariant");  // a purge of variants of the key only
+    EXPECT_FALSE(coord.put(ticket, "/a/1\x1fvariant=x", "old", Ttl{1h}));
+    EXPECT_FALSE(coord.put(ticket, "/other", "old", Ttl{1h}));  // not a variant: refused
+    EXPECT_FALSE(coord.peek("/a/1\x1fvariant=x"));
+  }
+  const auto ticket = coord.reserve("/a/1");
+  coord.purge("/b/1");  // another key's purge spoils nothing
+  EXPECT_TRUE(coord.put(ticket, "/a/1", "new", Ttl{1h}));
+  EXPECT_TRUE(coord.put(ticket, "/a/1\x1fv=1", "variant", Ttl{1h}));
+  EXPECT_EQ(coord.peek("/a/1")->value, "new");
+  EXPECT_TRUE(coord.put("/a/2", "warm", Ttl{1h}));  // a value made now
+  EXPECT_EQ(coord.peek("/a/2")->value, "warm");
+
+  // From inside a fetch: a purge of the key while it runs spoils the variant's store too.
+  Gate gate;
+  auto fetch = [&](const FetchContext<std::string>& ctx) {
+    gate.wait();
+    coord.put(ctx, "/c/1\x1fv=1", "variant", Ttl{1h});
+    return std::string("v");
+  };
+  auto caller =
+      std::async(std::launch::async, [&] { return coord.get("/c/1", fetch, kTenSeconds); });
+  ASSERT_TRUE(eventually([&] { return coord.flights().in_flight() == 1; }));
+  coord.purge_prefix("/c/1\x1f");
+  gate.open();
+  EXPECT_EQ(caller.get().value, "v");
+  EXPECT_FALSE(coord.peek("/c/1\x1fv=1"));
+}
+
 TEST(Coordinator, ThreadSafetyCountsAddUpExactly) {
   Coord coord({}, system_clock());
   std::atomic<std::uint64_t> fetched{0};

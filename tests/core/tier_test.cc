@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -318,6 +319,32 @@ TEST(Tiers, ATierReadOverlappingAPurgePromotesUnlessThePurgeMatchesItsKey) {
     EXPECT_EQ(f.coord.cache().lookup("/a/1", f.clock.now()).value.has_value(), !same_key)
         << (same_key ? "purge of its prefix" : "purge of another prefix");
   }
+}
+
+// A purge that runs after a tier read and before its promotion wins: checking for a purge and
+// promoting are one step.
+TEST(Tiers, APurgeBetweenATierReadAndItsPromotionSticks) {
+  ManualClock clock;
+  Gate reached, release;
+  Coord coord({}, clock, [&](const std::string& k, const std::string& v) {
+    if (v == "on disk") {
+      reached.open();
+      release.wait();
+    }
+    return k.size() + v.size();
+  });
+  auto disk = std::make_shared<MapTier>("disk");
+  coord.use_tiers({disk}, codec());
+  disk->insert("/a/1", record(clock, "on disk", 1s, Ttl{1h}));
+  auto caller = std::async(std::launch::async, [&] {
+    return coord.get(
+        "/a/1", [] { return std::string("fetched"); }, kPolicy);
+  });
+  reached.wait();  // read and decoded, not yet promoted
+  coord.purge("/a/1");
+  release.open();
+  EXPECT_EQ(caller.get().value, "on disk");
+  EXPECT_FALSE(coord.peek("/a/1")) << "the purged value came back from the tier";
 }
 
 TEST(Tiers, ARefreshThatMayNotBeStoredRemovesTheOldValueFromEveryTier) {

@@ -195,10 +195,13 @@ auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, s
              Deadlines{local(record.fresh_until), local(record.stale_until),
                        local(record.stale_if_error_until), local(record.dead_after())},
              std::min(now, local(record.stored_at)), i};
-    if (fill.spoiled()) return l;  // a purge of the key ran meanwhile: answer, do not store
-    for (std::size_t j = 0; j < i; ++j)
-      tiers_[j]->insert(key, record);
-    cache_.insert_unless_newer(key, l.value, charge_(key, l.value), l.deadlines, l.stored_at);
+    // Unless a purge of the key ran meanwhile (then: answer, do not store).
+    const std::size_t charge = charge_(key, l.value);
+    fills_.store_unless_spoiled(fill.token(), [&] {
+      for (std::size_t j = 0; j < i; ++j)
+        tiers_[j]->insert(key, record);
+      cache_.insert_unless_newer(key, l.value, charge, l.deadlines, l.stored_at);
+    });
     return l;
   } else {
     return std::nullopt;
@@ -232,10 +235,10 @@ auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(K key)
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, const Deadlines& d,
-                                                 TimePoint now) -> void {
+auto Coordinator<K, V, Hash, KeyEq>::tier_record(const V& value, const Deadlines& d, TimePoint now)
+    -> std::optional<TierRecord> {
   if constexpr (kStringKeys) {
-    if (tiers_.empty()) return;
+    if (tiers_.empty()) return std::nullopt;
     const WallTime wall = clock_.wall_now();
     // A deadline past the wall clock's range (an origin's year-9999 Expires) saturates there.
     auto at = [&](TimePoint t) {
@@ -243,16 +246,51 @@ auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, const V& value, c
       return ahead > WallTime::max() - wall ? WallTime::max() : wall + ahead;
     };
     // A dead record is a removal: no need to encode the value.
-    TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(),
+    return TierRecord{d.keep_until > now ? codec_.encode(value) : std::string(),
                       wall,
                       at(d.fresh_until),
                       at(d.stale_until),
                       at(d.stale_if_error_until),
                       at(d.keep_until)};
+  } else {
+    return std::nullopt;
+  }
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, TierRecord record) -> void {
+  if constexpr (kStringKeys) {
     for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
       tiers_[i]->insert(key, record);
     tiers_.back()->insert(key, std::move(record));
   }
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::store_under(detail::FillToken fill, const K& key, V value,
+                                                 std::size_t charge, const Ttl& ttl) -> bool {
+  const TimePoint now = clock_.now();
+  const Deadlines deadlines = Deadlines::from(now, ttl);
+  std::optional<TierRecord> record = tier_record(value, deadlines, now);
+  return fills_.store_unless_spoiled(fill, [&] {
+    cache_.insert(key, std::move(value), charge, deadlines, now);
+    // A value dead on arrival removes the old one from every tier, as from memory.
+    if (record) write_tiers(key, std::move(*record));
+  });
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::put_under(detail::FillToken fill, const K& key, V value,
+                                               const Ttl& ttl) -> bool {
+  const K& owner = Fills::key_of(fill);
+  bool covered = KeyEq{}(owner, key);
+  if constexpr (kStringKeys) {
+    // A variant: purges of the owner's key (and of its prefixes) spoil the owner's fill.
+    covered = covered || std::string_view(key).starts_with(std::string_view(owner));
+  }
+  if (!covered) return false;  // a purge of `key` alone would not reach this fill
+  const std::size_t charge = charge_(key, value);
+  return store_under(fill, key, std::move(value), charge, ttl);
 }
 
 template <class K, class V, class Hash, class KeyEq>

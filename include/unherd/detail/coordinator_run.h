@@ -60,10 +60,7 @@ auto Coordinator<K, V, Hash, KeyEq>::store(Run& run, Fetched<V> fetched) -> V {
   const Ttl ttl = fetched.ttl.value_or(run.policy.ttl);
   if (fetched.store) {
     const std::size_t charge = fetched.charge.value_or(charge_(key, fetched.value));
-    const Deadlines deadlines = Deadlines::from(now, ttl);
-    cache_.insert(key, fetched.value, charge, deadlines, now);
-    // A value dead on arrival removes the old one from every tier, as from memory.
-    write_tiers(key, fetched.value, deadlines, now);
+    store_under(run.fill.token(), key, fetched.value, charge, ttl);
   } else if (run.background) {
     // The refresh's answer may not be stored, so the stale entry stays: without this, every
     // stale hit would start another refresh at once.

@@ -6,6 +6,11 @@
 // are born marked. A spoiled Fill overlapped a purge of its key: its value goes to its callers
 // but not into the cache, or a purged value could come back. Fills of other keys never notice.
 //
+// Storing is atomic with purging: a fill stores through store_unless_spoiled(), under the lock
+// a purge takes to mark it, so a purge either marks it first (and nothing is stored) or comes
+// after the store has finished (and removes what was stored). Checking, then storing, would let
+// a purge slip in between and the purged value come back for its whole lifetime.
+//
 // State is one node per fill in progress and one per purge running; nothing outlives them.
 // Thread safety: all members may be called concurrently. Sharded by key: a purge of one key
 // locks one shard, a purge by predicate visits them all.
@@ -20,6 +25,13 @@
 #include <vector>
 
 namespace unherd::detail {
+
+// A fill seen from outside the registry (a fetcher's context), without its key type: only the
+// registry's owner can use it, while the fill is in progress.
+struct FillToken {
+  void* shard = nullptr;
+  const void* node = nullptr;
+};
 
 template <class K, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
 class FillRegistry {
@@ -55,7 +67,9 @@ class FillRegistry {
       shard_->fills.erase(node_);
     }
     // Whether a purge of this key overlapped the fill: then it must not store what it got.
+    // (A hint only: store_unless_spoiled() decides.)
     bool spoiled() const noexcept { return node_->spoiled.load(std::memory_order_acquire); }
+    FillToken token() const noexcept { return FillToken{shard_, &*node_}; }
 
    private:
     friend class FillRegistry;
@@ -91,6 +105,23 @@ class FillRegistry {
       spoiled = spoiled || purging(key);
     shard.fills.emplace_front(key, spoiled);
     return Fill(&shard, shard.fills.begin());
+  }
+
+  // Runs store() unless a purge has spoiled `fill`, atomically with purges (see the top of the
+  // file). Returns whether it ran. store() must not enter, purge or store through this registry.
+  template <class Store>
+  bool store_unless_spoiled(FillToken fill, Store&& store) {
+    auto& shard = *static_cast<Shard*>(fill.shard);
+    const auto& node = *static_cast<const typename Shard::Node*>(fill.node);
+    std::lock_guard lock(shard.mu);
+    if (node.spoiled.load(std::memory_order_relaxed)) return false;
+    std::forward<Store>(store)();
+    return true;
+  }
+
+  // The key a fill in progress is for.
+  static const K& key_of(FillToken fill) {
+    return static_cast<const typename Shard::Node*>(fill.node)->key;
   }
 
   // A purge of one key.
