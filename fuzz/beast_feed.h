@@ -4,7 +4,10 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/http/error.hpp>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace unherd::fuzz {
 
@@ -50,5 +53,14 @@ class BeastFeed {
   std::string_view bytes_;
   std::size_t used_ = 0;
 };
+
+// A message's fields, in order: what a property compares before and after a body.
+template <class Fields>
+std::vector<std::pair<std::string, std::string>> field_lines(const Fields& fields) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& f : fields)
+    out.emplace_back(std::string(f.name_string()), std::string(f.value()));
+  return out;
+}
 
 }  // namespace unherd::fuzz

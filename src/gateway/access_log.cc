@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "gateway/request.h"
+#include "gateway/text.h"
 
 namespace unherd::gateway {
 namespace {
@@ -77,23 +78,6 @@ class SwappableSink final : public spdlog::sinks::base_sink<std::mutex> {
   std::mutex pending_mu_;  // protects pending_; never held across I/O by the retargeting side
   std::optional<std::FILE*> pending_;
 };
-
-void json_escape(std::string& out, std::string_view s) {
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-      // Control bytes, and bytes of a target or request id that may not be UTF-8: the line
-      // stays valid JSON either way (a byte ≥ 0x80 reads as the code point of that value).
-      out += "\\u00";
-      out += "0123456789abcdef"[(c >> 4) & 15];
-      out += "0123456789abcdef"[c & 15];
-    } else {
-      out += c;
-    }
-  }
-}
 
 std::string utc_now() {
   const auto now = std::chrono::system_clock::now();
@@ -180,6 +164,30 @@ void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::s
       "\",\"status\":{},\"x_cache\":\"{}\",\"upstream_ms\":{:.3f},\"total_ms\":{:.3f}}}",
       reply.sent_status(), reply.x_cache, reply.upstream_ms, total_ms);
   log.write(line);
+}
+
+void json_escape(std::string& out, std::string_view s) {
+  while (!s.empty()) {
+    const char c = s.front();
+    const std::size_t n = utf8_length(s);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (n > 1) {
+      out.append(s.substr(0, n));  // well-formed UTF-8 is written as it is
+      s.remove_prefix(n);
+      continue;
+    } else if (n == 0 || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      // Control bytes, and bytes that are not UTF-8 (a target or request id may hold any): the
+      // line stays valid JSON (such a byte reads as the code point of its value).
+      out += "\\u00";
+      out += "0123456789abcdef"[(c >> 4) & 15];
+      out += "0123456789abcdef"[c & 15];
+    } else {
+      out += c;
+    }
+    s.remove_prefix(1);
+  }
 }
 
 }  // namespace unherd::gateway

@@ -55,4 +55,9 @@ class AccessLog {
 void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::string_view method,
                  std::string_view target, std::chrono::steady_clock::time_point started);
 
+// Appends `s` as the inside of a JSON string: well-formed UTF-8 as it is (request ids and
+// targets in any script read back as written), '"' and '\\' escaped, control bytes and bytes
+// that are not UTF-8 as \u00XX.
+void json_escape(std::string& out, std::string_view s);
+
 }  // namespace unherd::gateway

@@ -27,7 +27,8 @@ json::object route_json(const RouteStats& s) {
                       {"api_calls_saved", s.api_calls_saved},
                       {"hit_rate_percent", std::round(s.hit_rate_percent * 100) / 100},
                       {"retries", s.retries},
-                      {"errors", s.errors}};
+                      {"errors", s.errors},
+                      {"headers_dropped", s.headers_dropped}};
 }
 
 Reply json_reply(unsigned status, const json::value& v) {
@@ -100,6 +101,8 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
   auto& upstream = counter("unherd_upstream_requests_total", "Requests sent upstream");
   auto& retries = counter("unherd_retries_total", "Upstream retries");
   auto& errors = counter("unherd_errors_total", "Requests answered with a gateway error");
+  auto& dropped = counter("unherd_headers_dropped_total",
+                          "Request header lines a cached fetch did not forward (not in the key)");
   auto& saved =
       counter("unherd_api_calls_saved_total", "Requests answered without a call of their own");
   for (const auto& [name, r] : s.routes) {
@@ -113,6 +116,7 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
     upstream.Add({{"route", name}}).Increment(static_cast<double>(r.upstream_requests));
     retries.Add({{"route", name}}).Increment(static_cast<double>(r.retries));
     errors.Add({{"route", name}}).Increment(static_cast<double>(r.errors));
+    dropped.Add({{"route", name}}).Increment(static_cast<double>(r.headers_dropped));
     saved.Add({{"route", name}}).Increment(static_cast<double>(r.api_calls_saved));
   }
   counter("unherd_access_log_dropped_total", "Access log lines dropped: the log's queue was full")

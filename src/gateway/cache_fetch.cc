@@ -1,6 +1,8 @@
 // CacheFetch: the upstream call that fills the cache (cache_fetch.h).
 #include "gateway/cache_fetch.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <iterator>
 #include <optional>
@@ -12,25 +14,70 @@
 
 namespace unherd::gateway {
 
+namespace {
+
+// Request fields the gateway answers itself on a shared fetch: validators are its own (from the
+// stored answer), and a range would give the others a part.
+bool conditional_or_range(std::string_view name) {
+  for (std::string_view h : {"if-none-match", "if-modified-since", "range", "if-range", "if-match",
+                             "if-unmodified-since"}) {
+    if (iequals(name, h)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool CacheFetch::forwards(std::string_view name) const {
+  if (!sent_upstream(name, p_.connection_options) || conditional_or_range(name)) return false;
+  if (forwarded_unkeyed(name)) return true;
+  const RouteConfig& rc = p_.route->config;
+  if (iequals(name, "cache-control") || iequals(name, "pragma")) {
+    return rc.honor_client_cache_control;  // the client's say, where the route gives it one
+  }
+  auto named = [name](std::string_view n) { return iequals(n, name); };
+  return std::any_of(
+             rc.key.begin(), rc.key.end(),
+             [&](const KeyPart& k) { return k.kind == KeyPart::Kind::kHeader && named(k.name); }) ||
+         std::any_of(p_.vary.begin(), p_.vary.end(), named) ||
+         std::any_of(rc.forward_headers.begin(), rc.forward_headers.end(), named);
+}
+
+void CacheFetch::count_dropped() const {
+  std::string names;
+  std::uint64_t n = 0;
+  for (const auto& [name, value] : p_.request->headers) {
+    if (!sent_upstream(name, p_.connection_options) || conditional_or_range(name) ||
+        forwards(name)) {
+      continue;
+    }
+    ++n;
+    if (spdlog::should_log(spdlog::level::debug)) {
+      names += names.empty() ? "" : ", ";
+      names += name;
+    }
+  }
+  if (n == 0) return;
+  p_.route->counters->headers_dropped.add(n);
+  if (!names.empty()) {
+    spdlog::debug("route {}: a cached fetch of {} does not forward {} (the key does not name them)",
+                  p_.route->config.name, p_.request->target, names);
+  }
+}
+
 UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) const {
   UpstreamRequest up;
   up.method = "GET";
   up.target = forwarded_target(p_.route->config.key, p_.request->target);
   for (const auto& [name, value] : p_.request->headers) {
-    // The shared fetch asks for the whole, unconditional resource: validators are the gateway's
-    // own (from the stored answer), and a range would give the others a part.
-    if (!hop_by_hop(name, p_.connection_options) && !iequals(name, "if-none-match") &&
-        !iequals(name, "if-modified-since") && !iequals(name, "range") &&
-        !iequals(name, "if-range") && !iequals(name, "if-match") &&
-        !iequals(name, "if-unmodified-since")) {
-      if (iequals(name, "cache-control")) {
-        // One client's only-if-cached would fail everyone's fetch at an upstream cache.
-        std::string forwarded = without_directive(value, "only-if-cached");
-        if (!forwarded.empty()) up.headers.emplace_back(name, std::move(forwarded));
-        continue;
-      }
-      up.headers.emplace_back(name, value);
+    if (!forwards(name)) continue;
+    if (iequals(name, "cache-control")) {
+      // One client's only-if-cached would fail everyone's fetch at an upstream cache.
+      std::string forwarded = without_directive(value, "only-if-cached");
+      if (!forwarded.empty()) up.headers.emplace_back(name, std::move(forwarded));
+      continue;
     }
+    up.headers.emplace_back(name, value);
   }
   up.headers.emplace_back("Via", *p_.via);
   // The hints go to the client whose request started this fetch, while it waits; coalesced
@@ -69,22 +116,28 @@ std::vector<std::string> union_of(const std::vector<std::string>& a,
 
 }  // namespace
 
-Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built) const {
+Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& sent,
+                                        const FetchContext<ResponsePtr>& ctx) const {
   if (!built.response->shareable || subset(built.response->vary, p_.vary)) {
     // Varying on no more than the key names (a key more specific than needed is safe).
     return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, built.policy.store};
   }
-  // It varies on headers this key did not include: stored under the key they make with this
-  // request's values, and learned, so that later requests key on them. The other waiters of
-  // this key may have other values: they are not given it (they look again).
+  // It varies on headers this key did not include: stored under the key they make as this fetch
+  // sent them, and learned, so that later requests key on them and their fetches send them. The
+  // other waiters of this key may have other values: they are not given it (they look again).
   std::vector<std::string> names = union_of(p_.vary, built.response->vary);
   p_.hints->learn_vary(p_.primary_key, names);
   if (built.policy.store && p_.store_variant) {
-    p_.store_variant(*p_.request, names, built.response, built.policy.ttl);
+    p_.store_variant(ctx, p_.request->target, sent, names, built.response, built.policy.ttl);
   }
+  // A header the answer varies on that the request has but the fetch did not send: the answer
+  // is for a request without it, so not for this one either.
+  const bool unsent = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
+    return !forwards(name) && p_.request->header(name).has_value();
+  });
   auto own = std::make_shared<CachedResponse>(*built.response);
   own->shareable = false;
-  own->not_shareable_reason = NoCacheReason::kVary;
+  own->not_shareable_reason = unsent ? NoCacheReason::kVaryUnsent : NoCacheReason::kVary;
   return Fetched<ResponsePtr>{std::move(own), built.policy.ttl, std::nullopt, false};
 }
 
@@ -93,17 +146,23 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
   const Route& route = *p_.route;
   const CachedResponse* previous = ctx.previous ? ctx.previous->get() : nullptr;
   if (ctx.attempt > 1) route.counters->retries.add();
+  if (ctx.attempt == 1) count_dropped();
   AnswerTimes times;
-  auto sending = send(upstream_request(previous), times);
+  UpstreamRequest up = upstream_request(previous);
+  auto sending = send(up, times);
   UpstreamResponse res = co_await std::move(sending);
   if (res.status == 304 && previous) {
     if (renews(*previous, res)) {
       // Revalidated: the stored answer, with the 304's header fields, judged again (a Vary it
       // brings is settled as a fetched answer's would be).
-      co_return settle(renew_response(*previous, res, route.ttl, times));
+      if (auto renewed = renew_response(*previous, res, route.ttl, times, p_.max_head_bytes)) {
+        co_return settle(std::move(*renewed), up.headers, ctx);
+      }
     }
-    // The 304 is about another representation than the stored one: ask for the whole.
-    auto again = send(upstream_request(nullptr), times);
+    // The 304 is about another representation than the stored one, or its fields would grow the
+    // stored head past the limit: ask for the whole.
+    up = upstream_request(nullptr);
+    auto again = send(up, times);
     res = co_await std::move(again);
   }
   std::optional<BuiltResponse> built;
@@ -118,7 +177,7 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
     unstored.store = false;
     throw UpstreamStatusError(e.response, e.retry_after, e.owner, unstored);
   }
-  co_return settle(std::move(*built));
+  co_return settle(std::move(*built), up.headers, ctx);
 }
 
 }  // namespace unherd::gateway

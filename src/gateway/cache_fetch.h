@@ -1,15 +1,23 @@
 // CacheFetch: the upstream call that fills the cache for a GET or HEAD — the fetcher the
 // Coordinator runs for a miss, and for the background refresh of a stale entry.
 //
-// Each attempt asks for the whole resource: the client's validators and ranges are not
-// forwarded (the answer is for every request of the key). When a stored answer is being
-// refreshed or revalidated (stale, or kept past its use for this), its own validators are sent;
-// a 304 that matches it renews it with the 304's header fields (RFC 9111 §4.3.3, §4.3.4), and
-// one that does not is followed by an unconditional request. An answer that counts as a failure
-// (5xx, 429) is thrown as UpstreamStatusError, for the retry policy, the breaker and
-// stale-if-error. An answer that varies on request headers the key did not name is stored under
-// the key those headers make (`store_variant`), its names learned so later requests key on them;
-// it is not handed to the other waiters of this key, whose headers may differ.
+// What it sends: only what the key covers. The answer is stored for every request of the key,
+// so nothing the key does not name may decide it: a cached fetch forwards the request's header
+// lines the key names (and the Vary names learned for it), the fields a correct origin names in
+// Vary (Accept, Accept-Encoding, Accept-Language), correlation ids, Via, and the route's
+// forward_headers; Cache-Control and Pragma only where the route honours the client's. The rest
+// (X-Forwarded-Host, X-HTTP-Method-Override, X-Original-URL, ...) is dropped and counted. Each
+// attempt asks for the whole resource: the client's validators and ranges are not forwarded. When a
+// stored answer is being refreshed or revalidated (stale, or kept past its use for this), its own
+// validators are sent; a 304 that matches it renews it with the 304's header fields (RFC 9111
+// §4.3.3, §4.3.4), and one that does not is followed by an unconditional request. An answer that
+// counts as a failure (5xx, 429) is thrown as UpstreamStatusError, for the retry policy, the
+// breaker and stale-if-error. An answer that varies on request headers the key did not name is
+// stored under the key those headers make as the fetch sent them (`store_variant`), its names
+// learned so later requests key on them and their fetches send them; it is not handed to the other
+// waiters of this key, whose headers may differ, nor to the request that fetched it if that request
+// has a header the answer varies on which the fetch did not send (kVaryUnsent: it asks again, keyed
+// on it).
 //
 // Lifetime: the Coordinator copies a CacheFetch into the fetch and any refresh, which may outlive
 // the request that started them. It owns what it reads (the route table snapshot, the request)
@@ -22,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/forwarding.h"
 #include "gateway/request.h"
 #include "gateway/response.h"
 #include "gateway/response_hints.h"
@@ -45,8 +54,12 @@ class CacheFetch {
     const std::string* via = nullptr;  // this gateway's Via entry
     ResponseHints* hints = nullptr;
     Clock* clock = nullptr;  // when an answer was asked for and came (its age)
-    // Stores an answer under the key this request makes with the Vary names `vary`.
-    std::function<void(const Request&, const std::vector<std::string>& vary, ResponsePtr,
+    // A 304 may not grow a stored head past this (max_header_bytes): it is fetched whole instead.
+    std::size_t max_head_bytes = 16 * 1024;
+    // Stores an answer, under the fetch's purge check (`ctx`), under the key a request for
+    // `target` with the header lines `sent` makes with the Vary names `vary`.
+    std::function<void(const FetchContext<ResponsePtr>& ctx, std::string_view target,
+                       const HeaderLines& sent, const std::vector<std::string>& vary, ResponsePtr,
                        const Ttl&)>
         store_variant;
   };
@@ -58,10 +71,17 @@ class CacheFetch {
   // The request an attempt sends upstream; `previous` is the stored answer being refreshed.
   UpstreamRequest upstream_request(const CachedResponse* previous) const;
 
+  // Whether the fetch forwards a request header line of this name (see the top).
+  bool forwards(std::string_view name) const;
+
  private:
   // The fetch's answer as the Coordinator takes it; one that varies on request headers the key
-  // did not name is stored under the key they make, and kept from this key's other waiters.
-  Fetched<ResponsePtr> settle(BuiltResponse built) const;
+  // did not name is stored under the key they make as `sent`, and kept from this key's other
+  // waiters.
+  Fetched<ResponsePtr> settle(BuiltResponse built, const HeaderLines& sent,
+                              const FetchContext<ResponsePtr>& ctx) const;
+  // Counts (and logs, at debug) the request's header lines the fetch does not forward.
+  void count_dropped() const;
   // By value: the coroutine runs after the caller's full expression ends.
   boost::asio::awaitable<UpstreamResponse> send(UpstreamRequest up, AnswerTimes& times) const;
 

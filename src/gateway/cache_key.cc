@@ -169,26 +169,51 @@ std::string forwarded_target(const std::vector<KeyPart>& parts, std::string_view
   return out;
 }
 
-bool has_dot_segment(std::string_view path) {
+namespace {
+
+// Whether a path, read as the most lenient origin reads it, has a "." or ".." segment: '\\' is a
+// separator too (IIS), and a segment ends at ';' (path parameters: Tomcat's "..;") or a NUL.
+bool dot_segment_in(std::string_view path) {
   while (!path.empty()) {
-    const auto slash = path.find('/');
-    const std::string_view segment = path.substr(0, slash);
-    std::size_t i = 0;
-    int dots = 0;
-    while (i < segment.size()) {
-      if (segment[i] == '.') {
-        i += 1;
-      } else if (segment.size() - i >= 3 && segment[i] == '%' && segment[i + 1] == '2' &&
-                 (segment[i + 2] == 'e' || segment[i + 2] == 'E')) {
-        i += 3;
-      } else {
-        break;
-      }
-      ++dots;
+    const auto end = path.find_first_of("/\\");
+    std::string_view segment = path.substr(0, end);
+    segment = segment.substr(0, segment.find_first_of(std::string_view(";\0", 2)));
+    if (segment == "." || segment == "..") return true;
+    if (end == std::string_view::npos) break;
+    path.remove_prefix(end + 1);
+  }
+  return false;
+}
+
+// %XX decoded (an invalid escape stays as it is; '+' is not a space in a path).
+std::string percent_decoded(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const int hi = s[i] == '%' && i + 2 < s.size() ? hex_digit(s[i + 1]) : -1;
+    const int lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
+    if (lo >= 0) {
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else {
+      out += s[i];
     }
-    if (i == segment.size() && (dots == 1 || dots == 2)) return true;
-    if (slash == std::string_view::npos) break;
-    path.remove_prefix(slash + 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+bool has_dot_segment(std::string_view path) {
+  if (dot_segment_in(path)) return true;
+  if (path.find('%') == std::string_view::npos) return false;  // the hit path: no allocation
+  // Decoded as an origin might, once and again (%252e%252e): %2f and %5c split segments then.
+  std::string decoded(path);
+  for (int round = 0; round < 3; ++round) {
+    std::string next = percent_decoded(decoded);
+    if (next == decoded) return false;
+    if (dot_segment_in(next)) return true;
+    decoded = std::move(next);
   }
   return false;
 }

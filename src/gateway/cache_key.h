@@ -62,9 +62,10 @@ bool keys_on_header(const std::vector<KeyPart>& parts, std::string_view lower_na
 // as sent) — so nothing the key leaves out can change the answer stored under it.
 std::string forwarded_target(const std::vector<KeyPart>& parts, std::string_view target);
 
-// Whether a path has a "." or ".." segment, plain or percent-encoded. Routes match, and keys
-// are made, on the path as sent; an upstream that resolved such segments would answer for
-// another path (another route, another key).
+// Whether a path has a "." or ".." segment as some origin would read it: plain or percent-
+// encoded (twice too), with '\' or an encoded '/' as a separator, ending at ';' (path
+// parameters, "..;") or a NUL. Routes match, and keys are made, on the path as sent; an upstream
+// that resolved such segments would answer for another path (another route, another key).
 bool has_dot_segment(std::string_view path);
 
 // Compares two percent-encoded query names or values by what they decode to ('+' as a space).

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdint>
 
+#include "gateway/structured_field.h"
 #include "gateway/text.h"
 
 namespace unherd::gateway {
@@ -80,6 +81,89 @@ void set_window(std::optional<seconds>& slot, std::string_view value) {
   slot = slot && *slot != *v ? seconds(0) : *v;
 }
 
+// Surrogate-Control (W3C Edge Architecture 1.0 §3): a comma-separated list of directives, each
+// maybe targeted at one device (";token"). Only untargeted max-age=N[+M] and no-store count
+// here (the +M extension is not used); a directive written otherwise (a space around '=', a
+// value that is not delta-seconds) is not one. nullopt when none counts.
+std::optional<CacheControl> parse_surrogate_control(std::string_view value) {
+  CacheControl cc;
+  bool known = false;
+  for_each_element_text(value, [&](std::string_view item) {
+    if (item.find(';') != std::string_view::npos) return;  // another surrogate's
+    const auto eq = item.find('=');
+    const std::string_view name = item.substr(0, eq);
+    if (eq == std::string_view::npos) {
+      if (iequals(name, "no-store")) known = cc.no_store = true;
+      return;
+    }
+    if (!iequals(name, "max-age")) return;
+    const std::string_view v = item.substr(eq + 1);
+    const auto plus = v.find('+');
+    const std::string_view fresh = v.substr(0, plus);
+    if (!delta_seconds(fresh) ||
+        (plus != std::string_view::npos && !delta_seconds(v.substr(plus + 1)))) {
+      return;
+    }
+    set_lifetime(cc.max_age, fresh);
+    known = true;
+  });
+  if (!known) return std::nullopt;
+  cc.any = cc.targeted = true;
+  return cc;
+}
+
+// A targeted field other than Surrogate-Control: a Structured Field Dictionary (RFC 9213 §2.1).
+// A member whose value has the wrong type for its directive is not consumed ("SHOULD NOT consume
+// values that violate these inferred constraints"). nullopt when nothing known is left.
+std::optional<CacheControl> parse_targeted_dictionary(std::string_view value) {
+  const auto dict = parse_sf_dictionary(value);
+  if (!dict) return std::nullopt;  // a parsing error: the field is ignored
+  using Type = SfItem::Type;
+  CacheControl cc;
+  bool known = false;
+  for (const auto& [key, item] : *dict) {
+    const bool integer = item.type == Type::kInteger && item.integer >= 0;
+    const bool flag = item.type == Type::kBoolean && item.boolean;
+    // no-cache and private may list field names (a String); either way the whole answer is
+    // treated so: the safe reading for a shared cache.
+    const bool flag_or_names = flag || item.type == Type::kString;
+    auto seconds_of = [&] {
+      return std::min(seconds(std::min<std::int64_t>(item.integer, kMaxDeltaSeconds.count())),
+                      kMaxDeltaSeconds);
+    };
+    bool used = true;
+    if (key == "max-age" && integer) {
+      cc.max_age = seconds_of();
+    } else if (key == "s-maxage" && integer) {
+      cc.s_maxage = seconds_of();
+    } else if (key == "stale-while-revalidate" && integer) {
+      cc.stale_while_revalidate = seconds_of();
+    } else if (key == "stale-if-error" && integer) {
+      cc.stale_if_error = seconds_of();
+    } else if (key == "no-store" && flag) {
+      cc.no_store = true;
+    } else if (key == "no-cache" && flag_or_names) {
+      cc.no_cache = true;
+    } else if (key == "private" && flag_or_names) {
+      cc.is_private = true;
+    } else if (key == "public" && flag) {
+      cc.is_public = true;
+    } else if (key == "must-revalidate" && flag) {
+      cc.must_revalidate = true;
+    } else if (key == "proxy-revalidate" && flag) {
+      cc.proxy_revalidate = true;
+    } else if (key == "must-understand" && flag) {
+      cc.must_understand = true;
+    } else {
+      used = false;
+    }
+    known = known || used;
+  }
+  if (!known) return std::nullopt;
+  cc.any = cc.targeted = true;
+  return cc;
+}
+
 // b - a in whole seconds (each rounded down first): no overflow for any two times a clock holds.
 seconds seconds_between(WallTime a, WallTime b) {
   return std::chrono::floor<seconds>(b) - std::chrono::floor<seconds>(a);
@@ -146,12 +230,16 @@ bool understood_status(unsigned s) {
 
 std::vector<std::string> vary_headers(std::string_view vary) {
   std::vector<std::string> names;
-  for_each_directive(vary, [&](std::string_view name, std::string_view) {
+  bool valid = true;
+  for_each_element_text(vary, [&](std::string_view name) {
+    // A field name is a token (RFC 9110 §5.1); anything else cannot be keyed on: Vary: *.
+    valid = valid && (name == "*" || is_token(name));
     std::string lower(name);
     for (auto& c : lower)
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (std::find(names.begin(), names.end(), lower) == names.end()) names.push_back(lower);
   });
+  if (!valid) return {"*"};
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -173,10 +261,15 @@ std::optional<seconds> age_value(std::string_view first_line) {
   return delta_seconds(first);
 }
 
+std::optional<CacheControl> parse_targeted(std::string_view name, std::string_view value) {
+  if (iequals(name, "surrogate-control")) return parse_surrogate_control(value);
+  return parse_targeted_dictionary(value);
+}
+
 CacheControl effective_directives(const ResponseFacts& r) {
-  if (!r.targeted.empty()) {
-    CacheControl targeted = parse_cache_control(r.targeted);
-    if (targeted.any) return targeted;  // RFC 9213 §2.2: Cache-Control is then ignored
+  for (const auto& field : r.targeted) {
+    // RFC 9213 §2.2: the first valid one governs; Cache-Control (and Expires) are then ignored.
+    if (auto cc = parse_targeted(field.name, field.value)) return *cc;
   }
   CacheControl cc = parse_cache_control(r.cache_control);
   if (!cc.any && !r.pragma.empty()) {  // RFC 9111 §5.4: Pragma only without Cache-Control
@@ -190,7 +283,7 @@ CacheControl effective_directives(const ResponseFacts& r) {
 std::optional<milliseconds> explicit_lifetime(const CacheControl& cc, const ResponseFacts& r) {
   if (cc.s_maxage) return *cc.s_maxage;  // a shared cache's own (§5.2.2.10)
   if (cc.max_age) return *cc.max_age;
-  if (!r.has_expires) return std::nullopt;
+  if (!r.has_expires || cc.targeted) return std::nullopt;  // RFC 9213 §2.2: Expires ignored
   if (!r.expires) return milliseconds(0);  // invalid ("0", garbage, conflicting): expired
   const WallTime date = r.date.value_or(r.response_time);
   return std::clamp(seconds_between(date, *r.expires), seconds(0), kMaxDeltaSeconds);
@@ -241,7 +334,9 @@ StorePolicy response_policy(const ResponseFacts& r, const RouteTtl& route) {
   if (!lifetime && !cc.is_public && !cacheable_status(r.status)) {
     return StorePolicy{false, NoCacheReason::kStatus, {}};
   }
-  if (!route.store_errors && r.status >= 400 && !cacheable_status(r.status)) {
+  // An error is the origin's to make cacheable: the route's defaults apply to 2xx and 3xx only,
+  // and store_errors = false keeps every error out (a client may provoke one).
+  if (r.status >= 400 && (!lifetime || !route.store_errors)) {
     return StorePolicy{false, NoCacheReason::kStatus, {}};
   }
   milliseconds fresh = route.fresh;  // the origin is silent: the operator's default

@@ -3,14 +3,20 @@
 // no I/O, no clock (the times an answer was asked for and received are inputs).
 //
 // Precedence, for a shared cache (each rule's function below cites its section):
-//   - Which directives: a configured targeted field (CDN-Cache-Control, ...) present with a
-//     directive replaces Cache-Control entirely (RFC 9213 §2.2); with neither, a response
-//     `Pragma: no-cache` counts as no-cache.
+//   - Which directives: the first configured targeted field (CDN-Cache-Control, ...) that parses
+//     and carries a directive this cache knows replaces Cache-Control and Expires entirely
+//     (RFC 9213 §2.2); one that does not parse, or says nothing usable, is ignored (§2.1), so a
+//     `Surrogate-Control: content="ESI/1.0"` never cancels a `Cache-Control: private`. With
+//     neither Cache-Control nor a targeted field, a response `Pragma: no-cache` is no-cache.
 //   - Stored at all (§3): never with no-store (unless must-understand and a status the gateway
 //     understands, §5.2.2.3), private, Set-Cookie, Vary: *, a 206/304/1xx, or must-understand
 //     with a status it does not;
 //     otherwise with explicit freshness (s-maxage, max-age, Expires) or `public` whatever the
-//     status, or without them for the heuristically cacheable statuses (RFC 9110 §15.1).
+//     status, or without them for the heuristically cacheable statuses (RFC 9110 §15.1). A Vary
+//     that is not a list of field names is Vary: *.
+//   - Errors (4xx, 5xx) are stored only with the origin's explicit freshness, and never when
+//     the route says store_errors = false: the route's defaults (fresh_ttl, the heuristic) never
+//     make an error cacheable, whatever its status.
 //   - Freshness lifetime (§4.2.1): s-maxage, else max-age, else Expires − Date, else (origin
 //     silent) the route's fresh_ttl, or the Last-Modified heuristic (§4.2.2) when longer.
 //     Conflicting duplicates and invalid values (max-age=abc, Expires: 0) mean already stale.
@@ -58,6 +64,7 @@ struct CacheControl {
   bool must_understand = false;
   bool only_if_cached = false;  // a request directive
   bool any = false;             // at least one directive was read
+  bool targeted = false;        // read from a targeted field: Expires is ignored too
 };
 
 // Reads a Cache-Control (or targeted) field value (§5.2). Directive names are case-insensitive;
@@ -74,10 +81,23 @@ struct RouteTtl {
   std::chrono::milliseconds heuristic_max{std::chrono::hours(24)};
   // Targeted Cache-Control fields (RFC 9213) this cache obeys, in precedence order.
   std::vector<std::string> targeted;
-  // Whether error answers (4xx, 5xx) outside the heuristically cacheable statuses may be stored
-  // when the origin gives them explicit freshness. Off where an origin marks every answer
-  // cacheable and clients can provoke errors with headers the key does not name.
+  // Whether error answers (4xx, 5xx) may be stored when the origin gives them explicit freshness
+  // (without it they never are). Off: no error is ever stored.
   bool store_errors = true;
+};
+
+// The directives of a targeted field (RFC 9213) this cache may obey instead of Cache-Control, or
+// nullopt when the field is to be ignored: it does not parse, or it carries no directive this
+// cache knows with a value of the right type. `name` chooses the grammar: Surrogate-Control is
+// read by its own (W3C Edge Architecture: only max-age=N[+M] and no-store count, directives
+// targeted at a device with ";token" are another surrogate's), every other field as a
+// Structured Field Dictionary (RFC 9213 §2.1: integers for max-age, s-maxage and the stale-*
+// windows; true for the others, or a string of field names for no-cache and private).
+std::optional<CacheControl> parse_targeted(std::string_view name, std::string_view value);
+
+// A targeted field an answer carries: its configured name, and its lines joined by ",".
+struct TargetedField {
+  std::string_view name, value;
 };
 
 // What the rules read from an answer. Header values are those the upstream sent (several lines
@@ -85,7 +105,8 @@ struct RouteTtl {
 struct ResponseFacts {
   unsigned status = 200;
   std::string_view cache_control;
-  std::string_view targeted;  // the first configured targeted field present ("" if none)
+  // The configured targeted fields the answer carries, in precedence order.
+  std::vector<TargetedField> targeted;
   std::string_view pragma;
   std::optional<seconds> age;  // the first valid Age value (age_value())
   bool has_set_cookie = false;
@@ -144,7 +165,9 @@ std::optional<seconds> age_value(std::string_view first_line);
 // they were, comma-separated.
 std::string without_directive(std::string_view header, std::string_view name);
 
-// The header names a Vary value lists, lower-cased. ["*"] for "*".
+// The header names a Vary value lists, lower-cased, sorted, once each. ["*"] for "*", and for a
+// value that is not a list of field names (a quoted string, a parameter, a space inside a
+// name): such an answer varies on something this cache cannot key on.
 std::vector<std::string> vary_headers(std::string_view vary);
 
 }  // namespace unherd::gateway

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "gateway/cache_key.h"
+#include "gateway/stored_head.h"
 #include "gateway/text.h"
 
 namespace unherd::gateway {
@@ -137,14 +138,21 @@ ClientView client_view(const ClientFields& fields, const CachedResponse& stored)
   const auto range = parse_range(*fields.range);
   if (!range) return {};
   if (fields.if_range) {
-    // §13.1.5: an entity-tag must match strongly; a date must equal Last-Modified exactly.
+    // §13.1.5: an entity-tag must match strongly; a date must equal Last-Modified exactly...
     if (const auto tag = entity_tag(*fields.if_range)) {
       const auto current = entity_tag(stored.etag);
       if (tag->weak || !current || current->weak || current->opaque != tag->opaque) return {};
     } else {
+      // ...and only a strong one (§8.8.2.2): the stored answer's Date is at least a second after
+      // its Last-Modified, so it cannot have changed again within that second.
       const auto date = date_field(*fields.if_range, now);
       const auto modified = date_field(stored.last_modified, now);
-      if (!date || !modified || *date != *modified) return {};
+      const auto stored_date = first_field(stored.head, "date");
+      const auto sent = stored_date ? date_field(*stored_date, now) : std::nullopt;
+      if (!date || !modified || *date != *modified || !sent ||
+          *sent - *modified < std::chrono::seconds(1)) {
+        return {};
+      }
     }
   }
   const std::uint64_t total = stored.body.size();

@@ -15,6 +15,8 @@
 #include <sstream>
 #include <thread>
 
+#include "gateway/text.h"
+
 namespace unherd::gateway {
 
 std::string UpstreamUrl::to_string() const {
@@ -164,12 +166,8 @@ class TableReader {
       out.clear();
       for (const auto& item : *arr) {
         auto v = item.value<std::string>();
-        const bool token =
-            v && !v->empty() && std::all_of(v->begin(), v->end(), [](char c) {
-              return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
-                     std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-            });
-        if (!token) fail(item, key, "expected header names such as \"CDN-Cache-Control\"");
+        if (!v || !is_token(*v))
+          fail(item, key, "expected header names such as \"CDN-Cache-Control\"");
         out.push_back(*v);
       }
     }
@@ -298,6 +296,12 @@ std::vector<KeyPart> parse_key(TableReader& r) {
       parts.push_back({KeyPart::Kind::kQuery, s->substr(6)});
     } else if (s->starts_with("header:") && s->size() > 7) {
       std::string name = s->substr(7);
+      if (!is_token(name) || name.find('_') != std::string::npos) {
+        r.fail(item, "key",
+               "\"" + *s +
+                   "\": a header name is a token without '_' (such names are never "
+                   "forwarded, so never keyed)");
+      }
       for (auto& c : name)
         c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       parts.push_back({KeyPart::Kind::kHeader, name});
@@ -327,6 +331,12 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   r.boolean("honor_client_cache_control", route.honor_client_cache_control);
   r.boolean("forward_early_hints", route.forward_early_hints);
   r.boolean("store_errors", route.store_errors);
+  r.field_names("forward_headers", route.forward_headers);
+  for (const auto& name : route.forward_headers) {
+    if (name.find('_') != std::string::npos) {
+      r.fail_here("forward_headers", "\"" + name + "\": names with '_' are never forwarded");
+    }
+  }
   r.duration("max_wait", route.max_wait);
   r.duration("timeout", route.timeout);
   if (route.timeout.count() == 0) r.fail_here("timeout", "must be more than zero");

@@ -87,11 +87,15 @@ struct RouteConfig {
   // Whether the upstream's 103 Early Hints are forwarded to the client whose request reached it
   // (RFC 9110 §15.2 has proxies forward 1xx answers; off for clients that cannot read them).
   bool forward_early_hints = true;
-  // Whether error answers (4xx, 5xx; 404, 405, 410, 414 and 501 aside) with explicit freshness
-  // are stored (RFC 9111 §3 allows it). Off where the origin marks every answer cacheable and a
-  // client could provoke an error with a header the key does not name (cache-poisoned denial of
-  // service: an oversized or odd header, a method override).
+  // Whether error answers (4xx, 5xx) with explicit freshness from the origin are stored (RFC
+  // 9111 §3 allows it); without it an error is never stored, whatever fresh_ttl says. Off: no
+  // error is stored, for origins that mark every answer cacheable (cache-poisoned denial of
+  // service through whatever provokes an error).
   bool store_errors = true;
+  // Request headers a cached fetch forwards though the key does not name them (the upstream
+  // gets only what the key covers, the content-negotiation fields and correlation ids
+  // otherwise): the operator's word that the origin's answer does not depend on them.
+  std::vector<std::string> forward_headers;
   Millis max_wait{5'000};
   Millis timeout{2'000};
   RetryConfig retry;

@@ -102,6 +102,11 @@ std::string to_toml(const Config& c) {
         << "\n"
         << "forward_early_hints = " << (r.forward_early_hints ? "true" : "false") << "\n"
         << "store_errors = " << (r.store_errors ? "true" : "false") << "\n"
+        << "forward_headers = [";
+    for (std::size_t i = 0; i < r.forward_headers.size(); ++i) {
+      out << (i ? ", " : "") << quoted(r.forward_headers[i]);
+    }
+    out << "]\n"
         << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
         << "timeout = \"" << format_millis(r.timeout) << "\"\n"
         << "retry = { attempts = " << r.retry.attempts << ", base = \""

@@ -26,6 +26,18 @@ bool hop_by_hop(std::string_view name, std::string_view options) {
   return false;
 }
 
+bool sent_upstream(std::string_view name, std::string_view options) {
+  return name.find('_') == std::string_view::npos && !hop_by_hop(name, options);
+}
+
+bool forwarded_unkeyed(std::string_view name) {
+  for (std::string_view h : {"accept", "accept-encoding", "accept-language", "x-request-id",
+                             "traceparent", "tracestate", "via"}) {
+    if (iequals(name, h)) return true;
+  }
+  return false;
+}
+
 bool gateway_own(std::string_view name) {
   for (std::string_view h : {"x-cache", "x-cache-tier", "x-request-id"}) {
     if (iequals(name, h)) return true;

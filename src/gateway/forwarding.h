@@ -38,6 +38,19 @@ std::string connection_options(const HeaderLines& headers);
 // Whether `name` is hop-by-hop in a message whose Connection options are `options`.
 bool hop_by_hop(std::string_view name, std::string_view options);
 
+// Whether a client's request header line may reach the upstream at all (pass-through and cached
+// fetches alike): not hop-by-hop, and a name without '_'. An origin behind a CGI-style layer
+// reads `X_Lang` as `X-Lang` (as nginx drops such names by default, so does the gateway): keyed
+// as one name and read as another, it could change an answer stored for others. Cache keys read
+// only the lines this lets through, so a key is made of what the upstream receives.
+bool sent_upstream(std::string_view name, std::string_view options);
+
+// Request fields a cached fetch forwards though the key does not name them: the content-
+// negotiation fields a correct origin names in Vary (so the key learns them), correlation ids,
+// and Via (the proxy chain, and loop detection). Everything else a cached fetch sends is what the
+// key covers, or a route's forward_headers.
+bool forwarded_unkeyed(std::string_view name);
+
 // Headers only the gateway may set on its answers (X-Cache, X-Cache-Tier, X-Request-Id): an
 // upstream's copies are dropped, never stored or replayed to other clients as theirs.
 bool gateway_own(std::string_view name);

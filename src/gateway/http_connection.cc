@@ -27,6 +27,7 @@
 #include <random>
 
 #include "gateway/admin_session.h"
+#include "gateway/head_parser.h"
 #include "gateway/http_session.h"
 #include "gateway/interim.h"
 #include "gateway/request_framing.h"
@@ -102,7 +103,7 @@ struct ArenaAllocator {
   HeaderArena* arena;
 };
 
-using RequestParser = http::request_parser<http::string_body, ArenaAllocator<char>>;
+using RequestParser = HeadParser<true, http::string_body, ArenaAllocator<char>>;
 
 // A request's interim answers (103 Early Hints), written to its client in order as they come,
 // each whole, before the final answer (the connection waits for drained() before writing it).
@@ -294,6 +295,7 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
     RequestParser parser(std::piecewise_construct, std::make_tuple(),
                          std::make_tuple(ArenaAllocator<char>(arena)));
     parser.header_limit(static_cast<std::uint32_t>(server.config.server.max_header_bytes));
+    parser.trailer_limit(server.config.server.max_header_bytes);
     parser.body_limit(server.config.server.max_body_bytes);
     watch.expire_after(idle_timeout);
     boost::system::error_code ec;
@@ -327,7 +329,6 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
     }
     const auto started = std::chrono::steady_clock::now();
     std::optional<Reply> refusal;
-    std::size_t head_fields = 0;
     if (folded) {
       refusal = Reply::text(400, "obsolete line folding (obs-fold) is refused");
     } else if (ec == http::error::end_of_stream || ec == asio::error::connection_reset ||
@@ -342,9 +343,6 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
     } else if (auto refused = refuse_framing(parser.get(), parser.chunked())) {
       refusal = Reply::text(refused->status, std::string(refused->reason));
     } else {
-      // Fields after these are a chunked body's trailers: never forwarded as headers.
-      head_fields =
-          static_cast<std::size_t>(std::distance(parser.get().begin(), parser.get().end()));
       if (!parser.is_done()) {
         co_await http::async_read(socket, buffer, parser,
                                   asio::redirect_error(asio::use_awaitable, ec));
@@ -370,8 +368,7 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
     watch.never();  // no deadline while the request is answered (the route's timeouts apply)
     auto& msg = parser.get();
     fields.clear();
-    for (const auto& field : msg) {
-      if (fields.size() == head_fields) break;
+    for (const auto& field : msg) {  // the head's fields only: HeadParser drops trailers
       fields.push_back({field.name_string(), field.value()});
     }
     RequestHead request_head{msg.method_string(), origin_form(msg.target(), target_buffer), fields};

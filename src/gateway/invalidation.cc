@@ -25,13 +25,16 @@ std::uint16_t port_of(const urls::url_view_base& u) {
 }
 
 // `reference` (a Location or Content-Location value) resolved against the request's URI, as a
-// target on the request's origin host, or nullopt if it names another host or is not a URI.
+// target on the request's origin, or nullopt if it names another origin (scheme, host or port)
+// or is not a URI.
 std::optional<std::string> same_host_target(std::string_view reference, const urls::url& base) {
   const auto ref = urls::parse_uri_reference(trim(reference));
   if (!ref) return std::nullopt;
   urls::url resolved;
   if (!urls::resolve(base, *ref, resolved)) return std::nullopt;
-  if (!iequals(resolved.encoded_host(), base.encoded_host()) ||
+  // The same origin (RFC 9110 §4.3.1): scheme, host and port.
+  if (!iequals(resolved.scheme(), base.scheme()) ||
+      !iequals(resolved.encoded_host(), base.encoded_host()) ||
       port_of(resolved) != port_of(base)) {
     return std::nullopt;
   }

@@ -3,9 +3,9 @@
 //
 // A 2xx or 3xx answer to a method other than GET, HEAD, OPTIONS or TRACE invalidates the
 // request's target, and the URIs in the answer's Location and Content-Location fields when
-// they are on the same origin host (a relative reference, or an absolute URI with the same
-// host and port as the request's Host): another origin's answers are never touched, or any
-// upstream could purge what it does not serve. Pure functions.
+// they are on the same origin (a relative reference, or an absolute URI with the same scheme,
+// host and port as the request's: http and its Host): another origin's answers are never
+// touched, or any upstream could purge what it does not serve. Pure functions.
 #pragma once
 
 #include <optional>

@@ -20,6 +20,9 @@ enum class NoCacheReason : std::uint8_t {
   kVaryStar,   // Vary: *
   kPartial,    // 206: one client's range of the resource
   kVary,       // varies on request headers its key did not include: this request's variant only
+  // Varies on a request header the fetch did not send (it could not know the origin reads it):
+  // the answer for a request without it, not even for the request that fetched it if it has one.
+  kVaryUnsent,
 };
 
 constexpr std::string_view to_string(NoCacheReason r) noexcept {
@@ -40,6 +43,8 @@ constexpr std::string_view to_string(NoCacheReason r) noexcept {
       return "partial";
     case NoCacheReason::kVary:
       return "vary";
+    case NoCacheReason::kVaryUnsent:
+      return "vary-unsent";
   }
   return "";
 }

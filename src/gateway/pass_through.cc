@@ -25,7 +25,7 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
   up.body = request.body;
   const std::string options = connection_options(request.headers);
   for (const auto& [name, value] : request.headers) {
-    if (!hop_by_hop(name, options)) up.headers.emplace_back(name, value);
+    if (sent_upstream(name, options)) up.headers.emplace_back(name, value);
   }
   up.headers.emplace_back("Via", via_);
   if (route.config.forward_early_hints) up.interim = request.interim;

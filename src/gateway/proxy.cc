@@ -149,6 +149,7 @@ Reply Proxy::refusal_reply(const std::system_error& e, CircuitBreaker& breaker) 
 Proxy::Proxy(const Config& config, std::vector<std::shared_ptr<Tier>> tiers, Clock& clock)
     : clock_(clock),
       max_query_params_(config.server.max_query_params),
+      max_head_bytes_(config.server.max_header_bytes),
       via_(via_entry()),
       coordinator_(
           CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
@@ -185,7 +186,7 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   options.clear();
   head.header_values("connection", options);
   auto values = [&head](std::string_view name, std::string& out) {
-    return !hop_by_hop(name, options) && head.header_values(name, out);
+    return sent_upstream(name, options) && head.header_values(name, out);
   };
   if (cache_key_into(key, route->config.key, head.target, values, {}, max_query_params_) !=
       KeyBuild::kOk) {
@@ -218,6 +219,9 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
   if (has_dot_segment(path_of(request.target))) {
     co_return Reply::text(400, "dot segments (. or ..) in the path are refused");
   }
+  if (request.method == "TRACE" && !request.body.empty()) {  // RFC 9110 §9.3.8
+    co_return Reply::text(400, "a TRACE request has no content");
+  }
   std::string via;
   if (request.header_values("via", via) && via.find(via_.substr(4)) != std::string::npos) {
     route->counters->errors.add();
@@ -247,10 +251,11 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
 
 asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, const Route& route,
                                          Request request, Upstreams& upstreams, bool look_again) {
-  // What the fetch will not forward (hop-by-hop, or named by Connection) is absent from the key.
+  // What the fetch will not forward (hop-by-hop, named by Connection, a name with '_') is
+  // absent from the key.
   std::string options = connection_options(request.headers);
   auto values = [&request, &options](std::string_view name, std::string& out) {
-    return !hop_by_hop(name, options) && request.header_values(name, out);
+    return sent_upstream(name, options) && request.header_values(name, out);
   };
   std::optional<std::string> primary{std::in_place};
   const KeyBuild built =
@@ -303,15 +308,19 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));
   RouteCounters* counters = route.counters.get();
-  auto store_variant = [this, &route](const Request& req, const std::vector<std::string>& names,
-                                      ResponsePtr response, const Ttl& ttl) {
-    const std::string req_options = connection_options(req.headers);
-    auto req_values = [&req, &req_options](std::string_view name, std::string& out) {
-      return !hop_by_hop(name, req_options) && req.header_values(name, out);
+  // A variant is keyed on what its fetch sent (`sent`: forwarded lines only), stored under the
+  // fetch's purge check.
+  auto store_variant = [this, &route](const FetchContext<ResponsePtr>& ctx, std::string_view target,
+                                      const HeaderLines& sent,
+                                      const std::vector<std::string>& names, ResponsePtr response,
+                                      const Ttl& ttl) {
+    auto sent_values = [&sent](std::string_view name, std::string& out) {
+      return append_values(
+          sent, name, out, [](const auto& l) -> std::string_view { return l.first; },
+          [](const auto& l) -> std::string_view { return l.second; });
     };
-    if (auto variant =
-            cache_key(route.config.key, req.target, req_values, names, max_query_params_)) {
-      coordinator_.put(*variant, std::move(response), ttl);
+    if (auto variant = cache_key(route.config.key, target, sent_values, names, max_query_params_)) {
+      coordinator_.put(ctx, *variant, std::move(response), ttl);
     }
   };
   CacheFetch fetch({.routes = rt,
@@ -324,6 +333,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
                     .via = &via_,
                     .hints = &hints_,
                     .clock = &clock_,
+                    .max_head_bytes = max_head_bytes_,
                     .store_variant = std::move(store_variant)});
 
   Reply reply;
@@ -331,6 +341,9 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   const std::string request_key = *key;
   const auto started = std::chrono::steady_clock::now();
   std::optional<NoCacheReason> ask_alone;  // why this caller must ask for its own answer
+  // Taken before the fetch: an error answer stored after it is not stored if a purge of the key
+  // overlapped it.
+  const auto ticket = coordinator_.reserve(request_key);
   try {
     auto getting = coordinator_.async_get(request_key, std::move(fetch), policy);
     auto answer = co_await std::move(getting);
@@ -341,15 +354,21 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
     }
     const ResponsePtr& resp = answer.value;
     if (!resp->shareable) {
-      hints_.remember_unshareable(request_key, resp->not_shareable_reason);
-      if (answer.source == Source::kCoalesced &&
-          resp->not_shareable_reason == NoCacheReason::kVary && look_again) {
+      const NoCacheReason why = resp->not_shareable_reason;
+      hints_.remember_unshareable(request_key, why);
+      // Not this caller's answer: another request's, or one for a request without a header
+      // this one has (the fetch could not know to send it).
+      const bool someone_elses =
+          answer.source == Source::kCoalesced || why == NoCacheReason::kVaryUnsent;
+      if (someone_elses && look_again &&
+          (why == NoCacheReason::kVary || why == NoCacheReason::kVaryUnsent)) {
         // The answer varied on headers the key did not name; it is stored under the key they
-        // make. This caller looks again, keyed on them: the same values are a hit.
+        // make. This caller looks again, keyed on them: the same values are a hit, others a
+        // fetch that sends them.
         auto again = cached_get(std::move(rt), route, Request(*shared_request), upstreams, false);
         co_return co_await std::move(again);
       }
-      if (answer.source == Source::kCoalesced) {
+      if (someone_elses) {
         // Someone else's private answer: this caller asks for its own, at once.
         auto own_call =
             pass(route, *shared_request, upstreams, to_string(resp->not_shareable_reason));
@@ -379,7 +398,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       // (RFC 9111 §3): stored once (by the request whose fetch got it), after the retries, the
       // breaker and any stale-if-error copy had their say.
       if (e.policy.store && e.owner == shared_request.get()) {
-        coordinator_.put(request_key, e.response, e.policy.ttl);
+        coordinator_.put(ticket, request_key, e.response, e.policy.ttl);
       }
     }
   } catch (const UpstreamError& e) {

@@ -100,6 +100,7 @@ class Proxy {
 
   Clock& clock_;
   const std::size_t max_query_params_;
+  const std::size_t max_head_bytes_;  // a stored head, after 304s
   const std::string via_;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
   Routes routes_;

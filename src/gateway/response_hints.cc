@@ -66,7 +66,10 @@ void ResponseHints::remember_pass(std::string_view key, Duration for_how_long) {
 }
 
 bool ResponseHints::remember_unshareable(std::string_view key, NoCacheReason why) {
-  if (why == NoCacheReason::kNone || why == NoCacheReason::kVary) return false;
+  if (why == NoCacheReason::kNone || why == NoCacheReason::kVary ||
+      why == NoCacheReason::kVaryUnsent) {
+    return false;
+  }
   remember_pass(key, kPassFor);
   return true;
 }

@@ -37,6 +37,7 @@ RouteStats& RouteStats::operator+=(const RouteStats& o) {
   upstream_requests += o.upstream_requests;
   retries += o.retries;
   errors += o.errors;
+  headers_dropped += o.headers_dropped;
   work_out_rates(*this);
   return *this;
 }
@@ -52,13 +53,14 @@ RouteStats RouteCounters::snapshot() const {
   s.upstream_requests = upstream.load();
   s.retries = retries.load();
   s.errors = errors.load();
+  s.headers_dropped = headers_dropped.load();
   work_out_rates(s);
   return s;
 }
 
 void RouteCounters::reset() {
-  for (auto* counter :
-       {&total, &hits, &stale, &coalesced, &misses, &passes, &upstream, &retries, &errors}) {
+  for (auto* counter : {&total, &hits, &stale, &coalesced, &misses, &passes, &upstream, &retries,
+                        &errors, &headers_dropped}) {
     counter->reset();
   }
 }

@@ -34,6 +34,8 @@ struct RouteStats {
   std::uint64_t total_requests = 0, cache_hits = 0, stale_hits = 0, coalesced_requests = 0,
                 misses = 0, passes = 0, upstream_requests = 0, api_calls_saved = 0, retries = 0,
                 errors = 0;
+  // Request header lines cached fetches did not forward (the key does not cover them).
+  std::uint64_t headers_dropped = 0;
   double hit_rate_percent = 0;
 
   // Adds `other`'s counts, and works out api_calls_saved and hit_rate_percent again.
@@ -42,7 +44,8 @@ struct RouteStats {
 
 // What a route's requests came to; bumped on any thread without a lock.
 struct RouteCounters {
-  detail::StripedCounter total, hits, stale, coalesced, misses, passes, upstream, retries, errors;
+  detail::StripedCounter total, hits, stale, coalesced, misses, passes, upstream, retries, errors,
+      headers_dropped;
 
   RouteStats snapshot() const;
   void reset();

@@ -14,6 +14,7 @@
 #include <deque>
 
 #include "gateway/forwarding.h"
+#include "gateway/head_parser.h"
 #include "gateway/http_method.h"
 #include "unherd/error.h"
 
@@ -256,20 +257,27 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
   auto impl = impl_;
   const auto deadline = asio::steady_timer::clock_type::now() + timeout;
   http::request<http::string_body> req;
-  req.version(11);
-  if (const auto verb = http::string_to_verb(request.method); verb != http::verb::unknown) {
-    req.method(verb);
-  } else {
-    req.method_string(request.method);
+  try {
+    req.version(11);
+    if (const auto verb = http::string_to_verb(request.method); verb != http::verb::unknown) {
+      req.method(verb);
+    } else {
+      req.method_string(request.method);
+    }
+    req.target(impl->upstream.base_path + request.target);
+    for (const auto& [name, value] : request.headers) {
+      if (!beast::iequals(name, "expect")) req.insert(name, value);  // 100-continue is ours
+    }
+    req.set(http::field::host, impl->host_header);
+    req.keep_alive(true);
+    req.body() = request.body;
+    req.prepare_payload();  // refuses, say, a TRACE with a body
+  } catch (const std::exception& e) {
+    // Refused here, before the upstream was involved: not the upstream's failure, so neither
+    // its breaker nor the retry policy counts it.
+    throw std::system_error(make_error_code(Errc::local_failure),
+                            std::string("the request cannot be sent upstream: ") + e.what());
   }
-  req.target(impl->upstream.base_path + request.target);
-  for (const auto& [name, value] : request.headers) {
-    if (!beast::iequals(name, "expect")) req.insert(name, value);  // 100-continue is ours to do
-  }
-  req.set(http::field::host, impl->host_header);
-  req.keep_alive(true);
-  req.body() = request.body;
-  req.prepare_payload();
   const bool head = request.method == "HEAD";
 
   for (int attempt = 0;; ++attempt) {
@@ -280,8 +288,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     boost::system::error_code ec;
     co_await http::async_write(conn.stream, req, asio::redirect_error(asio::use_awaitable, ec));
     bool got_some = false;
-    std::size_t header_fields = 0;
-    std::optional<http::response_parser<http::string_body>> parser;
+    std::optional<HeadParser<false, http::string_body>> parser;
     for (int interim = 0; !ec; ++interim) {  // interim answers (100, 103) come first
       parser.emplace();
       parser->body_limit(impl->max_body);
@@ -289,9 +296,6 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       co_await http::async_read_header(conn.stream, conn.buffer, *parser,
                                        asio::redirect_error(asio::use_awaitable, ec));
       got_some = got_some || parser->got_some();
-      // Fields after these are a chunked body's trailers, never the answer's headers.
-      header_fields =
-          static_cast<std::size_t>(std::distance(parser->get().begin(), parser->get().end()));
       if (!ec && !parser->is_done()) {
         co_await http::async_read(conn.stream, conn.buffer, *parser,
                                   asio::redirect_error(asio::use_awaitable, ec));
@@ -333,8 +337,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     // Reused only when the answer ended exactly where its framing said and nothing followed:
     // surplus bytes would be taken for the next request's answer.
     out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;
-    for (const auto& field : res) {
-      if (out.headers.size() == header_fields) break;
+    for (const auto& field : res) {  // the head's fields only: HeadParser drops trailers
       out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }
     out.body = std::move(res.body());

@@ -93,8 +93,9 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   facts.status = r.status;
   facts.request_time = times.request;
   facts.response_time = times.response;
-  std::string cache_control, vary, pragma, targeted;
-  std::size_t targeted_rank = rules.targeted.size();
+  std::string cache_control, vary, pragma;
+  std::vector<std::string> targeted(rules.targeted.size());  // per configured field, its lines
+  std::vector<bool> targeted_seen(rules.targeted.size());
   std::optional<std::string_view> expires, date;
   bool expires_conflict = false, age_seen = false;
   const std::string options = connection_options(r.headers);
@@ -112,15 +113,10 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
     if (hop_by_hop(name, options) || gateway_own(name)) continue;
     if (iequals(name, "cache-control")) join(cache_control, value);
     if (iequals(name, "pragma")) join(pragma, value);
-    // The first targeted field in precedence order that is present (all its lines).
-    for (std::size_t i = 0; i < rules.targeted.size() && i <= targeted_rank; ++i) {
+    for (std::size_t i = 0; i < rules.targeted.size(); ++i) {
       if (!iequals(name, rules.targeted[i])) continue;
-      if (i < targeted_rank) {
-        targeted.clear();
-        targeted_rank = i;
-      }
-      join(targeted, value);
-      break;
+      join(targeted[i], value);
+      targeted_seen[i] = true;
     }
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
     if (iequals(name, "vary")) join(vary, value);
@@ -141,7 +137,9 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   }
   facts.cache_control = cache_control;
   facts.pragma = pragma;
-  facts.targeted = targeted;
+  for (std::size_t i = 0; i < targeted.size(); ++i) {
+    if (targeted_seen[i]) facts.targeted.push_back({rules.targeted[i], targeted[i]});
+  }
   facts.vary = vary;
   facts.has_validator = !out->etag.empty() || !out->last_modified.empty();
   if (date) facts.date = parse_http_date(*date, times.response);
@@ -158,10 +156,12 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   BuiltResponse b{nullptr, response_policy(facts, rules)};
   out->initial_age = b.policy.initial_age;
   // An answer that may not be stored may not be reused for another request either (RFC 9111
-  // §3, §4): coalesced waiters ask for their own. Error answers (5xx, 429) whose status alone
-  // keeps them out of the cache are the exception: every waiter of a failing fetch gets its
-  // error at once, or an outage would send the whole herd upstream one by one.
-  const bool error = r.status >= 500 || r.status == 429;
+  // §3, §4): coalesced waiters ask for their own. Error answers (5xx, 429, and the errors that
+  // are heuristically cacheable: 404, 405, 410, 414) whose status alone keeps them out of the
+  // cache are the exception: every waiter of a failing fetch gets its error at once, or an
+  // outage (or a herd on a missing resource) would send the whole herd upstream one by one.
+  const bool error =
+      r.status >= 500 || r.status == 429 || (r.status >= 400 && cacheable_status(r.status));
   if (!b.policy.store && !(error && b.policy.reason == NoCacheReason::kStatus)) {
     out->shareable = false;
     out->not_shareable_reason = b.policy.reason;
@@ -184,8 +184,10 @@ bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified
   return true;
 }
 
-BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
-                             const RouteTtl& rules, const AnswerTimes& times) {
+std::optional<BuiltResponse> renew_response(const CachedResponse& previous,
+                                            const UpstreamResponse& not_modified,
+                                            const RouteTtl& rules, const AnswerTimes& times,
+                                            std::size_t max_head_bytes) {
   // The stored fields, less those the 304 brings anew; then the 304's (its Age among them).
   // A 304 without Date is dated when it came: the stored Date would make it as old as the
   // stored answer (RFC 9110 §6.6.1).
@@ -221,6 +223,10 @@ BuiltResponse renew_response(const CachedResponse& previous, const UpstreamRespo
   for (const auto& [name, value] : fields) {
     if (!kept(name)) merged.headers.emplace_back(name, value);
   }
+  std::size_t head_bytes = 0;
+  for (const auto& [name, value] : merged.headers)
+    head_bytes += name.size() + value.size() + 4;
+  if (head_bytes > std::max(max_head_bytes, previous.head.size())) return std::nullopt;
   merged.body = previous.body;
   BuiltResponse b = build_response(merged, rules, times);
   b.response->status_line = previous.status_line;

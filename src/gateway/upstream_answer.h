@@ -87,8 +87,12 @@ bool renews(const CachedResponse& previous, const UpstreamResponse& not_modified
 // A stored answer renewed by a 304 (RFC 9111 §3.2, §4.3.4): the 304's header fields replace the
 // stored ones of the same name (except those describing the body it does not carry —
 // Content-Length, -Encoding, -Range, -MD5 — and the ETag), and the merged answer is judged
-// again, its age counted from the 304's Date and Age.
-BuiltResponse renew_response(const CachedResponse& previous, const UpstreamResponse& not_modified,
-                             const RouteTtl& rules, const AnswerTimes& times);
+// again, its age counted from the 304's Date and Age. nullopt when the merged head would be
+// larger than `max_head_bytes` (and larger than the stored one): 304s must not grow a stored
+// head without bound, one new field name at a time.
+std::optional<BuiltResponse> renew_response(const CachedResponse& previous,
+                                            const UpstreamResponse& not_modified,
+                                            const RouteTtl& rules, const AnswerTimes& times,
+                                            std::size_t max_head_bytes);
 
 }  // namespace unherd::gateway

@@ -122,15 +122,16 @@ TEST(CacheRules, Section3_AnyStatusWithExplicitFreshnessIsStorable) {
   EXPECT_FALSE(policy("", 503).store);
   EXPECT_EQ(policy("", 503).reason, NoCacheReason::kStatus);
   EXPECT_FALSE(policy("", 302).store);
-  EXPECT_TRUE(policy("", 404).store);
+  EXPECT_TRUE(policy("", 300).store);
+  EXPECT_FALSE(policy("", 404).store);            // an error: only the origin's explicit freshness
   EXPECT_FALSE(policy("max-age=60", 206).store);  // partial answers: never
   EXPECT_FALSE(policy("max-age=60", 304).store);
-  // An operator may keep provokable errors out (store_errors = false); 404 & co. stay storable.
+  // An operator may keep every error out (store_errors = false).
   RouteTtl no_errors = kRoute;
   no_errors.store_errors = false;
   EXPECT_FALSE(response_policy(facts("public, max-age=600", 400), no_errors).store);
   EXPECT_FALSE(response_policy(facts("max-age=600", 503), no_errors).store);
-  EXPECT_TRUE(response_policy(facts("max-age=600", 404), no_errors).store);
+  EXPECT_FALSE(response_policy(facts("max-age=600", 404), no_errors).store);
   EXPECT_TRUE(response_policy(facts("max-age=600", 302), no_errors).store);
 }
 
@@ -289,15 +290,87 @@ TEST(CacheRules, WithoutDirectiveKeepsTheRest) {
 // RFC 9213 §2.2: a targeted field with a directive replaces Cache-Control for this cache.
 TEST(CacheRules, Rfc9213_TargetedFieldTakesPrecedence) {
   ResponseFacts r = facts("no-store");
-  r.targeted = "max-age=120";
+  r.targeted = {{"CDN-Cache-Control", "max-age=120"}};
   auto p = response_policy(r, kRoute);
   EXPECT_TRUE(p.store);
   EXPECT_EQ(p.ttl.fresh, 120s);
   r = facts("max-age=600");
-  r.targeted = "no-store";
+  r.targeted = {{"CDN-Cache-Control", "no-store"}};
   EXPECT_FALSE(response_policy(r, kRoute).store);
-  r.targeted = "   ";  // present but no directive: Cache-Control governs
+  r.targeted = {{"CDN-Cache-Control", "   "}};  // present but no directive: Cache-Control governs
   EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 600s);
+}
+
+// RFC 9213 §2.1: a targeted field is a Structured Field Dictionary; one that does not parse,
+// or has no directive this cache knows with a value of the right type, is ignored, and
+// Cache-Control governs (a `private` stays private).
+TEST(CacheRules, Rfc9213_TargetedFieldThatDoesNotParseOrSaysNothingIsIgnored) {
+  for (std::string_view value :
+       {";", "\"no-store\"", "max-age=60s", "max-age=1.5", "max-age=\"60\"", "max-age=-1",
+        "foo=bar", "no-store=?0", "max-age=60,", "max-age=60, ", "MAX-AGE=60", "max-age=(1)",
+        "max-age=9999999999999999"}) {
+    ResponseFacts r = facts("private");
+    r.targeted = {{"CDN-Cache-Control", value}};
+    EXPECT_FALSE(parse_targeted("CDN-Cache-Control", value)) << value;
+    EXPECT_EQ(response_policy(r, kRoute).reason, NoCacheReason::kPrivate) << value;
+  }
+  auto cc = parse_targeted("CDN-Cache-Control", "max-age=60;x=1, no-cache=\"a, b\", x=(1 2)");
+  ASSERT_TRUE(cc);
+  EXPECT_EQ(cc->max_age, 60s);
+  EXPECT_TRUE(cc->no_cache);
+  // The first valid field in precedence order governs, and Expires is ignored with it.
+  ResponseFacts r = facts("no-store");
+  r.targeted = {{"CDN-Cache-Control", "max-age=x"}, {"Surrogate-Control", "max-age=120"}};
+  r.has_expires = true;
+  r.expires = T + 1h;
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 120s);
+  r.targeted = {{"CDN-Cache-Control", "public"}};
+  EXPECT_EQ(response_policy(r, kRoute).ttl.fresh, 10s);  // the route's, not Expires's hour
+}
+
+// Surrogate-Control by its own grammar (W3C Edge Architecture): only untargeted max-age and
+// no-store count; what else it carries (content="ESI/1.0") leaves Cache-Control in force.
+TEST(CacheRules, SurrogateControlCountsOnlyMaxAgeAndNoStore) {
+  for (std::string_view value : {"content=\"ESI/1.0\"", "max-age =100", "max-age= 100",
+                                 "max-age=100;other-device", "no-store-remote", "max-age=1+x"}) {
+    ResponseFacts r = facts("private");
+    r.targeted = {{"Surrogate-Control", value}};
+    EXPECT_FALSE(parse_targeted("Surrogate-Control", value)) << value;
+    EXPECT_FALSE(response_policy(r, kRoute).store) << value;
+  }
+  EXPECT_EQ(parse_targeted("Surrogate-Control", "content=\"ESI/1.0\", MaX-aGe=300+60")->max_age,
+            300s);
+  EXPECT_EQ(parse_targeted("Surrogate-Control", "max-age=99999999999")->max_age, kMaxDeltaSeconds);
+  EXPECT_TRUE(parse_targeted("Surrogate-Control", "foo, no-store")->no_store);
+}
+
+// A Vary value that is not a list of field names cannot be keyed on: it is Vary: *.
+TEST(CacheRules, MalformedVaryIsVaryStar) {
+  for (std::string_view vary : {"X-Lang;q=1", "\"x-lang\"", "X Lang", "a, (b)", "a,,@", "a=b"}) {
+    EXPECT_EQ(vary_headers(vary), std::vector<std::string>{"*"}) << vary;
+    ResponseFacts r = facts("max-age=60");
+    r.vary = vary;
+    EXPECT_EQ(response_policy(r, kRoute).reason, NoCacheReason::kVaryStar) << vary;
+  }
+  EXPECT_EQ(vary_headers("Accept,, X-Lang"), (std::vector<std::string>{"accept", "x-lang"}));
+}
+
+// The route's defaults (fresh_ttl, the heuristic) never make an error cacheable: only the
+// origin's explicit freshness does, and store_errors = false keeps every error out.
+TEST(CacheRules, ErrorsNeedExplicitFreshness) {
+  for (unsigned status : {400u, 403u, 404u, 405u, 410u, 414u, 500u, 501u, 503u}) {
+    EXPECT_FALSE(policy("", status).store) << status;
+    EXPECT_FALSE(policy("public", status).store) << status;
+    ResponseFacts r = facts("", status);
+    r.last_modified = T - 24h * 30;
+    EXPECT_FALSE(response_policy(r, kRoute).store) << status;
+    EXPECT_TRUE(policy("max-age=60", status).store) << status;
+    RouteTtl strict = kRoute;
+    strict.store_errors = false;
+    EXPECT_FALSE(response_policy(facts("max-age=60", status), strict).store) << status;
+  }
+  EXPECT_TRUE(policy("", 200).store);
+  EXPECT_TRUE(policy("", 301).store);
 }
 
 // §4.3.1: an answer with a validator is kept past its last servable moment for revalidation;
@@ -447,6 +520,19 @@ TEST(CacheKey, DotSegmentsAreFound) {
   }
   for (std::string_view fine :
        {"/", "/a/b", "/a/.../k", "/a/.hidden", "/a/b.c", "/a/..b", "/v1.2/x", "/a/%2e%2ex"}) {
+    EXPECT_FALSE(has_dot_segment(fine)) << fine;
+  }
+}
+
+// The segments some origins resolve though they are not plainly "." or "..": path parameters
+// (Tomcat's "..;"), NULs, backslashes (IIS), encoded separators, double encoding.
+TEST(CacheKey, SegmentsOriginsResolveAsDotSegmentsAreFound) {
+  for (std::string_view bad : {"/a/..;/k", "/a/..;jsessionid=1/k", "/a/.;x/k", "/a/%2e%2e%3b/k",
+                               "/a/..%00/k", "/a/%2E%2E;/k", "/a/b%2f..%2fk", "/a/b%5c..%5ck",
+                               "/a\\..\\k", "/a/%252e%252e/k", "/a/%25252e%25252e/k"}) {
+    EXPECT_TRUE(has_dot_segment(bad)) << bad;
+  }
+  for (std::string_view fine : {"/a;b=1/k", "/a/...;x", "/a/%2fb", "/a/b%3bc", "/a/;/k"}) {
     EXPECT_FALSE(has_dot_segment(fine)) << fine;
   }
 }

@@ -12,9 +12,11 @@ constexpr const char* kModified = "Sun, 06 Nov 1994 08:49:37 GMT";
 constexpr const char* kBefore = "Sun, 06 Nov 1994 08:49:36 GMT";
 constexpr const char* kAfter = "Mon, 07 Nov 1994 00:00:00 GMT";
 
-CachedResponse stored(std::string etag = "\"v1\"", std::string last_modified = kModified) {
+CachedResponse stored(std::string etag = "\"v1\"", std::string last_modified = kModified,
+                      std::string date = kAfter) {
   CachedResponse r;
   r.body = "0123456789";  // 10 bytes
+  if (!date.empty()) r.head = "Date: " + date + "\r\n";
   r.etag = std::move(etag);
   r.last_modified = std::move(last_modified);
   return r;
@@ -161,6 +163,20 @@ TEST(ClientView, IfRangeDateMustEqualLastModified) {
   EXPECT_EQ(view({.range = "bytes=0-1", .if_range = kModified}, stored("\"v1\"", "")).form,
             Form::kFull);
   EXPECT_EQ(view({.range = "bytes=0-1", .if_range = "garbage"}).form, Form::kFull);
+}
+
+// §13.1.5 with §8.8.2.2: a Last-Modified date is a strong validator only if the stored answer's
+// Date is at least a second after it; a weak one never honours the range.
+TEST(ClientView, IfRangeDateMustBeAStrongValidator) {
+  for (const char* date : {kModified, kBefore, ""}) {
+    EXPECT_EQ(
+        view({.range = "bytes=0-1", .if_range = kModified}, stored("\"v1\"", kModified, date)).form,
+        Form::kFull)
+        << date;
+  }
+  expect_part(view({.range = "bytes=0-1", .if_range = kModified},
+                   stored("\"v1\"", kModified, "Sun, 06 Nov 1994 08:49:38 GMT")),
+              0, 2);
 }
 
 // §13.2.2: preconditions are evaluated before Range: a matching condition is a 304, not a 206.

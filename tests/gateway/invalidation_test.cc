@@ -55,7 +55,10 @@ TEST(Invalidation, AnotherOriginsUrisAreNeverInvalidated) {
        {"Location: http://other.test/items/7\r\n", "Location: //other.test/items/7\r\n",
         "Content-Location: http://shop.test:8080/items/7\r\n",
         "Location: https://shop.test/items/7\r\n",
-        "Location: http://shop.test@other.test/items/7\r\n", "Location: not a uri\r\n"}) {
+        "Location: http://shop.test@other.test/items/7\r\n", "Location: not a uri\r\n",
+        // The origin is scheme, host and port: the same host under another scheme is another.
+        "Location: ftp://shop.test/items/7\r\n", "Location: https://shop.test:80/items/7\r\n",
+        "Content-Location: ws://shop.test/items/7\r\n"}) {
     EXPECT_EQ(after("POST", 201, head), Targets{"/items?page=2"}) << head;
   }
   // Ports are compared with the default filled in.

@@ -16,6 +16,7 @@
 
 #include "gateway/config.h"
 #include "gateway/http_date.h"
+#include "gateway/text.h"
 #include "gateway/upstreams.h"
 #include "unherd/async.h"
 #include "unherd/clock.h"
@@ -193,6 +194,13 @@ class ProxyTest : public ::testing::Test {
 
   static unsigned status(const Reply& r) { return r.cached ? r.cached->status : r.status; }
   static std::string body(const Reply& r) { return r.cached ? r.cached->body : r.body; }
+  // The value of a header line an upstream request carried, if it carried one.
+  static std::optional<std::string> header(const Headers& headers, std::string_view name) {
+    for (const auto& [n, v] : headers) {
+      if (iequals(n, name)) return v;
+    }
+    return std::nullopt;
+  }
 
   // Destroyed in reverse: the upstream's held answers, then the coroutines on `io` (which use the
   // proxy), then the proxy.
@@ -378,6 +386,31 @@ TEST_F(ProxyTest, AnErrorWithExplicitFreshnessIsStoredUnlessAStaleCopyIsServed) 
   EXPECT_EQ((std::pair{status(**stored), (*stored)->x_cache}),
             (std::pair{503u, std::string_view("HIT")}));
   EXPECT_EQ(upstream.sent.size(), 3u);
+}
+
+// A purge while a fetch is in flight wins over what that fetch stores by other ways than the
+// flight's own: a variant seen for the first time, an error answer with explicit freshness.
+TEST_F(ProxyTest, APurgeDuringAFetchIsNotUndoneByItsVariantOrErrorAnswer) {
+  start();
+  const Headers gzip{{"Accept-Encoding", "gzip"}};
+  upstream.hold(200, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"}}, "before");
+  auto first = request("/api/v", gzip);
+  EXPECT_GE(proxy->purge_target("/api/v"), 0u);
+  ASSERT_TRUE(upstream.release());
+  run();
+  EXPECT_EQ(body(**first), "before");  // its own request gets it
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "Accept-Encoding"}}, "after");
+  EXPECT_EQ(body(**request("/api/v", gzip)), "after");
+
+  upstream.hold(503, {{"Cache-Control", "max-age=60"}}, "old error");
+  auto failed = request("/api/e");
+  proxy->purge_target("/api/e");
+  ASSERT_TRUE(upstream.release());
+  run();
+  EXPECT_EQ(status(**failed), 503u);
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}}, "recovered");
+  EXPECT_EQ(body(**request("/api/e")), "recovered");
+  EXPECT_EQ(upstream.sent.size(), 4u);
 }
 
 TEST_F(ProxyTest, AFailingUpstreamIsAnsweredWithTheStaleIfErrorCopy) {
@@ -635,8 +668,14 @@ TEST_F(ProxyTest, InvalidationStaysWithinTheRequestsUpstream) {
 // varying (or a bad deploy's Vary) does not keep the key split, and the fast path comes back.
 TEST_F(ProxyTest, APurgeForgetsTheVaryNamesLearnedForTheKey) {
   start();
+  // The first fetch could not know to send User-Agent: its answer is for a request without
+  // one, and the request asks again, keyed (and forwarding) it.
+  upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "User-Agent"}}, "for none");
   upstream.answer(200, {{"Cache-Control", "max-age=60"}, {"Vary", "User-Agent"}}, "split");
-  request("/api/ua", {{"User-Agent", "a"}});
+  EXPECT_EQ(body(**request("/api/ua", {{"User-Agent", "a"}})), "split");
+  ASSERT_EQ(upstream.sent.size(), 2u);
+  EXPECT_EQ(header(upstream.sent[0].headers, "user-agent"), std::nullopt);
+  EXPECT_EQ(header(upstream.sent[1].headers, "user-agent"), "a");
   Reply fast;
   const RequestHead head{"GET", "/api/ua", {}};
   EXPECT_FALSE(proxy->try_hit(head, fast));

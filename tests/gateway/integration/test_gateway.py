@@ -705,7 +705,9 @@ class Poisoning(GatewayCase):
                   breaker='{ window = 1000, min_calls = 1000 }') +
             route("tenant", "/tenant", cls.up.port,
                   key='["path", "header:X-Tenant", "query:echo"]') +
-            route("product", "/product", cls.up.port, key='["path", "query:productId"]'),
+            route("product", "/product", cls.up.port, key='["path", "query:productId"]') +
+            # An operator's word that the origin's answer does not depend on X-Cc: forwarded.
+            route("hfp", "/hfp", cls.up.port, forward_headers='["X-Cc"]'),
             server_extra='max_header_bytes = "64KiB"')
 
     @classmethod
@@ -779,9 +781,10 @@ class Poisoning(GatewayCase):
         self.assertEqual(self.failing.count(target), 10, "each asks for its own")
 
     def test_one_private_answer_does_not_keep_a_key_out_of_the_cache(self):
-        # The upstream's Cache-Control follows a header the key ignores: anyone can provoke one
-        # private answer, and the key is marked hit-for-pass. The next shareable answer ends it.
-        target = "/api/hfp" + q(cc="max-age=600")
+        # The upstream's Cache-Control follows a header the key ignores (and the route forwards):
+        # anyone can provoke one private answer, and the key is marked hit-for-pass. The next
+        # shareable answer ends it.
+        target = "/hfp/x" + q(cc="max-age=600")
         self.assertEqual(self.gw.get(target, {"X-Cc": "private"})[1]["x-cache"], "MISS")
         self.assertEqual(self.gw.get(target)[1]["x-cache"], "PASS")  # marked: passes once
         self.assertEqual(self.gw.get(target)[1]["x-cache"], "MISS")  # cached again
