@@ -1,12 +1,13 @@
 // Fuzz target: the shared-cache rules of src/gateway/cache_rules.h on hostile header values.
 //
-// parse_cache_control(), vary_headers() and response_policy() on arbitrary Cache-Control,
-// targeted, Pragma and Vary values, statuses, Set-Cookie, Age, Date / Expires / Last-Modified
-// times and route settings (as the config allows them). The policy must follow its own rules:
-// no-store, private, Set-Cookie, Vary: * and statuses without explicit freshness that are not
-// heuristically cacheable are never stored; TTLs and ages are never negative; nothing is fresher
-// than the origin or the route said; no-cache is never fresh; no-cache / must-revalidate /
-// proxy-revalidate are never served stale; nothing without a validator is kept.
+// parse_cache_control(), parse_targeted() (both grammars), parse_sf_dictionary(), vary_headers()
+// and response_policy() on arbitrary Cache-Control, targeted, Pragma and Vary values, statuses,
+// Set-Cookie, Age, Date / Expires / Last-Modified times and route settings (as the config allows
+// them). The policy must follow its own rules: no-store, private, Set-Cookie, Vary: *, statuses
+// without explicit freshness that are not heuristically cacheable, and errors without explicit
+// freshness (or with store_errors off) are never stored; TTLs and ages are never negative;
+// nothing is fresher than the origin or the route said; no-cache is never fresh; no-cache /
+// must-revalidate / proxy-revalidate are never served stale; nothing without a validator is kept.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "gateway/cache_rules.h"
+#include "gateway/structured_field.h"
 #include "require.h"
 
 namespace {
@@ -56,14 +58,32 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                  milliseconds(in.ConsumeIntegralInRange<std::int64_t>(0, kMaxTtl))};
   route.heuristic_fraction = in.ConsumeFloatingPointInRange<double>(0.0, 1.0);
   route.heuristic_max = milliseconds(in.ConsumeIntegralInRange<std::int64_t>(0, kMaxTtl));
+  route.store_errors = in.ConsumeBool();
   const std::string vary = in.ConsumeRandomLengthString(256);
   const std::string pragma = in.ConsumeRandomLengthString(64);
   const std::string targeted = in.ConsumeRandomLengthString(256);
+  const std::string targeted_name = in.ConsumeBool() ? "Surrogate-Control" : "CDN-Cache-Control";
   const std::string cache_control = in.ConsumeRemainingBytesAsString();
   facts.cache_control = cache_control;
   facts.vary = vary;
   facts.pragma = pragma;
-  facts.targeted = targeted;
+  if (!targeted.empty()) facts.targeted = {{targeted_name, targeted}};
+
+  // A targeted field is used only when it parses and says something this cache knows.
+  if (const auto t = parse_targeted(targeted_name, targeted)) {
+    require(t->any && t->targeted, "a targeted field used without a directive");
+    check_seconds(t->max_age);
+    check_seconds(t->s_maxage);
+    check_seconds(t->stale_while_revalidate);
+    check_seconds(t->stale_if_error);
+  }
+  if (const auto dict = parse_sf_dictionary(targeted)) {
+    for (const auto& [key, item] : *dict) {
+      require(!key.empty() && (std::islower(static_cast<unsigned char>(key[0])) || key[0] == '*'),
+              "a dictionary key that is not one");
+      (void)item;
+    }
+  }
 
   const CacheControl cc = parse_cache_control(cache_control);
   check_seconds(cc.max_age);
@@ -89,7 +109,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const bool refused_status = used.must_understand && !understood_status(facts.status);
   if ((used.no_store && !used.must_understand) || refused_status || used.is_private ||
       facts.has_set_cookie || vary_star || !storable_status || facts.status < 200 ||
-      facts.status == 206 || facts.status == 304) {
+      (facts.status >= 400 && (!lifetime || !route.store_errors)) || facts.status == 206 ||
+      facts.status == 304) {
     require(!p.store, "stored what must never be stored");
     require(p.reason != NoCacheReason::kNone, "not stored without a reason");
     return 0;

@@ -121,7 +121,9 @@ std::optional<CacheControl> parse_targeted_dictionary(std::string_view value) {
   using Type = SfItem::Type;
   CacheControl cc;
   bool known = false;
-  for (const auto& [key, item] : *dict) {
+  for (const auto& member : *dict) {
+    const std::string& key = member.first;
+    const SfItem& item = member.second;
     const bool integer = item.type == Type::kInteger && item.integer >= 0;
     const bool flag = item.type == Type::kBoolean && item.boolean;
     // no-cache and private may list field names (a String); either way the whole answer is

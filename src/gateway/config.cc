@@ -334,7 +334,8 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   r.field_names("forward_headers", route.forward_headers);
   for (const auto& name : route.forward_headers) {
     if (name.find('_') != std::string::npos) {
-      r.fail_here("forward_headers", "\"" + name + "\": names with '_' are never forwarded");
+      r.fail(*t.get("forward_headers"), "forward_headers",
+             "\"" + name + "\": names with '_' are never forwarded");
     }
   }
   r.duration("max_wait", route.max_wait);

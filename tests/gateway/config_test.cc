@@ -120,6 +120,22 @@ TEST(Config, HttpCacheSettings) {
                {"test.toml:2:", "cache.targeted_cache_control", "list"});
 }
 
+// forward_headers: header names a cached fetch forwards unkeyed; '_' names are never forwarded
+// (nor keyed), so naming one is an error, in a key too.
+TEST(Config, ForwardHeadersAreHeaderNamesWithoutUnderscores) {
+  const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n";
+  Config c = parse_config(route + "forward_headers = [\"User-Agent\", \"X-Api-Hint\"]\n", "t");
+  EXPECT_EQ(c.routes[0].forward_headers, (std::vector<std::string>{"User-Agent", "X-Api-Hint"}));
+  EXPECT_EQ(to_toml(parse_config(to_toml(c), "again")), to_toml(c));
+  EXPECT_TRUE(parse_config(route, "t").routes[0].forward_headers.empty());
+  expect_error(route + "forward_headers = [\"X_Lang\"]\n",
+               {"test.toml:5:", "routes[0].forward_headers", "'_'"});
+  expect_error(route + "forward_headers = [\"Bad Name\"]\n",
+               {"test.toml:5:", "routes[0].forward_headers", "header names"});
+  expect_error(route + "key = [\"path\", \"header:X_Lang\"]\n",
+               {"test.toml:5:", "routes[0].key", "'_'"});
+}
+
 TEST(Config, UnknownKeyIsAnErrorNamingKeyAndLine) {
   expect_error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n",
                {"test.toml:3:", "server.lisen", "unknown key"});
