@@ -126,6 +126,10 @@ struct CoordinatorOptions {
   CacheOptions cache;
   std::size_t flight_shards = 16;
   std::size_t negative_capacity = 1u << 20;  // charge budget of the negative cache
+  // String keys: KEY + variant_separator + anything is a variant of KEY (an HTTP answer stored
+  // under the request headers it varies on, say). put() under KEY's ticket or fetch may store
+  // its variants, and a purge of a variant, or of a prefix of one, spoils KEY's fills.
+  char variant_separator = '\x1f';
 };
 
 struct CoordinatorStats {
@@ -175,6 +179,7 @@ class Coordinator {
         negative_(CacheOptions{options.negative_capacity, 4}),
         flight_(clock, options.flight_shards),
         fills_(options.flight_shards),
+        variant_separator_(options.variant_separator),
         tier_flight_(clock, options.flight_shards) {}
 
   // The fetcher the Coordinator owns, for work no blocking caller waits for (see the top of
@@ -235,6 +240,15 @@ class Coordinator {
   // keys do: a purge affects only the keys it matches).
   bool purge(const K& key) {
     auto purging = fills_.purge(key);
+    // The fills of the keys this one is a variant of may store it (put() under their tickets).
+    std::vector<typename Fills::Purge> owners;
+    if constexpr (kStringKeys) {
+      const std::string_view k(key);
+      for (std::size_t i = k.find(variant_separator_); i != std::string_view::npos;
+           i = k.find(variant_separator_, i + 1)) {
+        owners.push_back(fills_.purge(K(k.substr(0, i))));
+      }
+    }
     bool found = false;
     if constexpr (kStringKeys) {
       for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
@@ -257,10 +271,11 @@ class Coordinator {
     auto starts = [p = std::string(prefix)](const K& k) {
       return std::string_view(k).starts_with(p);
     };
-    // Fills of keys the prefix extends are spoiled too: they may store variants that start with it.
-    auto purging = fills_.purge_if([p = std::string(prefix)](const K& k) {
+    // The fills of keys whose variants may start with the prefix are spoiled too.
+    auto purging = fills_.purge_if([p = std::string(prefix), sep = variant_separator_](const K& k) {
       const std::string_view key(k);
-      return key.starts_with(p) || std::string_view(p).starts_with(key);
+      return key.starts_with(p) ||
+             (p.size() > key.size() && p.starts_with(key) && p[key.size()] == sep);
     });
     std::size_t n = 0;
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
@@ -269,16 +284,17 @@ class Coordinator {
     return std::max(n, cache_.erase_if(starts));
   }
 
-  // A promise to store `key` later (put(ticket, ...)), taken before the value is fetched: a purge
-  // of the key (or of a prefix of it, or of one that extends it) that overlaps the ticket makes
-  // that put store nothing, so a value fetched before a purge never outlives it. Cheap: one
-  // node in a sharded registry while it lives.
+  // A promise to store `key` or its variants later (put(ticket, ...)), taken before the value is
+  // fetched: a purge that overlaps the ticket — of the key, of one of its variants, of a prefix
+  // of either (purge, purge_prefix), or by a predicate that accepts the key itself (purge_if) —
+  // makes that put store nothing, so a value fetched before a purge never outlives it. Cheap:
+  // one node in a sharded registry while it lives.
   using Ticket = typename detail::FillRegistry<K, Hash, KeyEq>::Fill;
   Ticket reserve(const K& key) { return fills_.enter(key); }
 
   // Stores a value in memory and every tier, unless a purge overlapped `ticket` (then returns
   // false and stores nothing): checked and stored in one step, atomically with purges. `key` is
-  // the ticket's own, or (string keys) one that extends it — a variant of it.
+  // the ticket's own, or (string keys) a variant of it; any other key is refused (false).
   bool put(const Ticket& ticket, const K& key, V value, const Ttl& ttl) {
     return put_under(ticket.token(), key, std::move(value), ttl);
   }
@@ -370,11 +386,11 @@ class Coordinator {
 
   asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
 
-  // The record a value is written to the lower tiers as, its deadlines as wall-clock times
-  // (encoded here, outside any lock); nullopt without tiers.
-  std::optional<TierRecord> tier_record(const V& value, const Deadlines& d, TimePoint now);
-  // Hands a record to every lower tier.
-  void write_tiers(const K& key, TierRecord record);
+  // The records a value is written to the lower tiers as, one per tier, its deadlines as
+  // wall-clock times: encoded and copied here, outside any lock. Empty without tiers.
+  std::vector<TierRecord> tier_records(const V& value, const Deadlines& d, TimePoint now);
+  // Hands records[i] to tier i, for the first records.size() tiers.
+  void write_tiers(const K& key, std::vector<TierRecord>& records);
 
   // Stores a value under a fill (fills_.store_unless_spoiled): memory and every tier.
   bool store_under(detail::FillToken fill, const K& key, V value, std::size_t charge,
@@ -509,6 +525,7 @@ class Coordinator {
   std::vector<std::shared_ptr<Tier>> tiers_;
   Codec<V> codec_;
   Fills fills_;
+  const char variant_separator_;
   std::function<Fetched<V>(const K&, const Ctx&)> loader_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,

@@ -13,7 +13,9 @@
 // lookup() may block briefly (a disk read); a tier whose reads wait on a network overrides
 // async_lookup() so coroutine callers never block their thread. insert() never blocks: it may
 // queue the write and drop it under pressure (counted as dropped_writes). erase() and
-// purge_prefix() take effect before they return: no later lookup sees what they removed.
+// purge_prefix() take effect before they return: no later lookup sees what they removed, and an
+// insert() made before them never lands after them. The Coordinator calls insert() inside the
+// step that makes storing atomic with purges: it must not call back into the Coordinator.
 #pragma once
 
 #include <algorithm>

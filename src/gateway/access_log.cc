@@ -166,6 +166,20 @@ void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::s
   log.write(line);
 }
 
+namespace {
+
+// The code point of a well-formed UTF-8 character (utf8_length() said so).
+std::uint32_t code_point(std::string_view c) {
+  const auto b = [&](std::size_t i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(c[i]));
+  };
+  if (c.size() == 2) return ((b(0) & 0x1f) << 6) | (b(1) & 0x3f);
+  if (c.size() == 3) return ((b(0) & 0x0f) << 12) | ((b(1) & 0x3f) << 6) | (b(2) & 0x3f);
+  return ((b(0) & 0x07) << 18) | ((b(1) & 0x3f) << 12) | ((b(2) & 0x3f) << 6) | (b(3) & 0x3f);
+}
+
+}  // namespace
+
 void json_escape(std::string& out, std::string_view s) {
   while (!s.empty()) {
     const char c = s.front();
@@ -174,7 +188,15 @@ void json_escape(std::string& out, std::string_view s) {
       out += '\\';
       out += c;
     } else if (n > 1) {
-      out.append(s.substr(0, n));  // well-formed UTF-8 is written as it is
+      const std::uint32_t cp = code_point(s.substr(0, n));
+      // C1 controls (a terminal reads U+009B as an escape sequence) and the bidi controls that
+      // reorder what a reader sees are escaped; all else is written as it is.
+      if ((cp >= 0x80 && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
+          (cp >= 0x2066 && cp <= 0x2069) || cp == 0x200e || cp == 0x200f || cp == 0x061c) {
+        fmt::format_to(std::back_inserter(out), "\\u{:04x}", cp);
+      } else {
+        out.append(s.substr(0, n));
+      }
       s.remove_prefix(n);
       continue;
     } else if (n == 0 || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {

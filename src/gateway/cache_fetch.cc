@@ -32,9 +32,6 @@ bool CacheFetch::forwards(std::string_view name) const {
   if (!sent_upstream(name, p_.connection_options) || conditional_or_range(name)) return false;
   if (forwarded_unkeyed(name)) return true;
   const RouteConfig& rc = p_.route->config;
-  if (iequals(name, "cache-control") || iequals(name, "pragma")) {
-    return rc.honor_client_cache_control;  // the client's say, where the route gives it one
-  }
   auto named = [name](std::string_view n) { return iequals(n, name); };
   return std::any_of(
              rc.key.begin(), rc.key.end(),
@@ -70,14 +67,7 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
   up.method = "GET";
   up.target = forwarded_target(p_.route->config.key, p_.request->target);
   for (const auto& [name, value] : p_.request->headers) {
-    if (!forwards(name)) continue;
-    if (iequals(name, "cache-control")) {
-      // One client's only-if-cached would fail everyone's fetch at an upstream cache.
-      std::string forwarded = without_directive(value, "only-if-cached");
-      if (!forwarded.empty()) up.headers.emplace_back(name, std::move(forwarded));
-      continue;
-    }
-    up.headers.emplace_back(name, value);
+    if (forwards(name)) up.headers.emplace_back(name, value);
   }
   up.headers.emplace_back("Via", *p_.via);
   // The hints go to the client whose request started this fetch, while it waits; coalesced
@@ -116,8 +106,7 @@ std::vector<std::string> union_of(const std::vector<std::string>& a,
 
 }  // namespace
 
-Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& sent,
-                                        const FetchContext<ResponsePtr>& ctx) const {
+Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& sent) const {
   if (!built.response->shareable || subset(built.response->vary, p_.vary)) {
     // Varying on no more than the key names (a key more specific than needed is safe).
     return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, built.policy.store};
@@ -128,7 +117,7 @@ Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& 
   std::vector<std::string> names = union_of(p_.vary, built.response->vary);
   p_.hints->learn_vary(p_.primary_key, names);
   if (built.policy.store && p_.store_variant) {
-    p_.store_variant(ctx, p_.request->target, sent, names, built.response, built.policy.ttl);
+    p_.store_variant(p_.request->target, sent, names, built.response, built.policy.ttl);
   }
   // A header the answer varies on that the request has but the fetch did not send: the answer
   // is for a request without it, so not for this one either.
@@ -156,7 +145,7 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
       // Revalidated: the stored answer, with the 304's header fields, judged again (a Vary it
       // brings is settled as a fetched answer's would be).
       if (auto renewed = renew_response(*previous, res, route.ttl, times, p_.max_head_bytes)) {
-        co_return settle(std::move(*renewed), up.headers, ctx);
+        co_return settle(std::move(*renewed), up.headers);
       }
     }
     // The 304 is about another representation than the stored one, or its fields would grow the
@@ -177,7 +166,7 @@ boost::asio::awaitable<Fetched<ResponsePtr>> CacheFetch::operator()(
     unstored.store = false;
     throw UpstreamStatusError(e.response, e.retry_after, e.owner, unstored);
   }
-  co_return settle(std::move(*built), up.headers, ctx);
+  co_return settle(std::move(*built), up.headers);
 }
 
 }  // namespace unherd::gateway

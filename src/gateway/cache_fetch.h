@@ -5,9 +5,9 @@
 // so nothing the key does not name may decide it: a cached fetch forwards the request's header
 // lines the key names (and the Vary names learned for it), the fields a correct origin names in
 // Vary (Accept, Accept-Encoding, Accept-Language), correlation ids, Via, and the route's
-// forward_headers; Cache-Control and Pragma only where the route honours the client's. The rest
-// (X-Forwarded-Host, X-HTTP-Method-Override, X-Original-URL, ...) is dropped and counted. Each
-// attempt asks for the whole resource: the client's validators and ranges are not forwarded. When a
+// forward_headers. The rest (X-Forwarded-Host, X-HTTP-Method-Override, X-Original-URL, the
+// client's Cache-Control, ...) is dropped and counted. Each attempt asks for the whole resource:
+// the client's validators and ranges are not forwarded. When a
 // stored answer is being refreshed or revalidated (stale, or kept past its use for this), its own
 // validators are sent; a 304 that matches it renews it with the 304's header fields (RFC 9111
 // §4.3.3, §4.3.4), and one that does not is followed by an unconditional request. An answer that
@@ -56,11 +56,10 @@ class CacheFetch {
     Clock* clock = nullptr;  // when an answer was asked for and came (its age)
     // A 304 may not grow a stored head past this (max_header_bytes): it is fetched whole instead.
     std::size_t max_head_bytes = 16 * 1024;
-    // Stores an answer, under the fetch's purge check (`ctx`), under the key a request for
-    // `target` with the header lines `sent` makes with the Vary names `vary`.
-    std::function<void(const FetchContext<ResponsePtr>& ctx, std::string_view target,
-                       const HeaderLines& sent, const std::vector<std::string>& vary, ResponsePtr,
-                       const Ttl&)>
+    // Stores an answer under the key a request for `target` with the header lines `sent` makes
+    // with the Vary names `vary` (under a purge check taken before the fetch).
+    std::function<void(std::string_view target, const HeaderLines& sent,
+                       const std::vector<std::string>& vary, ResponsePtr, const Ttl&)>
         store_variant;
   };
   explicit CacheFetch(Params params) : p_(std::move(params)) {}
@@ -78,8 +77,7 @@ class CacheFetch {
   // The fetch's answer as the Coordinator takes it; one that varies on request headers the key
   // did not name is stored under the key they make as `sent`, and kept from this key's other
   // waiters.
-  Fetched<ResponsePtr> settle(BuiltResponse built, const HeaderLines& sent,
-                              const FetchContext<ResponsePtr>& ctx) const;
+  Fetched<ResponsePtr> settle(BuiltResponse built, const HeaderLines& sent) const;
   // Counts (and logs, at debug) the request's header lines the fetch does not forward.
   void count_dropped() const;
   // By value: the coroutine runs after the caller's full expression ends.

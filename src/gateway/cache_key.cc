@@ -185,10 +185,10 @@ bool dot_segment_in(std::string_view path) {
   return false;
 }
 
-// %XX decoded (an invalid escape stays as it is; '+' is not a space in a path).
-std::string percent_decoded(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
+// `s` with %XX decoded, into `out` (an invalid escape stays as it is; '+' is not a space in a
+// path).
+void percent_decode_into(std::string& out, std::string_view s) {
+  out.clear();
   for (std::size_t i = 0; i < s.size(); ++i) {
     const int hi = s[i] == '%' && i + 2 < s.size() ? hex_digit(s[i + 1]) : -1;
     const int lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
@@ -199,7 +199,6 @@ std::string percent_decoded(std::string_view s) {
       out += s[i];
     }
   }
-  return out;
 }
 
 }  // namespace
@@ -208,12 +207,14 @@ bool has_dot_segment(std::string_view path) {
   if (dot_segment_in(path)) return true;
   if (path.find('%') == std::string_view::npos) return false;  // the hit path: no allocation
   // Decoded as an origin might, once and again (%252e%252e): %2f and %5c split segments then.
-  std::string decoded(path);
+  // This thread's buffers: no allocation once they have grown (hits on such paths too).
+  thread_local std::string decoded, next;
+  decoded.assign(path);
   for (int round = 0; round < 3; ++round) {
-    std::string next = percent_decoded(decoded);
+    percent_decode_into(next, decoded);
     if (next == decoded) return false;
     if (dot_segment_in(next)) return true;
-    decoded = std::move(next);
+    decoded.swap(next);
   }
   return false;
 }

@@ -26,8 +26,6 @@ std::optional<seconds> delta_seconds(std::string_view v) {
                   kMaxDeltaSeconds);
 }
 
-// Calls f(name, value) for each element of a comma-separated list; value is what follows '='
-// with surrounding quotes removed. A comma inside a quoted string does not end the element.
 // Calls f(element) for each non-empty, trimmed element of a comma-separated list; a comma
 // inside a quoted string does not end an element.
 template <class F>
@@ -52,6 +50,8 @@ void for_each_element_text(std::string_view list, F f) {
   }
 }
 
+// Calls f(name, value) for each element of a comma-separated list; value is what follows '='
+// with surrounding quotes removed.
 template <class F>
 void for_each_directive(std::string_view list, F f) {
   for_each_element_text(list, [&](std::string_view item) {

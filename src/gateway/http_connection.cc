@@ -271,6 +271,9 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
   return buffers;
 }
 
+// What a connection's read buffer may hold beyond a head's limit (see serve_connection).
+constexpr std::size_t kReadMargin = 64 * 1024;
+
 // Serves requests on `socket` until it closes, a deadline passes or a reply closes it. Each
 // request is answered by `session`: try_answer() (at once, without suspending), else answer();
 // then answered() is told what was sent.
@@ -284,7 +287,9 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
   Sweeper::Watch watch(*server.sweepers[thread], socket);
   const auto idle_timeout = server.config.server.idle_timeout;
   const auto send_timeout = server.config.server.send_timeout;
-  beast::flat_buffer buffer;
+  // Bytes read but not parsed yet: a head (max_header_bytes), or a chunk-size line with its
+  // extensions, or a trailer, waiting whole for its end; past this a request is refused (400).
+  beast::flat_buffer buffer(server.config.server.max_header_bytes + kReadMargin);
   HeaderArena arena;
   std::string head;                            // a reply's head, reused
   std::vector<RequestHead::Field> fields;      // a request's header fields, reused

@@ -308,19 +308,21 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));
   RouteCounters* counters = route.counters.get();
-  // A variant is keyed on what its fetch sent (`sent`: forwarded lines only), stored under the
-  // fetch's purge check.
-  auto store_variant = [this, &route](const FetchContext<ResponsePtr>& ctx, std::string_view target,
-                                      const HeaderLines& sent,
-                                      const std::vector<std::string>& names, ResponsePtr response,
-                                      const Ttl& ttl) {
+  // Taken before the fetch, for the primary key: what the fetch stores besides its own answer
+  // (a variant seen for the first time, an error answer with explicit freshness) is not stored
+  // if a purge of the key or its variants overlapped it.
+  auto ticket = std::make_shared<const Ticket>(coordinator_.reserve(*primary));
+  // A variant is keyed on what its fetch sent (`sent`: forwarded lines only).
+  auto store_variant = [this, &route, ticket](std::string_view target, const HeaderLines& sent,
+                                              const std::vector<std::string>& names,
+                                              ResponsePtr response, const Ttl& ttl) {
     auto sent_values = [&sent](std::string_view name, std::string& out) {
       return append_values(
           sent, name, out, [](const auto& l) -> std::string_view { return l.first; },
           [](const auto& l) -> std::string_view { return l.second; });
     };
     if (auto variant = cache_key(route.config.key, target, sent_values, names, max_query_params_)) {
-      coordinator_.put(ctx, *variant, std::move(response), ttl);
+      coordinator_.put(*ticket, *variant, std::move(response), ttl);
     }
   };
   CacheFetch fetch({.routes = rt,
@@ -341,9 +343,6 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
   const std::string request_key = *key;
   const auto started = std::chrono::steady_clock::now();
   std::optional<NoCacheReason> ask_alone;  // why this caller must ask for its own answer
-  // Taken before the fetch: an error answer stored after it is not stored if a purge of the key
-  // overlapped it.
-  const auto ticket = coordinator_.reserve(request_key);
   try {
     auto getting = coordinator_.async_get(request_key, std::move(fetch), policy);
     auto answer = co_await std::move(getting);
@@ -398,7 +397,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       // (RFC 9111 §3): stored once (by the request whose fetch got it), after the retries, the
       // breaker and any stale-if-error copy had their say.
       if (e.policy.store && e.owner == shared_request.get()) {
-        coordinator_.put(ticket, request_key, e.response, e.policy.ttl);
+        coordinator_.put(*ticket, request_key, e.response, e.policy.ttl);
       }
     }
   } catch (const UpstreamError& e) {

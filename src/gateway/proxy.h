@@ -102,6 +102,7 @@ class Proxy {
   const std::size_t max_query_params_;
   const std::size_t max_head_bytes_;  // a stored head, after 304s
   const std::string via_;
+  using Ticket = Coordinator<std::string, ResponsePtr>::Ticket;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;
   Routes routes_;
   // Hit-for-pass marks and learned Vary names, within [cache] hints_memory.

@@ -7,7 +7,8 @@ ThreadState::ThreadState(boost::asio::any_io_executor executor, const ServerConf
     : executor_(std::move(executor)),
       max_connections_(server.upstream_connections),
       max_body_(64u << 20),
-      idle_timeout_(server.upstream_idle_timeout) {}
+      idle_timeout_(server.upstream_idle_timeout),
+      max_head_(server.max_header_bytes) {}
 
 void ThreadState::close_idle() {
   for (auto& [name, client] : clients_)
@@ -18,7 +19,7 @@ UpstreamClient& ThreadState::client(const UpstreamUrl& upstream) {
   auto& c = clients_[upstream.to_string()];
   if (!c) {
     c = std::make_unique<UpstreamClient>(executor_, upstream, max_connections_, max_body_,
-                                         idle_timeout_);
+                                         idle_timeout_, max_head_);
   }
   return *c;
 }

@@ -29,6 +29,7 @@ class ThreadState final : public Upstreams {
   std::size_t max_connections_;
   std::size_t max_body_;
   std::chrono::milliseconds idle_timeout_;
+  std::size_t max_head_;
   std::map<std::string, std::unique_ptr<UpstreamClient>> clients_;
 };
 

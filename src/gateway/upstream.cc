@@ -27,8 +27,12 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
+// Bytes read but not parsed yet may exceed an answer's head limit by this much (a chunk-size line
+// with its extensions, a trailer, waits here whole until it ends).
+constexpr std::size_t kReadMargin = 64 * 1024;
+
 struct Connection {
-  explicit Connection(asio::any_io_executor ex) : stream(ex) {}
+  Connection(asio::any_io_executor ex, std::size_t max_buffer) : stream(ex), buffer(max_buffer) {}
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
   std::chrono::steady_clock::time_point idle_since;  // when it went back to the pool
@@ -56,7 +60,8 @@ UpstreamError to_error(const boost::system::error_code& ec, const char* step) {
   using Kind = UpstreamError::Kind;
   const std::string what = std::string(step) + ": " + ec.message();
   if (ec == beast::error::timeout) return {Kind::kTimeout, what};
-  if (ec == http::error::body_limit || ec == http::error::header_limit) {
+  if (ec == http::error::body_limit || ec == http::error::header_limit ||
+      ec == http::error::buffer_overflow) {
     return {Kind::kTooLarge, what};
   }
   const auto& http_category = make_error_code(http::error::end_of_stream).category();
@@ -97,11 +102,12 @@ constexpr int kMaxInterim = 8;
 
 struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
   Impl(asio::any_io_executor ex, UpstreamUrl up, std::size_t max, std::size_t body_limit,
-       std::chrono::milliseconds idle)
+       std::chrono::milliseconds idle, std::size_t head_limit)
       : executor(std::move(ex)),
         upstream(std::move(up)),
         max_connections(std::max<std::size_t>(max, 1)),
         max_body(body_limit),
+        max_head(head_limit),
         idle_timeout(idle),
         host_header(upstream.port == 80 ? upstream.host
                                         : upstream.host + ":" + std::to_string(upstream.port)) {}
@@ -110,6 +116,7 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
   UpstreamUrl upstream;
   std::size_t max_connections;
   std::size_t max_body;
+  std::size_t max_head;
   std::chrono::milliseconds idle_timeout;
   std::string host_header;
   std::vector<std::unique_ptr<Connection>> idle;  // oldest first
@@ -192,7 +199,7 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
       }
       endpoints = std::move(results);
     }
-    slot.conn = std::make_unique<Connection>(executor);
+    slot.conn = std::make_unique<Connection>(executor, max_head + kReadMargin);
     slot.conn->stream.expires_at(deadline);
     boost::system::error_code ec;
     co_await slot.conn->stream.async_connect(*endpoints,
@@ -238,9 +245,9 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
 
 UpstreamClient::UpstreamClient(asio::any_io_executor executor, UpstreamUrl upstream,
                                std::size_t max_connections, std::size_t max_body_bytes,
-                               std::chrono::milliseconds idle_timeout)
+                               std::chrono::milliseconds idle_timeout, std::size_t max_head_bytes)
     : impl_(std::make_shared<Impl>(std::move(executor), std::move(upstream), max_connections,
-                                   max_body_bytes, idle_timeout)) {}
+                                   max_body_bytes, idle_timeout, max_head_bytes)) {}
 
 UpstreamClient::~UpstreamClient() = default;
 
@@ -291,6 +298,8 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     std::optional<HeadParser<false, http::string_body>> parser;
     for (int interim = 0; !ec; ++interim) {  // interim answers (100, 103) come first
       parser.emplace();
+      parser->header_limit(static_cast<std::uint32_t>(impl->max_head));
+      parser->trailer_limit(impl->max_head);
       parser->body_limit(impl->max_body);
       parser->skip(head);  // an answer to HEAD has no body, whatever its header says
       co_await http::async_read_header(conn.stream, conn.buffer, *parser,

@@ -28,10 +28,12 @@ namespace unherd::gateway {
 class UpstreamClient final : public Upstream {
  public:
   // Idle connections are closed after `idle_timeout`, and never reused once the upstream has
-  // closed them or sent anything unasked.
+  // closed them or sent anything unasked. An answer's head, and its trailer, may hold at most
+  // `max_head_bytes`; what is read but not parsed yet (a chunk-size line, its extensions) at most
+  // that and a margin: an upstream cannot grow a buffer without bound.
   UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream,
                  std::size_t max_connections, std::size_t max_body_bytes,
-                 std::chrono::milliseconds idle_timeout);
+                 std::chrono::milliseconds idle_timeout, std::size_t max_head_bytes = 16 * 1024);
   ~UpstreamClient() override;
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;

@@ -97,6 +97,7 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   std::vector<std::string> targeted(rules.targeted.size());  // per configured field, its lines
   std::vector<bool> targeted_seen(rules.targeted.size());
   std::optional<std::string_view> expires, date;
+  bool encoded = false;
   bool expires_conflict = false, age_seen = false;
   const std::string options = connection_options(r.headers);
   for (auto& [name, value] : r.headers) {
@@ -120,6 +121,7 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
     }
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
     if (iequals(name, "vary")) join(vary, value);
+    if (iequals(name, "content-encoding") && !iequals(trim(value), "identity")) encoded = true;
     if (iequals(name, "etag") && out->etag.empty()) out->etag = value;
     if (iequals(name, "last-modified") && out->last_modified.empty()) out->last_modified = value;
     if (iequals(name, "date") && !date) date = value;
@@ -140,6 +142,10 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   for (std::size_t i = 0; i < targeted.size(); ++i) {
     if (targeted_seen[i]) facts.targeted.push_back({rules.targeted[i], targeted[i]});
   }
+  // Accept-Encoding reaches the upstream unkeyed (a correct origin names it in Vary): a coded
+  // body is taken to vary on it even where the origin forgot to say so, or a gzip answer would
+  // be stored for clients that cannot read it.
+  if (encoded) join(vary, "accept-encoding");
   facts.vary = vary;
   facts.has_validator = !out->etag.empty() || !out->last_modified.empty();
   if (date) facts.date = parse_http_date(*date, times.response);

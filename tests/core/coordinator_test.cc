@@ -682,6 +682,22 @@ TEST(Coordinator, APutAfterAPurgeThatOverlappedItsTicketStoresNothing) {
     EXPECT_FALSE(coord.put(ticket, "/other", "old", Ttl{1h}));  // not a variant: refused
     EXPECT_FALSE(coord.peek("/a/1\x1fvariant=x"));
   }
+  {
+    const auto ticket = coord.reserve("/a/1");
+    coord.purge("/a/1\x1fv=x");  // a purge of one variant spoils what its owner's fetch stores
+    EXPECT_FALSE(coord.put(ticket, "/a/1\x1fv=x", "old", Ttl{1h}));
+  }
+  {
+    // A key is a variant only past the separator: /a/10 is not one of /a/1, and the purges of
+    // another key's variants (an invalidation after a POST to /a/1) leave /a and / alone.
+    const auto a1 = coord.reserve("/a/1"), a = coord.reserve("/a"), root = coord.reserve("/");
+    EXPECT_FALSE(coord.put(a1, "/a/10", "other", Ttl{1h}));
+    coord.purge_prefix("/a/1\x1f");
+    coord.purge("/a/1");
+    EXPECT_TRUE(coord.put(a, "/a", "kept", Ttl{1h}));
+    EXPECT_TRUE(coord.put(root, "/", "kept", Ttl{1h}));
+    EXPECT_FALSE(coord.put(a1, "/a/1", "purged", Ttl{1h}));
+  }
   const auto ticket = coord.reserve("/a/1");
   coord.purge("/b/1");  // another key's purge spoils nothing
   EXPECT_TRUE(coord.put(ticket, "/a/1", "new", Ttl{1h}));

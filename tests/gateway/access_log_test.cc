@@ -33,6 +33,17 @@ TEST(AccessLogText, InvalidBytesAndControlsAreEscaped) {
   EXPECT_EQ(escaped("\xe2\x82"), "\\u00e2\\u0082");
 }
 
+// Characters that change what a reader sees (C1 controls, bidi overrides) are escaped.
+TEST(AccessLogText, C1AndBidiControlsAreEscaped) {
+  EXPECT_EQ(escaped("a\xc2\x9b"
+                    "b"),
+            "a\\u009bb");
+  EXPECT_EQ(escaped("\xe2\x80\xae"
+                    "evil"),
+            "\\u202eevil");
+  EXPECT_EQ(escaped("\xe2\x81\xa6"), "\\u2066");
+}
+
 TEST(Utf8, LengthOfTheCharacterAStringStartsWith) {
   EXPECT_EQ(utf8_length("a"), 1u);
   EXPECT_EQ(utf8_length("\xc3\xa9x"), 2u);

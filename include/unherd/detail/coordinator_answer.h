@@ -197,9 +197,9 @@ auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, s
              std::min(now, local(record.stored_at)), i};
     // Unless a purge of the key ran meanwhile (then: answer, do not store).
     const std::size_t charge = charge_(key, l.value);
+    std::vector<TierRecord> above(i, record);  // copied outside the lock
     fills_.store_unless_spoiled(fill.token(), [&] {
-      for (std::size_t j = 0; j < i; ++j)
-        tiers_[j]->insert(key, record);
+      write_tiers(key, above);
       cache_.insert_unless_newer(key, l.value, charge, l.deadlines, l.stored_at);
     });
     return l;
@@ -235,10 +235,11 @@ auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(K key)
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::tier_record(const V& value, const Deadlines& d, TimePoint now)
-    -> std::optional<TierRecord> {
+auto Coordinator<K, V, Hash, KeyEq>::tier_records(const V& value, const Deadlines& d, TimePoint now)
+    -> std::vector<TierRecord> {
+  std::vector<TierRecord> records;
   if constexpr (kStringKeys) {
-    if (tiers_.empty()) return std::nullopt;
+    if (tiers_.empty()) return records;
     const WallTime wall = clock_.wall_now();
     // A deadline past the wall clock's range (an origin's year-9999 Expires) saturates there.
     auto at = [&](TimePoint t) {
@@ -246,23 +247,26 @@ auto Coordinator<K, V, Hash, KeyEq>::tier_record(const V& value, const Deadlines
       return ahead > WallTime::max() - wall ? WallTime::max() : wall + ahead;
     };
     // A dead record is a removal: no need to encode the value.
-    return TierRecord{d.keep_until > now ? codec_.encode(value) : std::string(),
+    TierRecord record{d.keep_until > now ? codec_.encode(value) : std::string(),
                       wall,
                       at(d.fresh_until),
                       at(d.stale_until),
                       at(d.stale_if_error_until),
                       at(d.keep_until)};
-  } else {
-    return std::nullopt;
+    records.reserve(tiers_.size());
+    for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
+      records.push_back(record);
+    records.push_back(std::move(record));
   }
+  return records;
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, TierRecord record) -> void {
+auto Coordinator<K, V, Hash, KeyEq>::write_tiers(const K& key, std::vector<TierRecord>& records)
+    -> void {
   if constexpr (kStringKeys) {
-    for (std::size_t i = 0; i + 1 < tiers_.size(); ++i)
-      tiers_[i]->insert(key, record);
-    tiers_.back()->insert(key, std::move(record));
+    for (std::size_t i = 0; i < records.size(); ++i)
+      tiers_[i]->insert(key, std::move(records[i]));
   }
 }
 
@@ -271,22 +275,25 @@ auto Coordinator<K, V, Hash, KeyEq>::store_under(detail::FillToken fill, const K
                                                  std::size_t charge, const Ttl& ttl) -> bool {
   const TimePoint now = clock_.now();
   const Deadlines deadlines = Deadlines::from(now, ttl);
-  std::optional<TierRecord> record = tier_record(value, deadlines, now);
+  std::vector<TierRecord> records = tier_records(value, deadlines, now);
   return fills_.store_unless_spoiled(fill, [&] {
     cache_.insert(key, std::move(value), charge, deadlines, now);
     // A value dead on arrival removes the old one from every tier, as from memory.
-    if (record) write_tiers(key, std::move(*record));
+    write_tiers(key, records);
   });
 }
 
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::put_under(detail::FillToken fill, const K& key, V value,
                                                const Ttl& ttl) -> bool {
+  if (fill.node == nullptr) return false;  // a moved-from ticket, a context of no fetch
   const K& owner = Fills::key_of(fill);
   bool covered = KeyEq{}(owner, key);
   if constexpr (kStringKeys) {
-    // A variant: purges of the owner's key (and of its prefixes) spoil the owner's fill.
-    covered = covered || std::string_view(key).starts_with(std::string_view(owner));
+    // A variant: purges of it, or of its prefixes, spoil the owner's fill (see purge()).
+    const std::string_view o(owner), k(key);
+    covered =
+        covered || (k.size() > o.size() && k.starts_with(o) && k[o.size()] == variant_separator_);
   }
   if (!covered) return false;  // a purge of `key` alone would not reach this fill
   const std::size_t charge = charge_(key, value);

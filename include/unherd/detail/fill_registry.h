@@ -69,7 +69,10 @@ class FillRegistry {
     // Whether a purge of this key overlapped the fill: then it must not store what it got.
     // (A hint only: store_unless_spoiled() decides.)
     bool spoiled() const noexcept { return node_->spoiled.load(std::memory_order_acquire); }
-    FillToken token() const noexcept { return FillToken{shard_, &*node_}; }
+    // Empty for a moved-from Fill.
+    FillToken token() const noexcept {
+      return shard_ == nullptr ? FillToken{} : FillToken{shard_, &*node_};
+    }
 
    private:
     friend class FillRegistry;
@@ -111,6 +114,7 @@ class FillRegistry {
   // file). Returns whether it ran. store() must not enter, purge or store through this registry.
   template <class Store>
   bool store_unless_spoiled(FillToken fill, Store&& store) {
+    if (fill.shard == nullptr) return false;
     auto& shard = *static_cast<Shard*>(fill.shard);
     const auto& node = *static_cast<const typename Shard::Node*>(fill.node);
     std::lock_guard lock(shard.mu);

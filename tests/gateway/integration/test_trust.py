@@ -70,6 +70,33 @@ class Trailers(unittest.TestCase):
         self.assertEqual(seen.body, body)
 
 
+    def test_endless_chunk_extensions_or_trailers_are_refused_not_buffered(self):
+        head = (b"POST /raw/post HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for what, prefix, endless in (("extension", b"1;", b"x" * 65536),
+                                      ("trailer", b"0\r\n", b"X-T: " + b"y" * 65536)):
+            with self.subTest(what=what):
+                with socket.create_connection(("127.0.0.1", self.gw.port), timeout=10) as s:
+                    s.sendall(head + prefix)
+                    answer = b""
+                    try:
+                        for _ in range(64):  # up to 4 MiB, far past any limit
+                            s.sendall(endless)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # refused and closed while sending
+                    try:
+                        while chunk := s.recv(65536):
+                            answer += chunk
+                    except ConnectionResetError:
+                        pass
+                    self.assertTrue(answer.startswith(b"HTTP/1.1 4"), answer[:100])
+
+    def test_an_endless_trailer_from_the_upstream_is_a_bad_answer(self):
+        path = "/raw/endless-trailer"
+        self.up.script(path, Script(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                    b"1\r\nx\r\n0\r\nX-T: " + b"y" * (4 << 20), close=True))
+        self.assertEqual(self.gw.get(path)[0], 502)
+
+
 class TargetedFields(unittest.TestCase):
     """A targeted field replaces Cache-Control only when it parses and says something."""
 
@@ -149,6 +176,13 @@ class UnkeyedHeaders(unittest.TestCase):
                 target = f"/api/neg-{name.lower()}" + q(echo=name)
                 s, h, body = self.gw.get(target, {name: "v1"})
                 self.assertEqual(json.loads(body)["echo"], ["v1"])
+
+    def test_a_coded_answer_varies_on_accept_encoding_even_if_the_origin_forgot_to_say_so(self):
+        target = "/api/gz" + q(hdr="Content-Encoding:gzip", cc="max-age=600")
+        self.gw.get(target, {"Accept-Encoding": "gzip"})
+        s, h, body = self.gw.get(target, {"Accept-Encoding": "identity"})
+        self.assertNotEqual(h["x-cache"], "HIT")
+        self.assertEqual(self.gw.get(target, {"Accept-Encoding": "gzip"})[1]["x-cache"], "HIT")
 
     def test_a_routes_forward_headers_are_forwarded(self):
         s, h, body = self.gw.get("/fwd/x" + q(echo="X-Tenant-Hint"), {"X-Tenant-Hint": "a"})
