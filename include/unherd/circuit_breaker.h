@@ -76,6 +76,9 @@ class CircuitBreaker {
   Duration retry_after();
   BreakerStats stats() const;
   void reset_stats();
+  // New settings, keeping the state: an OPEN breaker's open_for counts from when it opened (cut
+  // short, it may be HALF_OPEN at once); a window of another size starts empty.
+  void reconfigure(BreakerOptions options);
 
   // Called on every state change. Set before the breaker is shared between threads.
   void set_listener(Listener listener) { listener_ = std::move(listener); }

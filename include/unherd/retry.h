@@ -67,6 +67,8 @@ class RetryBudget {
     std::uint64_t exhausted = 0;  // retries refused, since construction
   };
   Stats stats() const;
+  // A new ratio (a reload); the window's counts stay.
+  void set_ratio(double ratio);
 
  private:
   struct Bucket {
@@ -76,9 +78,9 @@ class RetryBudget {
   };
   Bucket& current_locked(TimePoint now);
 
-  const Options options_;
+  Options options_;  // ratio under mu_
   Clock& clock_;
-  mutable std::mutex mu_;  // protects buckets_, exhausted_
+  mutable std::mutex mu_;  // protects buckets_, exhausted_, options_.ratio
   std::deque<Bucket> buckets_;
   std::uint64_t exhausted_ = 0;
 };

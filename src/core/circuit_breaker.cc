@@ -17,14 +17,42 @@ std::string_view to_string(BreakerState s) noexcept {
   return "unknown";
 }
 
+namespace {
+
+BreakerOptions sane(BreakerOptions o) {
+  o.window = std::max<std::size_t>(o.window, 1);
+  o.min_calls = std::clamp<std::size_t>(o.min_calls, 1, o.window);
+  o.half_open_calls = std::max<std::size_t>(o.half_open_calls, 1);
+  if (!(o.failure_rate > 0.0)) o.failure_rate = 1e-9;
+  o.failure_rate = std::min(o.failure_rate, 1.0);
+  return o;
+}
+
+}  // namespace
+
 CircuitBreaker::CircuitBreaker(BreakerOptions options, Clock& clock)
-    : options_(options), clock_(clock) {
-  options_.window = std::max<std::size_t>(options_.window, 1);
-  options_.min_calls = std::clamp<std::size_t>(options_.min_calls, 1, options_.window);
-  options_.half_open_calls = std::max<std::size_t>(options_.half_open_calls, 1);
-  if (!(options_.failure_rate > 0.0)) options_.failure_rate = 1e-9;
-  options_.failure_rate = std::min(options_.failure_rate, 1.0);
+    : options_(sane(options)), clock_(clock) {
   ring_.assign(options_.window, false);
+}
+
+void CircuitBreaker::reconfigure(BreakerOptions options) {
+  options = sane(options);
+  Change change;
+  {
+    std::lock_guard lock(mu_);
+    const TimePoint now = clock_.now();
+    if (state_ == BreakerState::kOpen) {
+      // Open since open_until_ - open_for: the new open_for counts from then.
+      open_until_ = open_until_ - options_.open_for + options.open_for;
+    }
+    if (options.window != options_.window) {  // a window of another size starts empty
+      ring_.assign(options.window, false);
+      ring_next_ = ring_count_ = ring_failures_ = 0;
+    }
+    options_ = options;
+    advance_locked(now, change);
+  }
+  notify(change);
 }
 
 void CircuitBreaker::advance_locked(TimePoint now, Change& change) {

@@ -61,6 +61,11 @@ bool RetryBudget::try_spend() {
   return true;
 }
 
+void RetryBudget::set_ratio(double ratio) {
+  std::lock_guard lock(mu_);
+  options_.ratio = ratio;
+}
+
 RetryBudget::Stats RetryBudget::stats() const {
   std::lock_guard lock(mu_);
   Stats s;

@@ -1,15 +1,15 @@
-// AccessLog: a non-blocking spdlog logger over a sink whose file can be swapped (access_log.h).
+// AccessLog: a bounded queue of lines and the thread that writes them out (access_log.h).
 #include "gateway/access_log.h"
 
+#include <fcntl.h>
 #include <fmt/chrono.h>
-#include <spdlog/async.h>
-#include <spdlog/async_logger.h>
-#include <spdlog/sinks/base_sink.h>
-#include <spdlog/spdlog.h>
+#include <fmt/format.h>
+#include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -21,63 +21,31 @@
 namespace unherd::gateway {
 namespace {
 
-std::FILE* open_target(const std::string& target, std::string& error) {
-  if (target == "-") return stdout;
-  std::FILE* f = std::fopen(target.c_str(), "a");
-  if (f == nullptr) error = "cannot open access log " + target + ": " + std::strerror(errno);
-  return f;
+constexpr int kOff = -1;
+
+// The descriptor a target names: stdout, a file opened for appending, or kOff.
+int open_target(const std::string& target, std::string& error) {
+  if (target.empty()) return kOff;
+  if (target == "-") return STDOUT_FILENO;
+  const int fd = ::open(target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) error = "cannot open access log " + target + ": " + std::strerror(errno);
+  return fd;
 }
 
-// Writes each line to a FILE*. A new target is handed over through `pending_` and taken up by
-// the writer thread between two lines: the thread that retargets never waits on the writer,
-// which may be stuck in a write to a reader that stopped reading.
-class SwappableSink final : public spdlog::sinks::base_sink<std::mutex> {
- public:
-  explicit SwappableSink(std::FILE* file) : file_(file) {}
-  ~SwappableSink() override {
-    close(file_);
-    if (pending_) close(*pending_);
-  }
+void close_target(int fd) {
+  if (fd > STDERR_FILENO) ::close(fd);
+}
 
-  void swap(std::FILE* file) {
-    std::lock_guard lock(pending_mu_);
-    if (pending_) close(*pending_);  // handed over before, never taken up
-    pending_ = file;
+// Writes all of `bytes`; false when the target refused them (EPIPE, ENOSPC, ...).
+bool write_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<std::size_t>(n));
   }
-
- protected:
-  void sink_it_(const spdlog::details::log_msg& msg) override {
-    take_pending();
-    if (file_ == nullptr) return;
-    std::fwrite(msg.payload.data(), 1, msg.payload.size(), file_);
-    std::fputc('\n', file_);
-  }
-  void flush_() override {
-    take_pending();
-    if (file_ != nullptr) std::fflush(file_);
-  }
-
- private:
-  // On the writer thread, under the sink's lock.
-  void take_pending() {
-    std::lock_guard lock(pending_mu_);
-    if (!pending_) return;
-    close(file_);
-    file_ = *pending_;
-    pending_.reset();
-  }
-  static void close(std::FILE* f) {
-    if (f == nullptr) return;
-    if (f == stdout) {
-      std::fflush(f);
-    } else {
-      std::fclose(f);
-    }
-  }
-  std::FILE* file_;
-  std::mutex pending_mu_;  // protects pending_; never held across I/O by the retargeting side
-  std::optional<std::FILE*> pending_;
-};
+  return true;
+}
 
 std::string utc_now() {
   const auto now = std::chrono::system_clock::now();
@@ -90,63 +58,112 @@ std::string utc_now() {
 }  // namespace
 
 struct AccessLog::Impl {
-  std::shared_ptr<spdlog::details::thread_pool> pool;
-  std::shared_ptr<SwappableSink> sink;
-  std::shared_ptr<spdlog::async_logger> logger;
-  std::mutex retarget_mu;  // one retarget at a time
+  explicit Impl(Limits l) : limits(l) {}
+
+  // The writer: takes the whole queue, writes it in one batch, and again.
+  static void run(const std::shared_ptr<Impl>& self) {
+    Impl& s = *self;
+    std::string batch;
+    std::unique_lock lock(s.mu);
+    for (;;) {
+      if (s.queue.empty()) s.idle.notify_all();  // drain() waits for this
+      s.wake.wait(lock, [&] { return !s.queue.empty() || s.pending || s.stopping; });
+      if (s.pending) {
+        close_target(s.fd);
+        s.fd = *s.pending;
+        s.pending.reset();
+      }
+      if (s.queue.empty()) {
+        if (s.stopping) break;
+        continue;
+      }
+      std::deque<std::string> lines;
+      lines.swap(s.queue);
+      s.queued = 0;
+      s.writing = true;
+      const int fd = s.fd;
+      lock.unlock();
+      batch.clear();
+      for (const auto& line : lines) {
+        batch += line;
+        batch += '\n';
+      }
+      const bool written = fd == kOff || write_all(fd, batch);
+      if (batch.capacity() > s.limits.bytes) std::string().swap(batch);  // give back a spike
+      lock.lock();
+      s.writing = false;
+      if (!written) s.dropped += lines.size();
+    }
+    close_target(s.fd);
+  }
+
+  const Limits limits;
+  mutable std::mutex mu;  // protects everything below
+  std::condition_variable wake, idle;
+  std::deque<std::string> queue;
+  std::size_t queued = 0;  // bytes in queue
+  std::uint64_t dropped = 0;
+  int fd = kOff;
+  std::optional<int> pending;  // a new target, taken up between two batches
+  bool writing = false;
+  bool stopping = false;
 };
 
-AccessLog::AccessLog(const std::string& target, std::size_t queue_lines)
-    : impl_(std::make_unique<Impl>()) {
+AccessLog::AccessLog(const std::string& target, Limits limits)
+    : impl_(std::make_shared<Impl>(limits)) {
   std::string error;
-  std::FILE* file = target.empty() ? nullptr : open_target(target, error);
+  impl_->fd = open_target(target, error);
   if (!error.empty()) throw std::runtime_error(error);
-  impl_->pool = std::make_shared<spdlog::details::thread_pool>(queue_lines, 1);
-  impl_->sink = std::make_shared<SwappableSink>(file);
-  // overrun_oldest: a full queue drops its oldest line instead of blocking the caller.
-  static std::atomic<int> instances{0};
-  impl_->logger = std::make_shared<spdlog::async_logger>(
-      "access-" + std::to_string(instances++), impl_->sink, impl_->pool,
-      spdlog::async_overflow_policy::overrun_oldest);
-  // Registered so that spdlog's flusher writes its lines out within a second.
-  spdlog::register_logger(impl_->logger);
-  spdlog::flush_every(std::chrono::seconds(1));
-  enabled_ = file != nullptr;
+  enabled_ = impl_->fd != kOff;
+  std::thread([impl = impl_] { Impl::run(impl); }).detach();
 }
 
 AccessLog::~AccessLog() {
-  spdlog::drop(impl_->logger->name());
+  std::lock_guard lock(impl_->mu);
+  impl_->stopping = true;  // the writer writes what is queued, if it can, and ends
+  impl_->wake.notify_all();
 }
 
 void AccessLog::write(std::string_view line) {
-  impl_->logger->log(spdlog::level::info, line);
+  Impl& s = *impl_;
+  std::string copy(line);
+  std::lock_guard lock(s.mu);
+  const bool was_empty = s.queue.empty();
+  s.queued += copy.size() + 1;
+  s.queue.push_back(std::move(copy));
+  while (s.queue.size() > s.limits.lines || (s.queued > s.limits.bytes && s.queue.size() > 1)) {
+    s.queued -= s.queue.front().size() + 1;
+    s.queue.pop_front();
+    ++s.dropped;
+  }
+  if (was_empty) s.wake.notify_one();
 }
 
 std::string AccessLog::retarget(const std::string& target) {
-  std::lock_guard lock(impl_->retarget_mu);
   std::string error;
-  std::FILE* file = target.empty() ? nullptr : open_target(target, error);
+  const int fd = open_target(target, error);
   if (!error.empty()) return error;
-  impl_->sink->swap(file);
-  enabled_ = file != nullptr;
-  impl_->logger->flush();  // the writer takes the new target up now, not at the next line
+  std::lock_guard lock(impl_->mu);
+  if (impl_->pending) close_target(*impl_->pending);  // handed over before, never taken up
+  impl_->pending = fd;
+  enabled_ = fd != kOff;
+  impl_->wake.notify_one();
   return "";
 }
 
 std::uint64_t AccessLog::dropped() const {
-  return impl_->pool->overrun_counter();
+  std::lock_guard lock(impl_->mu);
+  return impl_->dropped;
 }
 
-void AccessLog::flush() {
-  impl_->logger->flush();
+std::size_t AccessLog::queued_bytes() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->queued;
 }
 
 void AccessLog::drain(std::chrono::milliseconds limit) {
-  flush();
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (impl_->pool->queue_size() > 0 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  std::unique_lock lock(impl_->mu);
+  impl_->idle.wait_for(lock, limit, [&] { return impl_->queue.empty() && !impl_->writing; });
 }
 
 void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::string_view method,
@@ -159,7 +176,15 @@ void log_request(AccessLog& log, const Reply& reply, std::string_view id, std::s
   line += "\",\"method\":\"";
   json_escape(line, method);
   line += "\",\"path\":\"";
-  json_escape(line, target);
+  if (target.size() > kLoggedTargetBytes) {
+    std::size_t cut = kLoggedTargetBytes;  // at a character's start, not inside one
+    while (cut > 0 && (static_cast<unsigned char>(target[cut]) & 0xc0) == 0x80)
+      --cut;
+    json_escape(line, target.substr(0, cut));
+    line += "[cut]";
+  } else {
+    json_escape(line, target);
+  }
   line += fmt::format(
       "\",\"status\":{},\"x_cache\":\"{}\",\"upstream_ms\":{:.3f},\"total_ms\":{:.3f}}}",
       reply.sent_status(), reply.x_cache, reply.upstream_ms, total_ms);

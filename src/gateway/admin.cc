@@ -42,6 +42,7 @@ Reply stats_reply(Proxy& proxy, const ServerStats& server) {
   json::object out = route_json(s.total);
   out["in_flight"] = s.in_flight;
   out["access_log_dropped"] = server.access_log_dropped;
+  out["access_log_queued_bytes"] = server.access_log_queued_bytes;
   out["connections_shed"] = server.connections_shed;
   json::object breakers;
   for (const auto& [upstream, state] : s.breakers)
@@ -119,7 +120,8 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
     dropped.Add({{"route", name}}).Increment(static_cast<double>(r.headers_dropped));
     saved.Add({{"route", name}}).Increment(static_cast<double>(r.api_calls_saved));
   }
-  counter("unherd_access_log_dropped_total", "Access log lines dropped: the log's queue was full")
+  counter("unherd_access_log_dropped_total",
+          "Access log lines dropped: the log's queue was full, or its target failed")
       .Add({})
       .Increment(static_cast<double>(server.access_log_dropped));
   counter("unherd_connections_shed_total", "Client connections closed at accept: few descriptors")

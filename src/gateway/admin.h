@@ -21,8 +21,9 @@ namespace unherd::gateway {
 
 // What the server itself counts, beside the proxy's figures.
 struct ServerStats {
-  std::uint64_t access_log_dropped = 0;  // lines dropped: the log's queue was full
-  std::uint64_t connections_shed = 0;    // clients closed at accept: descriptors ran low
+  std::uint64_t access_log_dropped = 0;       // lines dropped: queue full, or the target failed
+  std::uint64_t access_log_queued_bytes = 0;  // waiting for the log's writer
+  std::uint64_t connections_shed = 0;         // clients closed at accept: descriptors ran low
 };
 
 Reply admin_reply(const Request& request, Proxy& proxy, const std::string& admin_token,

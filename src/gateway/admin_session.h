@@ -29,6 +29,7 @@ class AdminSession {
       token = server_.admin_token;
     }
     const ServerStats server_stats{.access_log_dropped = server_.access_log->dropped(),
+                                   .access_log_queued_bytes = server_.access_log->queued_bytes(),
                                    .connections_shed = server_.shed.load()};
     co_return admin_reply(request, server_.proxy, token, server_.draining, server_stats);
   }

@@ -402,6 +402,11 @@ Config parse_config(std::string_view text, const std::string& source) {
     }
     r.string("access_log", config.server.access_log);
     r.integer("access_log_queue", config.server.access_log_queue, 16, 16'777'216);
+    r.size("access_log_queue_bytes", config.server.access_log_queue_bytes);
+    if (config.server.access_log_queue_bytes < 4096) {
+      r.fail(*server->get("access_log_queue_bytes"), "access_log_queue_bytes",
+             "must be at least 4KiB");
+    }
     r.one_of("log_level", config.server.log_level, {"error", "warn", "info", "debug"});
     r.finish();
   }

@@ -124,8 +124,9 @@ struct ServerConfig {
   // timeouts (5 s and more), so a request is never sent on a connection the upstream is closing.
   Millis upstream_idle_timeout{4'000};
   std::string access_log = "-";  // "-": stdout; "": off; else a file path
-  // Lines the access log may hold before it drops the oldest (a reader that stalls).
+  // Lines, and bytes, the access log may hold before it drops the oldest (a reader that stalls).
   std::size_t access_log_queue = 64 * 1024;
+  std::size_t access_log_queue_bytes = 8u << 20;
   std::string log_level = "info";  // diagnostics on stderr: error, warn, info, debug
 };
 

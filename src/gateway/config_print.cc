@@ -64,6 +64,7 @@ std::string to_toml(const Config& c) {
       << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
       << "access_log = " << quoted(c.server.access_log) << "\n"
       << "access_log_queue = " << c.server.access_log_queue << "\n"
+      << "access_log_queue_bytes = \"" << format_size(c.server.access_log_queue_bytes) << "\"\n"
       << "log_level = \"" << c.server.log_level << "\"\n\n"
       << "[cache]\n"
       << "memory = \"" << format_size(c.cache.memory) << "\"\n"

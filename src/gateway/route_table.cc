@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 #include "gateway/upstream_answer.h"
 
@@ -19,9 +20,10 @@ std::uint64_t next_id() {
 
 void work_out_rates(RouteStats& s) {
   s.api_calls_saved = s.cache_hits + s.stale_hits + s.coalesced_requests;
+  const std::uint64_t hits = s.cache_hits + s.stale_hits;
   s.hit_rate_percent = s.total_requests == 0
                            ? 0.0
-                           : 100.0 * static_cast<double>(s.cache_hits + s.stale_hits) /
+                           : 100.0 * static_cast<double>(std::min(hits, s.total_requests)) /
                                  static_cast<double>(s.total_requests);
 }
 
@@ -42,9 +44,9 @@ RouteStats& RouteStats::operator+=(const RouteStats& o) {
   return *this;
 }
 
-RouteStats RouteCounters::snapshot() const {
+RouteStats RouteCounters::raw() const {
   RouteStats s;
-  s.total_requests = total.load();
+  // Outcomes first, the total last: every request counted in an outcome is in the total.
   s.cache_hits = hits.load();
   s.stale_hits = stale.load();
   s.coalesced_requests = coalesced.load();
@@ -54,15 +56,32 @@ RouteStats RouteCounters::snapshot() const {
   s.retries = retries.load();
   s.errors = errors.load();
   s.headers_dropped = headers_dropped.load();
+  s.total_requests = total.load();
+  return s;
+}
+
+RouteStats RouteCounters::snapshot() const {
+  std::lock_guard lock(mu_);
+  const RouteStats now = raw();
+  auto since = [](std::uint64_t n, std::uint64_t base) { return n > base ? n - base : 0; };
+  RouteStats s;
+  s.total_requests = since(now.total_requests, since_.total_requests);
+  s.cache_hits = since(now.cache_hits, since_.cache_hits);
+  s.stale_hits = since(now.stale_hits, since_.stale_hits);
+  s.coalesced_requests = since(now.coalesced_requests, since_.coalesced_requests);
+  s.misses = since(now.misses, since_.misses);
+  s.passes = since(now.passes, since_.passes);
+  s.upstream_requests = since(now.upstream_requests, since_.upstream_requests);
+  s.retries = since(now.retries, since_.retries);
+  s.errors = since(now.errors, since_.errors);
+  s.headers_dropped = since(now.headers_dropped, since_.headers_dropped);
   work_out_rates(s);
   return s;
 }
 
 void RouteCounters::reset() {
-  for (auto* counter : {&total, &hits, &stale, &coalesced, &misses, &passes, &upstream, &retries,
-                        &errors, &headers_dropped}) {
-    counter->reset();
-  }
+  std::lock_guard lock(mu_);
+  since_ = raw();
 }
 
 const Route* RouteTable::match(std::string_view path) const {
@@ -82,16 +101,24 @@ void Routes::install(const std::vector<RouteConfig>& routes,
                      const std::vector<std::string>& targeted) {
   auto table = std::make_shared<RouteTable>();
   std::lock_guard lock(registry_mu_);
+  std::set<std::string> configured;  // upstreams whose first route this install has seen
   for (const auto& rc : routes) {
     auto route = std::make_unique<Route>();
     route->config = rc;
     const std::string upstream = rc.upstream.to_string();
+    const BreakerOptions breaker_options{rc.breaker.failure_rate, rc.breaker.window,
+                                         rc.breaker.min_calls, rc.breaker.open_for,
+                                         rc.breaker.half_open_calls};
+    const bool first = configured.insert(upstream).second;
     auto& breaker = breakers_[upstream];
+    if (breaker && first) {
+      // A reload: the breaker keeps its state and takes the new settings (an open one's
+      // open_for counts from when it opened), as does the retry budget.
+      breaker->reconfigure(breaker_options);
+      budgets_[upstream]->set_ratio(rc.retry.budget);
+    }
     if (!breaker) {
-      breaker = std::make_shared<CircuitBreaker>(
-          BreakerOptions{rc.breaker.failure_rate, rc.breaker.window, rc.breaker.min_calls,
-                         rc.breaker.open_for, rc.breaker.half_open_calls},
-          clock_);
+      breaker = std::make_shared<CircuitBreaker>(breaker_options, clock_);
       breaker->set_listener([upstream](BreakerState from, BreakerState to) {
         const auto level = to == BreakerState::kOpen ? spdlog::level::warn : spdlog::level::info;
         spdlog::log(level, "upstream {}: circuit breaker {} -> {}", upstream, to_string(from),

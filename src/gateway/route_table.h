@@ -42,13 +42,21 @@ struct RouteStats {
   RouteStats& operator+=(const RouteStats& other);
 };
 
-// What a route's requests came to; bumped on any thread without a lock.
+// What a route's requests came to; bumped on any thread without a lock. The counters only grow:
+// reset() records where they stand, under a lock snapshot() takes too, and snapshot() counts
+// from there. A snapshot never sees half a reset, never a count below zero, nor a hit rate over
+// 100% (requests being counted while it reads may make outcomes and total differ by a few).
 struct RouteCounters {
   detail::StripedCounter total, hits, stale, coalesced, misses, passes, upstream, retries, errors,
       headers_dropped;
 
   RouteStats snapshot() const;
   void reset();
+
+ private:
+  RouteStats raw() const;
+  mutable std::mutex mu_;  // protects since_
+  RouteStats since_;       // the raw counts at the last reset
 };
 
 struct Route {

@@ -54,7 +54,8 @@ Gateway::~Gateway() {
 void Gateway::start() {
   Impl& g = *impl_;
   const auto& server = g.config.server;
-  g.access_log = std::make_unique<AccessLog>(server.access_log, server.access_log_queue);
+  g.access_log = std::make_unique<AccessLog>(
+      server.access_log, AccessLog::Limits{server.access_log_queue, server.access_log_queue_bytes});
   g.admin_token = server.admin_token;
   struct rlimit files {};
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
@@ -160,8 +161,9 @@ std::string Gateway::reload(const std::string& config_path) {
     }
     set_log_level(next.server.log_level);
     spdlog::info(
-        "reloaded {}: {} routes, admin token, access log and log level (listeners, "
-        "threads and cache size apply at restart)",
+        "reloaded {}: {} routes (and their upstreams' breaker and retry budget settings), "
+        "admin token, access log and log level; listen, admin_listen, threads and [cache] "
+        "apply at restart",
         config_path, next.routes.size());
     return "";
   } catch (const std::exception& e) {
@@ -186,6 +188,9 @@ void block_signals() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   // Past a file-size limit, a write should fail (the disk tier drops it and goes on), not kill.
   std::signal(SIGXFSZ, SIG_IGN);
+  // A log reader that goes away (`| head`, a log shipper restarting, a closed stderr) must fail
+  // the write, not end the process: the lines are dropped and counted, serving goes on.
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 void Gateway::run_with_signals(const std::string& config_path) {

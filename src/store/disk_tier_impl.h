@@ -36,8 +36,9 @@ struct DiskTier::Impl {
 
   MDB_env* env = nullptr;
   MDB_dbi records = 0, metas = 0, lru = 0, expiry = 0, info = 0;
-  int lock_fd = -1;
-  int data_fd = -1;  // LMDB's own descriptor of data.mdb, for the size guard
+  int lock_fd = -1;       // unherd.lock, flock'd
+  int data_lock_fd = -1;  // data.mdb, flock'd too (see try_open)
+  int data_fd = -1;       // LMDB's own descriptor of data.mdb, for the size guard
   // The largest size data.mdb has been seen at. LMDB never shrinks it, so a smaller size means
   // someone cut it, and reading the pages past the cut through the map would raise SIGBUS.
   std::atomic<std::uint64_t> data_size{0};

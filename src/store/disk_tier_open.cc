@@ -44,9 +44,9 @@ void DiskTier::Impl::close_env() {
     mdb_env_close(env);
     env = nullptr;
   }
-  if (lock_fd >= 0) {
-    ::close(lock_fd);
-    lock_fd = -1;
+  for (int* fd : {&lock_fd, &data_lock_fd}) {
+    if (*fd >= 0) ::close(*fd);
+    *fd = -1;
   }
   data_fd = -1;
 }
@@ -71,7 +71,19 @@ DiskTier::Impl::Opened DiskTier::Impl::try_open() {
     close_env();
     return {Failure::kInUse, "in use by another process"};
   }
-  if (fs::exists(dir / "data.mdb", ec) && options.verify_limit > Duration::zero()) {
+  // The data file itself is locked too: unherd.lock can be deleted by hand, data.mdb cannot be
+  // without losing the store, so two writers (and two sets of byte and recency accounting) on
+  // one store are impossible either way. An empty data.mdb is a new store to LMDB.
+  data_lock_fd = ::open((dir / "data.mdb").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (data_lock_fd < 0) {
+    close_env();
+    return {Failure::kOther, std::string("cannot write in it: ") + std::strerror(errno)};
+  }
+  if (::flock(data_lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    close_env();
+    return {Failure::kInUse, "in use by another process"};
+  }
+  if (fs::file_size(dir / "data.mdb", ec) > 0 && options.verify_limit > Duration::zero()) {
     const StoreVerdict verdict = verify_store(dir, map_size(), options.verify_limit);
     if (verdict.kind == StoreVerdict::kDamaged) {
       close_env();
@@ -209,20 +221,28 @@ void DiskTier::Impl::mark_broken(const std::string& why) {
 // been. One fstat (well under a microsecond) per disk operation. It narrows the window to the
 // operation under way: a file cut while a read is between the check and the bytes can still
 // fault — only a SIGBUS handler could close that, and a library must not install one.
+//
+// The size seen is read before the file's: another thread's commit may grow the file, and record
+// the larger size, between the two, and a size read after the fstat would then look like a
+// shrink of a healthy store. A shrink is confirmed by a second look before the store is judged.
 bool DiskTier::Impl::usable() {
   if (!available.load(std::memory_order_relaxed)) return false;
-  struct stat file {};
-  if (::fstat(data_fd, &file) != 0) return true;  // cannot tell: reads would not either
-  const auto now = static_cast<std::uint64_t>(file.st_size);
-  std::uint64_t seen = data_size.load(std::memory_order_relaxed);
-  if (now < seen) {
-    mark_broken("its data file shrank from " + std::to_string(seen) + " to " + std::to_string(now) +
-                " bytes");
-    return false;
+  for (int look = 0;; ++look) {
+    std::uint64_t seen = data_size.load(std::memory_order_acquire);
+    struct stat file {};
+    if (::fstat(data_fd, &file) != 0) return true;  // cannot tell: reads would not either
+    const auto now = static_cast<std::uint64_t>(file.st_size);
+    if (now >= seen) {
+      while (now > seen && !data_size.compare_exchange_weak(seen, now, std::memory_order_acq_rel)) {
+      }
+      return true;
+    }
+    if (look == 1) {
+      mark_broken("its data file shrank from " + std::to_string(seen) + " to " +
+                  std::to_string(now) + " bytes");
+      return false;
+    }
   }
-  while (now > seen && !data_size.compare_exchange_weak(seen, now)) {
-  }
-  return true;
 }
 
 }  // namespace unherd

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "unherd/clock.h"
 
 namespace unherd::gateway {
@@ -63,6 +66,55 @@ TEST(RouteTable, AReloadKeepsTheUpstreamsBreakerAndTheRoutesCounters) {
   EXPECT_EQ(held->match("/api"), before);
   routes.reset_stats();
   EXPECT_EQ(routes.route_stats().at("api").total_requests, 0u);
+}
+
+// A reload applies the breaker's and the retry budget's new settings: an open breaker whose
+// open_for was cut is soon half-open (it kept the first load's settings once).
+TEST(RouteTable, AReloadAppliesTheUpstreamsNewBreakerSettings) {
+  ManualClock clock;
+  Routes routes(clock);
+  RouteConfig api = route("api", "/api");
+  api.breaker = {.failure_rate = 0.5, .window = 2, .min_calls = 2, .open_for = 60'000ms};
+  routes.install({api});
+  CircuitBreaker& breaker = *routes.current().match("/api")->breaker;
+  for (int i = 0; i < 2; ++i)
+    breaker.on_failure(*breaker.try_acquire());
+  ASSERT_EQ(breaker.state(), BreakerState::kOpen);
+  clock.advance(2s);
+  EXPECT_EQ(std::chrono::ceil<std::chrono::seconds>(breaker.retry_after()), 58s);
+  api.breaker.open_for = 1'000ms;
+  routes.install({api});
+  EXPECT_EQ(breaker.state(), BreakerState::kHalfOpen);  // opened 2 s ago, open for 1 s now
+  EXPECT_EQ(routes.current().match("/api")->breaker.get(), &breaker);  // the same breaker
+}
+
+// /stats/reset racing traffic: every snapshot is possible (never a hit rate over 100%).
+TEST(RouteCounters, SnapshotsStayConsistentWhileResetsRaceTraffic) {
+  RouteCounters counters;
+  std::atomic<bool> done{false};
+  std::vector<std::thread> traffic;
+  for (int t = 0; t < 3; ++t) {
+    traffic.emplace_back([&] {
+      for (int i = 0; i < 200'000; ++i) {
+        counters.total.add();  // as a request counts itself: total, then its outcome
+        counters.hits.add();
+      }
+    });
+  }
+  std::thread admin([&] {
+    for (int i = 0; i < 20'000 && !done.load(); ++i) {
+      if (i % 2 == 0) counters.reset();
+      const RouteStats s = counters.snapshot();
+      EXPECT_LE(s.hit_rate_percent, 100.0);
+      if (s.hit_rate_percent > 100.0) break;
+    }
+  });
+  for (auto& t : traffic)
+    t.join();
+  done = true;
+  admin.join();
+  counters.reset();
+  EXPECT_EQ(counters.snapshot().total_requests, 0u);
 }
 
 }  // namespace

@@ -8,10 +8,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "unherd/clock.h"
 
@@ -290,6 +292,39 @@ TEST_F(DiskTierTest, ADataFileTruncatedWhileOpenSwitchesTheTierOffInsteadOfCrash
   EXPECT_FALSE(disk.erase("/t/1"));
 }
 
+// The size guard must never take a healthy store's growth for a shrink: readers check the size
+// while the writer's commits grow the file (once, it read its record after the file's size, and
+// ordinary load got the warm store set aside). Bounded in count, not in time.
+TEST_F(DiskTierTest, AHealthyStoreUnderWriteHeavyLoadIsNeverJudgedDamaged) {
+  for (int round = 0; round < 3; ++round) {
+    fs::remove_all(path);
+    {
+      DiskTier disk(options(256ull << 20), clock);
+      std::atomic<bool> writing{true};
+      std::vector<std::thread> readers;
+      for (int r = 0; r < 4; ++r) {
+        readers.emplace_back([&, r] {
+          for (int i = 0; writing.load(); ++i)
+            disk.lookup("/w/" + std::to_string((i * 7 + r) % 3000), clock.wall_now());
+        });
+      }
+      for (int i = 0; i < 3000; ++i)
+        disk.insert("/w/" + std::to_string(i), record(std::string(6000, 'v')));
+      disk.flush();
+      writing = false;
+      for (auto& t : readers)
+        t.join();
+      ASSERT_TRUE(disk.stats().available)
+          << "round " << round << ": " << disk.stats().unavailable_reason;
+    }
+    DiskTier again(options(256ull << 20), clock);
+    EXPECT_TRUE(again.stats().available);
+    EXPECT_TRUE(again.lookup("/w/2999", clock.wall_now())) << "round " << round;
+    for (const auto& w : warnings)
+      EXPECT_EQ(w.find("aside"), std::string::npos) << w;
+  }
+}
+
 TEST_F(DiskTierTest, ADataFileTruncatedWhileOpenIsSetAsideAtTheNextStart) {
   {
     DiskTier disk(options(), clock);
@@ -340,6 +375,21 @@ TEST_F(DiskTierTest, AStoreInUseIsLeftAloneAndTheTierStoresNothing) {
   second.insert("/a", record("v"));
   EXPECT_EQ(second.stats().dropped_writes, 1u);
   EXPECT_FALSE(second.lookup("/a", clock.wall_now()));
+}
+
+// Deleting unherd.lock by hand does not let a second tier use a store in use: the data file is
+// locked as well.
+TEST_F(DiskTierTest, AStoreInUseStaysInUseWhenItsLockFileIsDeleted) {
+  DiskTier first(options(), clock);
+  first.insert("/a", record("first"));
+  first.flush();
+  fs::remove(fs::path(path) / "unherd.lock");
+  DiskTier second(options(), clock);
+  EXPECT_TRUE(first.stats().available);
+  EXPECT_FALSE(second.stats().available);
+  EXPECT_NE(second.stats().unavailable_reason.find("in use"), std::string::npos);
+  EXPECT_TRUE(second.moved_aside().empty());
+  EXPECT_EQ(first.lookup("/a", clock.wall_now())->value, "first");
 }
 
 TEST_F(DiskTierTest, TheBudgetEvictsExpiredRecordsFirstThenTheLeastRecentlyUsed) {

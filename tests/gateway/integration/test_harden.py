@@ -120,6 +120,65 @@ class Logging(unittest.TestCase):
                 gw.proc.wait()
             up.stop()
 
+    def test_a_log_reader_that_goes_away_never_ends_the_gateway(self):
+        # `unherd serve | head`: the access log's reader closes its end, and so does stderr's;
+        # the next writes fail with EPIPE (and raised SIGPIPE once, which ended the process).
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port), access_log="-")
+        try:
+            gw.proc.stdout.close()
+            gw.proc.stderr.close()
+            for i in range(50):
+                self.assertEqual(gw.get(f"/api/p{i}")[0], 200)
+            gw.send_signal(signal.SIGHUP)  # its "reloaded" line goes to the closed stderr
+            self.assertTrue(eventually(lambda: gw.stats()["access_log_dropped"] > 0))
+            for i in range(5):
+                self.assertEqual(gw.get(f"/api/after{i}")[0], 200)
+            self.assertIsNone(gw.proc.poll(), "the gateway ended")
+            gw.proc.send_signal(signal.SIGTERM)
+            self.assertEqual(gw.proc.wait(timeout=30), 0)
+        finally:
+            if gw.proc.poll() is None:
+                gw.proc.kill()
+                gw.proc.wait()
+            up.stop()
+
+    def test_the_access_log_queue_is_bounded_in_bytes_and_targets_are_cut(self):
+        up = Upstream()
+        # A reader that never reads; lines of ~15 KB targets: the queue's bytes stay bounded.
+        gw = Gateway(route("api", "/api", up.port), access_log="-",
+                     server_extra='access_log_queue_bytes = "256KiB"\nmax_header_bytes = "64KiB"')
+        try:
+            long = "/api/" + "x" * 15000
+            conn = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            buf = b""
+            for _ in range(20):
+                conn.sendall(f"GET {long} HTTP/1.1\r\nHost: t\r\n\r\n".encode() * 20)
+                while buf.count(b"HTTP/1.1 200") < 20:
+                    buf += conn.recv(1 << 20)
+                buf = buf[buf.rfind(b"HTTP/1.1 200") + 1:]
+            conn.close()
+            stats = gw.stats()
+            self.assertLessEqual(stats["access_log_queued_bytes"], 256 * 1024)
+            self.assertGreater(stats["access_log_dropped"], 0)
+        finally:
+            gw.proc.kill()
+            gw.proc.wait()
+            up.stop()
+
+    def test_a_long_target_is_cut_in_the_access_log(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port), server_extra='max_header_bytes = "64KiB"')
+        try:
+            self.assertEqual(gw.get("/api/" + "y" * 10000)[0], 200)
+        finally:
+            gw.stop()
+            up.stop()
+        with open(gw.access_log) as f:
+            line = json.loads(f.read().splitlines()[-1])
+        self.assertTrue(line["path"].endswith("[cut]"))
+        self.assertLessEqual(len(line["path"]), 2048 + 5)
+
     def test_breaker_transitions_are_logged_with_the_upstream(self):
         up = Upstream()
         gw = Gateway(route("b", "/b", up.port, retry="{ attempts = 1 }", stale_if_error='"0s"',
