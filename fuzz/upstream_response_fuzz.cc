@@ -87,12 +87,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   out.status = res.result_int();
   out.status_line =
       "HTTP/1.1 " + std::to_string(out.status) + " " + std::string(res.reason()) + "\r\n";
-  std::string vary;
+  std::string vary, cache_control;
   ResponseFacts facts;
   facts.status = out.status;
   for (const auto& [name, value] : headers) {
     if (iequals(name, "cache-control")) {
-      out.cache_control += (out.cache_control.empty() ? "" : ",") + value;
+      cache_control += (cache_control.empty() ? "" : ",") + value;
     }
     if (iequals(name, "set-cookie")) facts.has_set_cookie = true;
     if (iequals(name, "vary")) vary += (vary.empty() ? "" : ",") + value;
@@ -100,7 +100,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (iequals(name, "last-modified")) out.last_modified = value;
     out.head += name + ": " + value + "\r\n";
   }
-  facts.cache_control = out.cache_control;
+  facts.cache_control = cache_control;
   facts.vary = vary;
   out.vary = vary_headers(vary);
   out.body = res.body();

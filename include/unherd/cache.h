@@ -30,6 +30,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -98,6 +101,11 @@ struct CacheOptions {
   // Answer repeated hits from a per-thread memo (see Cache). Off: every lookup locks its shard,
   // and no copy of a value outlives its entry.
   bool thread_memo = true;
+  // String keys: KEY + variant_separator + anything is a variant of KEY (an HTTP answer stored
+  // under the request headers it varies on, say); 0 for none. A key's root is what precedes its
+  // first separator: a root's keys share a shard and an index, so erasing a prefix that holds
+  // the separator (a key's variants) costs that family, not the whole cache.
+  char variant_separator = '\x1f';
 };
 
 struct CacheStats {
@@ -114,9 +122,12 @@ struct CacheStats {
 
 template <class K, class V, class Hash = std::hash<K>, class KeyEq = std::equal_to<K>>
 class Cache {
+  static constexpr bool kStringKeys = std::is_convertible_v<const K&, std::string_view>;
+
  public:
   explicit Cache(CacheOptions options = {})
       : memo_(options.thread_memo),
+        variant_separator_(options.variant_separator),
         shards_(shard_count(options)),
         shard_capacity_(options.capacity / shards_.size()) {
     for (auto& shard : shards_)
@@ -131,7 +142,7 @@ class Cache {
   // nothing and leaving recency alone: for callers deciding how to ask.
   std::optional<Lookup<V>> peek(const K& key, TimePoint now) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
+    Shard& shard = shard_for(key, h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end() || now >= it->second.deadlines.keep_until) return std::nullopt;
@@ -167,7 +178,7 @@ class Cache {
 
   bool erase(const K& key) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
+    Shard& shard = shard_for(key, h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end()) return false;
@@ -185,7 +196,7 @@ class Cache {
       return false;
     }
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
+    Shard& shard = shard_for(key, h);
     std::lock_guard lock(shard.mu);
     if (auto it = shard.map.find(Prehashed{&key, h}); it != shard.map.end()) {
       if (keep_newer && it->second.stored_at >= now) return false;
@@ -201,6 +212,7 @@ class Cache {
     auto [it, inserted] = shard.map.try_emplace(key, std::move(value), charge, deadlines, now);
     Entry& e = it->second;
     e.key = &it->first;
+    index_locked(shard, it->first);
     shard.version.fetch_add(1, std::memory_order_release);
     shard.charge += charge;
     shard.policy->inserted(&e);
@@ -227,10 +239,33 @@ class Cache {
     return n;
   }
 
+  // Erases every entry whose key starts with `prefix`. Returns how many. A prefix that holds the
+  // variant separator costs only its root's family (one shard, through its index); another
+  // visits every entry.
+  std::size_t erase_prefix(std::string_view prefix) requires kStringKeys {
+    const std::string_view root =
+        variant_separator_ == 0 ? prefix : prefix.substr(0, prefix.find(variant_separator_));
+    if (root.size() == prefix.size()) {
+      return erase_if([prefix](const K& k) { return std::string_view(k).starts_with(prefix); });
+    }
+    const std::size_t h = std::hash<std::string_view>{}(root);
+    Shard& shard = shards_[(h >> 32 ^ h >> 7) % shards_.size()];
+    std::lock_guard lock(shard.mu);
+    auto family = shard.variants.find(std::string(root));
+    if (family == shard.variants.end()) return 0;
+    std::vector<const K*> doomed;
+    for (const K* k : family->second) {
+      if (std::string_view(*k).starts_with(prefix)) doomed.push_back(k);
+    }
+    for (const K* k : doomed)  // each erase may end `family`: look each key up again
+      erase_locked(shard, shard.map.find(*k));
+    return doomed.size();
+  }
+
   // Postpones the next background refresh of key's entry (after a refresh failed).
   void defer_refresh(const K& key, TimePoint until, std::uint32_t failures) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
+    Shard& shard = shard_for(key, h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end()) return;
@@ -304,8 +339,10 @@ class Cache {
   using Map = std::unordered_map<K, Entry, MapHash, MapEq>;
 
   struct alignas(64) Shard {
-    mutable std::mutex mu;  // protects map, policy, charge; held when version changes
+    mutable std::mutex mu;  // protects map, policy, charge, variants; held when version changes
     Map map;
+    // The keys with a variant separator, by root (string keys): what erase_prefix() visits.
+    std::unordered_map<std::string, std::vector<const K*>> variants;
     std::unique_ptr<EvictionPolicy> policy;
     std::size_t charge = 0;
     // Bumped on every change to the shard. On its own cache line: hits only read it, so it
@@ -360,7 +397,7 @@ class Cache {
   template <bool kFreshOnly>
   std::optional<Lookup<V>> lookup_impl(const K& key, TimePoint now) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(h);
+    Shard& shard = shard_for(key, h);
     Memo& memo = memo_for(h);
     if (memo_ && memo.owner == id_ && memo.hash == h &&
         memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
@@ -423,12 +460,46 @@ class Cache {
                                    std::max<std::size_t>(o.shards, 1));
   }
 
-  Shard& shard_for(std::size_t hash) noexcept {
+  // A key's shard. A variant (see CacheOptions::variant_separator) goes with its root, so a
+  // family's keys share a shard and its index.
+  Shard& shard_for(const K& key, std::size_t hash) noexcept {
+    if constexpr (kStringKeys) {
+      if (const auto root = root_of(key); root.size() != std::string_view(key).size()) {
+        hash = std::hash<std::string_view>{}(root);
+      }
+    }
     // High bits pick the shard, so the map (which uses the low bits) stays well spread.
     return shards_[(hash >> 32 ^ hash >> 7) % shards_.size()];
   }
 
+  // The key up to its first variant separator (the whole key when it has none).
+  std::string_view root_of(const K& key) const noexcept {
+    const std::string_view k(key);
+    return variant_separator_ == 0 ? k : k.substr(0, k.find(variant_separator_));
+  }
+
+  // Indexes (or forgets) a key with a separator under its root, in its shard.
+  void index_locked(Shard& shard, const K& key) {
+    if constexpr (kStringKeys) {
+      const std::string_view root = root_of(key);
+      if (root.size() != std::string_view(key).size()) {
+        shard.variants[std::string(root)].push_back(&key);
+      }
+    }
+  }
+  void unindex_locked(Shard& shard, const K& key) {
+    if constexpr (kStringKeys) {
+      const std::string_view root = root_of(key);
+      if (root.size() == std::string_view(key).size()) return;
+      auto family = shard.variants.find(std::string(root));
+      if (family == shard.variants.end()) return;
+      std::erase(family->second, &key);
+      if (family->second.empty()) shard.variants.erase(family);
+    }
+  }
+
   void erase_locked(Shard& shard, typename Map::iterator it) {
+    unindex_locked(shard, it->first);
     shard.version.fetch_add(1, std::memory_order_release);
     shard.policy->erased(&it->second);
     shard.charge -= it->second.charge;
@@ -442,6 +513,7 @@ class Cache {
 
   const std::uint64_t id_ = next_id();
   const bool memo_;
+  const char variant_separator_;
   std::vector<Shard> shards_;
   std::size_t shard_capacity_;
   detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_;

@@ -126,10 +126,9 @@ struct CoordinatorOptions {
   CacheOptions cache;
   std::size_t flight_shards = 16;
   std::size_t negative_capacity = 1u << 20;  // charge budget of the negative cache
-  // String keys: KEY + variant_separator + anything is a variant of KEY (an HTTP answer stored
-  // under the request headers it varies on, say). put() under KEY's ticket or fetch may store
-  // its variants, and a purge of a variant, or of a prefix of one, spoils KEY's fills.
-  char variant_separator = '\x1f';
+  // (cache.variant_separator: KEY + separator + anything is a variant of KEY. put() under KEY's
+  // ticket or fetch may store its variants, and a purge of a variant, or of a prefix of one,
+  // spoils KEY's fills.)
 };
 
 struct CoordinatorStats {
@@ -179,7 +178,7 @@ class Coordinator {
         negative_(CacheOptions{options.negative_capacity, 4}),
         flight_(clock, options.flight_shards),
         fills_(options.flight_shards),
-        variant_separator_(options.variant_separator),
+        variant_separator_(options.cache.variant_separator),
         tier_flight_(clock, options.flight_shards) {}
 
   // The fetcher the Coordinator owns, for work no blocking caller waits for (see the top of
@@ -281,7 +280,7 @@ class Coordinator {
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
       n = std::max(n, (*it)->purge_prefix(prefix));
     negative_.erase_if(starts);
-    return std::max(n, cache_.erase_if(starts));
+    return std::max(n, cache_.erase_prefix(prefix));
   }
 
   // A promise to store `key` or its variants later (put(ticket, ...)), taken before the value is

@@ -43,6 +43,10 @@ Reply stats_reply(Proxy& proxy, const ServerStats& server) {
   out["in_flight"] = s.in_flight;
   out["access_log_dropped"] = server.access_log_dropped;
   out["access_log_queued_bytes"] = server.access_log_queued_bytes;
+  out["requests_active"] = server.requests_active;
+  out["inflight"] = json::object{{"bytes", server.inflight_bytes},
+                                 {"limit", server.inflight_limit},
+                                 {"refused", server.inflight_refused}};
   out["connections_shed"] = server.connections_shed;
   json::object breakers;
   for (const auto& [upstream, state] : s.breakers)
@@ -120,6 +124,9 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
     dropped.Add({{"route", name}}).Increment(static_cast<double>(r.headers_dropped));
     saved.Add({{"route", name}}).Increment(static_cast<double>(r.api_calls_saved));
   }
+  counter("unherd_inflight_refused_total", "Requests answered 503: inflight_memory was spent")
+      .Add({})
+      .Increment(static_cast<double>(server.inflight_refused));
   counter("unherd_access_log_dropped_total",
           "Access log lines dropped: the log's queue was full, or its target failed")
       .Add({})
@@ -130,6 +137,9 @@ Reply metrics_reply(Proxy& proxy, const ServerStats& server) {
   auto gauge = [&](const char* name, const char* help) -> auto& {
     return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
   };
+  gauge("unherd_inflight_bytes", "What upstream answers hold outside the cache (inflight_memory)")
+      .Add({})
+      .Set(static_cast<double>(server.inflight_bytes));
   gauge("unherd_in_flight", "Keys with an upstream fetch in flight")
       .Add({})
       .Set(static_cast<double>(s.in_flight));

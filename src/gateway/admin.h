@@ -24,6 +24,10 @@ struct ServerStats {
   std::uint64_t access_log_dropped = 0;       // lines dropped: queue full, or the target failed
   std::uint64_t access_log_queued_bytes = 0;  // waiting for the log's writer
   std::uint64_t connections_shed = 0;         // clients closed at accept: descriptors ran low
+  std::int64_t requests_active = 0;           // requests being answered now
+  std::uint64_t inflight_bytes = 0;           // what upstream answers hold outside the cache
+  std::uint64_t inflight_limit = 0;           // inflight_memory
+  std::uint64_t inflight_refused = 0;         // requests answered 503 for want of it
 };
 
 Reply admin_reply(const Request& request, Proxy& proxy, const std::string& admin_token,

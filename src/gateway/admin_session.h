@@ -30,7 +30,11 @@ class AdminSession {
     }
     const ServerStats server_stats{.access_log_dropped = server_.access_log->dropped(),
                                    .access_log_queued_bytes = server_.access_log->queued_bytes(),
-                                   .connections_shed = server_.shed.load()};
+                                   .connections_shed = server_.shed.load(),
+                                   .requests_active = server_.active.load() - 1,  // not this one
+                                   .inflight_bytes = server_.inflight->used(),
+                                   .inflight_limit = server_.inflight->limit(),
+                                   .inflight_refused = server_.inflight->refused()};
     co_return admin_reply(request, server_.proxy, token, server_.draining, server_stats);
   }
   void answered(const Reply&, std::string_view, std::string_view, std::string_view,

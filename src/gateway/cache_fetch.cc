@@ -73,6 +73,7 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
   // The hints go to the client whose request started this fetch, while it waits; coalesced
   // waiters get none (they are told nothing before the answer).
   if (p_.route->config.forward_early_hints) up.interim = p_.request->interim;
+  up.hold_limit = p_.hold_limit;
   if (previous && !previous->etag.empty()) up.headers.emplace_back("If-None-Match", previous->etag);
   if (previous && !previous->last_modified.empty()) {
     up.headers.emplace_back("If-Modified-Since", previous->last_modified);
@@ -107,6 +108,8 @@ std::vector<std::string> union_of(const std::vector<std::string>& a,
 }  // namespace
 
 Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& sent) const {
+  // Stored from here on: the cache's budget counts it, the in-flight budget no longer.
+  if (built.policy.store) built.response->inflight.reset();
   if (!built.response->shareable || subset(built.response->vary, p_.vary)) {
     // Varying on no more than the key names (a key more specific than needed is safe).
     return Fetched<ResponsePtr>{built.response, built.policy.ttl, std::nullopt, built.policy.store};

@@ -56,6 +56,9 @@ class CacheFetch {
     Clock* clock = nullptr;  // when an answer was asked for and came (its age)
     // A 304 may not grow a stored head past this (max_header_bytes): it is fetched whole instead.
     std::size_t max_head_bytes = 16 * 1024;
+    // The longest body held (max_object_bytes): past it the answer is streamed to the request
+    // that fetched it, never stored nor shared.
+    std::size_t hold_limit = 16u << 20;
     // Stores an answer under the key a request for `target` with the header lines `sent` makes
     // with the Vary names `vary` (under a purge check taken before the fetch).
     std::function<void(std::string_view target, const HeaderLines& sent,

@@ -396,6 +396,10 @@ Config parse_config(std::string_view text, const std::string& source) {
       if (*value < std::chrono::seconds(1)) r.fail(*server->get(key), key, "must be at least 1s");
     }
     r.integer("upstream_connections", config.server.upstream_connections, 1, 100'000);
+    r.size("inflight_memory", config.server.inflight_memory);
+    if (config.server.inflight_memory < (1u << 20)) {
+      r.fail(*server->get("inflight_memory"), "inflight_memory", "must be at least 1MiB");
+    }
     r.duration("upstream_idle_timeout", config.server.upstream_idle_timeout);
     if (config.server.upstream_idle_timeout <= Millis::zero()) {
       r.fail(*server->get("upstream_idle_timeout"), "upstream_idle_timeout", "must be more than 0");
@@ -416,6 +420,10 @@ Config parse_config(std::string_view text, const std::string& source) {
     r.size("hints_memory", config.cache.hints_memory);
     r.one_of("store", config.cache.store, {"disk", "none"});
     r.size("disk", config.cache.disk);
+    r.size("max_object_bytes", config.cache.max_object_bytes);
+    if (config.cache.max_object_bytes < 1024) {
+      r.fail(*cache->get("max_object_bytes"), "max_object_bytes", "must be at least 1KiB");
+    }
     if (config.cache.disk == 0) {
       r.fail(*cache->get("disk"), "disk", "must be more than 0 (store = \"none\" turns it off)");
     }

@@ -120,6 +120,10 @@ struct ServerConfig {
   Millis idle_timeout{60'000};
   Millis send_timeout{30'000};
   std::size_t upstream_connections = 128;  // open at once to one upstream, per thread
+  // What upstream answers may hold outside the cache at once — bodies being read, answers
+  // waiting for slow clients, streaming buffers — across every thread. Past it, requests that
+  // need more are answered 503 with Retry-After.
+  std::size_t inflight_memory = 256u << 20;
   // An idle upstream connection is closed after this: shorter than common upstream keep-alive
   // timeouts (5 s and more), so a request is never sent on a connection the upstream is closing.
   Millis upstream_idle_timeout{4'000};
@@ -138,6 +142,9 @@ struct CacheConfig {
   // The disk tier: "disk" (LMDB under `path`, within `disk` bytes) or "none" (memory only).
   std::string store = "disk";
   std::size_t disk = std::size_t{4} << 30;
+  // The longest answer body a cached fetch holds, stores and shares; a longer one is streamed
+  // to the request that fetched it (others ask for their own), never stored.
+  std::size_t max_object_bytes = 16u << 20;
   std::string path = "./data/cache";  // relative to the working directory
   // Targeted Cache-Control fields (RFC 9213) the gateway obeys instead of Cache-Control, the
   // first present winning; [] for none.

@@ -61,6 +61,7 @@ std::string to_toml(const Config& c) {
       << "idle_timeout = \"" << format_millis(c.server.idle_timeout) << "\"\n"
       << "send_timeout = \"" << format_millis(c.server.send_timeout) << "\"\n"
       << "upstream_connections = " << c.server.upstream_connections << "\n"
+      << "inflight_memory = \"" << format_size(c.server.inflight_memory) << "\"\n"
       << "upstream_idle_timeout = \"" << format_millis(c.server.upstream_idle_timeout) << "\"\n"
       << "access_log = " << quoted(c.server.access_log) << "\n"
       << "access_log_queue = " << c.server.access_log_queue << "\n"
@@ -71,6 +72,7 @@ std::string to_toml(const Config& c) {
       << "hints_memory = \"" << format_size(c.cache.hints_memory) << "\"\n"
       << "store = \"" << c.cache.store << "\"\n"
       << "disk = \"" << format_size(c.cache.disk) << "\"\n"
+      << "max_object_bytes = \"" << format_size(c.cache.max_object_bytes) << "\"\n"
       << "path = " << quoted(c.cache.path) << "\n"
       << "targeted_cache_control = [";
   for (std::size_t i = 0; i < c.cache.targeted_cache_control.size(); ++i) {

@@ -5,6 +5,7 @@
 #include <array>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,6 +22,9 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <charconv>
 #include <deque>
 #include <memory>
@@ -154,6 +158,83 @@ class ConnectionInterim final : public InterimSink,
   bool failed_ = false;
 };
 
+// How a streamed answer's body (CachedResponse::rest) is framed for its client: by the length
+// the upstream declared, in chunks (HTTP/1.1), or by closing the connection (HTTP/1.0).
+enum class Framing { kWhole, kLength, kChunked, kClose };
+
+Framing framing_of(const Reply& reply, unsigned version) {
+  if (!reply.cached || !reply.cached->rest || reply.head_only) return Framing::kWhole;
+  if (reply.cached->declared_length) return Framing::kLength;
+  return version >= 11 ? Framing::kChunked : Framing::kClose;
+}
+
+// Writes the body of a streamed answer after its head: what was read of it, then the rest as
+// the upstream sends it and the client takes it (one piece at a time: backpressure). Returns
+// false when either side failed (the connection cannot carry another answer).
+asio::awaitable<bool> write_streamed(tcp::socket& socket, const Reply& reply, Framing framing,
+                                     Sweeper::Watch& watch,
+                                     std::chrono::milliseconds send_timeout) {
+  const CachedResponse& r = *reply.cached;
+  std::string frame;
+  auto write_piece = [&](std::string_view piece) -> asio::awaitable<bool> {
+    boost::system::error_code ec;
+    if (piece.empty()) co_return true;
+    watch.expire_after(send_timeout);  // each piece must be taken within send_timeout
+    if (framing == Framing::kChunked) {
+      frame.clear();
+      char digits[16];
+      auto [end, e] = std::to_chars(digits, digits + sizeof digits, piece.size(), 16);
+      frame.append(digits, end);
+      frame += "\r\n";
+      const std::array<asio::const_buffer, 3> bufs{asio::buffer(frame), asio::buffer(piece),
+                                                   asio::buffer("\r\n", 2)};
+      co_await asio::async_write(socket, bufs, asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      co_await asio::async_write(socket, asio::buffer(piece),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return !ec;
+  };
+  auto first = write_piece(r.body);
+  if (!co_await std::move(first)) co_return false;
+  std::string buffer(64 * 1024, '\0');  // within the answer's in-flight charge
+  std::uint64_t sent = r.body.size();
+  for (;;) {
+    std::size_t n = 0;
+    try {
+      auto reading = r.rest->read(buffer.data(), buffer.size());
+      n = co_await std::move(reading);
+    } catch (const std::exception&) {
+      co_return false;  // the upstream failed mid-body: the client sees the answer cut short
+    }
+    if (n == 0) break;
+    sent += n;
+    auto piece = write_piece(std::string_view(buffer.data(), n));
+    if (!co_await std::move(piece)) co_return false;
+  }
+  if (framing == Framing::kChunked) {
+    boost::system::error_code ec;
+    co_await asio::async_write(socket, asio::buffer("0\r\n\r\n", 5),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    co_return !ec;
+  }
+  // A declared length the upstream did not keep: the client must not wait for the rest.
+  co_return framing != Framing::kLength || sent == *r.declared_length;
+}
+
+// Completes when the client has closed its side (or reset it) while its request is answered;
+// never when it sends more (a pipelined request: its close is found once that is read).
+asio::awaitable<void> until_client_leaves(tcp::socket& socket) {
+  boost::system::error_code ec;
+  co_await socket.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec == asio::error::operation_aborted) co_return;  // the answer came first
+  char byte;
+  const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (ec || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) co_return;  // gone
+  asio::steady_timer never(socket.get_executor(), asio::steady_timer::time_point::max());
+  co_await never.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
+
 // Of a stored response's fields, those a 304 sends (RFC 9110 §15.4.5), and Last-Modified.
 bool sent_with_304(std::string_view name) {
   for (std::string_view n :
@@ -173,6 +254,7 @@ bool sent_with_304(std::string_view name) {
 std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string& head,
                                                 std::string_view request_id, bool keep_alive,
                                                 unsigned version) {
+  const Framing framing = framing_of(reply, version);
   using Form = ClientView::Form;
   static constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
   static constexpr std::string_view kPartial = "HTTP/1.1 206 Partial Content\r\n";
@@ -232,10 +314,13 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
   std::string_view part = body;
   if (form == Form::kPartial) part = part.substr(reply.view.first, reply.view.length);
   if (form == Form::kUnsatisfiable) part = {};
-  if (!bodiless) {
-    // A HEAD passed through has no body here: the length is the one the upstream declared.
-    const bool declared = form == Form::kFull && reply.head_only && body.empty() && reply.cached &&
-                          reply.cached->declared_length;
+  if (!bodiless && framing == Framing::kChunked) {
+    head += "Transfer-Encoding: chunked\r\n";
+  } else if (!bodiless && framing != Framing::kClose) {
+    // A HEAD passed through has no body here, and a streamed body is not all here: the length
+    // is the one the upstream declared.
+    const bool declared = form == Form::kFull && reply.cached && reply.cached->declared_length &&
+                          (framing == Framing::kLength || (reply.head_only && body.empty()));
     head += "Content-Length: ";
     append_number(head, declared ? *reply.cached->declared_length : part.size());
     head += "\r\n";
@@ -246,7 +331,8 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
     head += "Connection: keep-alive\r\n";
   }
   head += "\r\n";
-  const bool send_body = !reply.head_only && !bodiless;
+  // A streamed body is written by write_streamed(), its beginning too (it may be chunked).
+  const bool send_body = !reply.head_only && !bodiless && framing == Framing::kWhole;
   std::array<asio::const_buffer, 4> buffers{};
   switch (form) {
     case Form::kFull:
@@ -401,8 +487,23 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
       request.interim = interim;
       // No co_await inside a conditional expression or beside temporaries: GCC 12
       // miscompiles both. Each awaitable is built in a statement of its own.
+      // A client that leaves while its request is answered cancels its own wait: a pass-through
+      // call is abandoned (its upstream connection closed), a coalesced waiter leaves a fetch
+      // that goes on for the others.
+      using namespace asio::experimental::awaitable_operators;
       auto answering = session.answer(std::move(request));
-      reply = co_await std::move(answering);
+      auto leaving = until_client_leaves(socket);
+      auto outcome = co_await (std::move(answering) || std::move(leaving));
+      if (outcome.index() == 1) {
+        if (interim) {  // its writes (failing now) hold the socket: wait for them to end
+          watch.expire_after(send_timeout);
+          auto draining = interim->drained();
+          co_await std::move(draining);
+        }
+        server.active--;
+        break;
+      }
+      reply = std::move(std::get<0>(outcome));
       reply.head_only = reply.head_only || msg.method() == http::verb::head;  // gateway's too
       if (interim) {
         // The hints are part of the reply: a client that does not take them within
@@ -419,11 +520,18 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
       }
     }
     watch.expire_after(send_timeout);
-    const auto buffers = prepare_reply(reply, head, request_id, keep, version);
+    const Framing framing = framing_of(reply, version);
+    const bool keep_after = keep && framing != Framing::kClose;
+    const auto buffers = prepare_reply(reply, head, request_id, keep_after, version);
     co_await asio::async_write(socket, buffers, asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec && framing != Framing::kWhole) {
+      // The client's pace sets the upstream's: each piece must be taken within send_timeout.
+      auto streaming = write_streamed(socket, reply, framing, watch, send_timeout);
+      if (!co_await std::move(streaming)) ec = asio::error::connection_aborted;
+    }
     server.active--;
     session.answered(reply, request_id, msg.method_string(), msg.target(), started);
-    if (ec || watch.expired || !keep) break;
+    if (ec || watch.expired || !keep_after) break;
   }
   boost::system::error_code ignored;
   socket.shutdown(tcp::socket::shutdown_send, ignored);

@@ -23,6 +23,7 @@ enum class NoCacheReason : std::uint8_t {
   // Varies on a request header the fetch did not send (it could not know the origin reads it):
   // the answer for a request without it, not even for the request that fetched it if it has one.
   kVaryUnsent,
+  kTooLarge,  // longer than max_object_bytes: streamed to the request that fetched it
 };
 
 constexpr std::string_view to_string(NoCacheReason r) noexcept {
@@ -45,6 +46,8 @@ constexpr std::string_view to_string(NoCacheReason r) noexcept {
       return "vary";
     case NoCacheReason::kVaryUnsent:
       return "vary-unsent";
+    case NoCacheReason::kTooLarge:
+      return "too-large";
   }
   return "";
 }

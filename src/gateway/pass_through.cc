@@ -15,6 +15,10 @@ namespace unherd::gateway {
 
 namespace asio = boost::asio;
 
+// A pass-through's answer is nobody else's: past this much, its body goes to the client as it
+// comes, at the client's pace.
+constexpr std::size_t kPassHold = 64 * 1024;
+
 asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, Upstreams& thread,
                                    std::string_view why) {
   (void)why;
@@ -29,6 +33,7 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
   }
   up.headers.emplace_back("Via", via_);
   if (route.config.forward_early_hints) up.interim = request.interim;
+  up.hold_limit = kPassHold;
   ResilientCall call(clock_, ResilienceOptions{.retry = route.retry.get(),
                                                .breaker = route.breaker.get(),
                                                .may_retry = idempotent_method(request.method)});

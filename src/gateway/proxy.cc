@@ -86,7 +86,7 @@ void fill_cached(Reply& reply, const Answer& answer, TimePoint now) {
 // into this thread's buffers: no allocation once they have grown.
 template <class Headers>
 ClientView view_for(const Headers& request, std::string_view method, const CachedResponse& r) {
-  if (r.status != 200) return {};
+  if (r.status != 200 || r.rest) return {};  // a streamed body is sent whole
   thread_local std::string if_none_match, if_modified_since, range, if_range;
   auto read = [&request](std::string_view name,
                          std::string& out) -> std::optional<std::string_view> {
@@ -141,7 +141,9 @@ Reply Proxy::refusal_reply(const std::system_error& e, CircuitBreaker& breaker) 
     return Reply::text(504, std::string("gateway timeout: ") + e.what());
   }
   if (e.code() == Errc::local_failure) {
-    return Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
+    Reply reply = Reply::text(503, std::string("the gateway is short of resources: ") + e.what());
+    reply.extra_head = "Retry-After: 1\r\n";
+    return reply;
   }
   return Reply::text(502, std::string("bad gateway: ") + e.what());
 }
@@ -150,6 +152,7 @@ Proxy::Proxy(const Config& config, std::vector<std::shared_ptr<Tier>> tiers, Clo
     : clock_(clock),
       max_query_params_(config.server.max_query_params),
       max_head_bytes_(config.server.max_header_bytes),
+      max_object_bytes_(config.cache.max_object_bytes),
       via_(via_entry()),
       coordinator_(
           CoordinatorOptions{.cache = {.capacity = config.cache.memory, .thread_memo = false}},
@@ -336,6 +339,7 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
                     .hints = &hints_,
                     .clock = &clock_,
                     .max_head_bytes = max_head_bytes_,
+                    .hold_limit = max_object_bytes_,
                     .store_variant = std::move(store_variant)});
 
   Reply reply;

@@ -100,7 +100,8 @@ class Proxy {
 
   Clock& clock_;
   const std::size_t max_query_params_;
-  const std::size_t max_head_bytes_;  // a stored head, after 304s
+  const std::size_t max_head_bytes_;    // a stored head, after 304s
+  const std::size_t max_object_bytes_;  // the longest body a cached fetch holds (and stores)
   const std::string via_;
   using Ticket = Coordinator<std::string, ResponsePtr>::Ticket;
   mutable Coordinator<std::string, ResponsePtr> coordinator_;

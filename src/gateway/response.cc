@@ -7,8 +7,9 @@
 namespace unherd::gateway {
 
 // Layout: u8 version | u16 status | u32 initial age | u16 vary count
-//         | then each string as u32 length + bytes: status_line, head, body, cache_control,
-//           etag, last_modified, and the vary names.
+//         | then each string as u32 length + bytes: status_line, head, body, (a field once
+//           used for Cache-Control, now written empty and skipped), etag, last_modified, and
+//           the vary names.
 namespace {
 
 constexpr std::uint8_t kVersion = 1;
@@ -48,19 +49,37 @@ class Reader {
   std::string_view in_;
 };
 
+// What a string costs beyond its own size: nothing while it fits inside (the small-string
+// buffer), else its heap block's capacity and the allocator's header.
+std::size_t heap_of(const std::string& s) {
+  return s.capacity() > 15 ? s.capacity() + 1 + 16 : 0;
+}
+
 }  // namespace
+
+std::size_t CachedResponse::charge() const {
+  // The fixed part: this object with its control block and the allocator's header, and the
+  // cache's map node (key object, entry, cached hash, links) with its bucket and header.
+  constexpr std::size_t kFixed = sizeof(CachedResponse) + 16 + 16 + 176 + 8;
+  std::size_t n = kFixed + heap_of(status_line) + heap_of(head) + heap_of(body) + heap_of(etag) +
+                  heap_of(last_modified);
+  if (!vary.empty()) n += vary.capacity() * sizeof(std::string) + 16;
+  for (const auto& v : vary)
+    n += heap_of(v);
+  return n;
+}
 
 std::string encode_response(const CachedResponse& r) {
   std::string out;
-  out.reserve(64 + r.status_line.size() + r.head.size() + r.body.size() + r.cache_control.size() +
-              r.etag.size() + r.last_modified.size());
+  out.reserve(64 + r.status_line.size() + r.head.size() + r.body.size() + r.etag.size() +
+              r.last_modified.size());
   put(out, kVersion);
   put(out, static_cast<std::uint16_t>(r.status));
   put(out, static_cast<std::uint32_t>(r.initial_age.count()));
   put(out, static_cast<std::uint16_t>(r.vary.size()));
-  for (std::string_view s : {std::string_view(r.status_line), std::string_view(r.head),
-                             std::string_view(r.body), std::string_view(r.cache_control),
-                             std::string_view(r.etag), std::string_view(r.last_modified)}) {
+  for (std::string_view s :
+       {std::string_view(r.status_line), std::string_view(r.head), std::string_view(r.body),
+        std::string_view(), std::string_view(r.etag), std::string_view(r.last_modified)}) {
     put_string(out, s);
   }
   for (const auto& v : r.vary)
@@ -79,8 +98,9 @@ std::optional<ResponsePtr> decode_response(std::string_view bytes) {
   auto r = std::make_shared<CachedResponse>();
   r->status = status;
   r->initial_age = std::chrono::seconds(age);
+  std::string unused;  // the Cache-Control field of older records: the head has it too
   for (std::string* s :
-       {&r->status_line, &r->head, &r->body, &r->cache_control, &r->etag, &r->last_modified}) {
+       {&r->status_line, &r->head, &r->body, &unused, &r->etag, &r->last_modified}) {
     if (!in.get_string(*s)) return std::nullopt;
   }
   r->vary.resize(vary);

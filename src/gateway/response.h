@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/inflight.h"
 #include "gateway/no_cache_reason.h"
 
 namespace unherd::gateway {
@@ -22,8 +23,7 @@ struct CachedResponse {
   std::string status_line;  // "HTTP/1.1 200 OK\r\n"
   std::string head;         // end-to-end header lines, each "Name: value\r\n"
   std::string body;
-  std::string cache_control;  // as received: a 304 that renews the entry is judged by it
-  std::string etag;           // validators for revalidation ("" if none)
+  std::string etag;  // validators for revalidation ("" if none)
   std::string last_modified;
   std::chrono::seconds initial_age{0};  // the upstream's Age when it arrived
   std::vector<std::string> vary;        // lower-case names from Vary
@@ -35,10 +35,20 @@ struct CachedResponse {
   bool revalidated = false;
   bool shareable = true;  // false: private / no-store / Set-Cookie (never given to others)
   NoCacheReason not_shareable_reason = NoCacheReason::kNone;
+  // An answer too long to hold (past max_object_bytes, or a pass-through's buffer): `body` is
+  // its beginning and this the rest, read as the one client it is for takes it. Never stored,
+  // never shared. Not stored.
+  std::shared_ptr<BodySource> rest;
+  // Its share of the in-flight budget while it is held outside the cache (inflight.h); the
+  // cache's own budget counts it once it is stored. Not stored.
+  std::shared_ptr<InflightCharge> inflight;
 
-  std::size_t charge() const {
-    return sizeof(*this) + status_line.size() + head.size() + body.size();
-  }
+  // What this answer costs the process as the allocator counts it — the object with its
+  // shared_ptr control block, its strings' heap blocks and the Vary names — plus what a cache
+  // entry holding it costs (the map node with its key and bookkeeping, a bucket): so that
+  // `memory` bounds what the cache really holds, not just the bytes of the bodies. A key's own
+  // heap block, when it has one, is the caller's to add.
+  std::size_t charge() const;
 };
 
 using ResponsePtr = std::shared_ptr<const CachedResponse>;

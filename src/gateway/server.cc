@@ -69,7 +69,8 @@ void Gateway::start() {
   for (unsigned i = 0; i <= server.threads; ++i) {
     g.contexts.push_back(std::make_unique<asio::io_context>(1));
     g.sweepers.push_back(std::make_unique<Sweeper>(*g.contexts.back()));
-    g.states.push_back(std::make_unique<ThreadState>(g.contexts.back()->get_executor(), server));
+    g.states.push_back(
+        std::make_unique<ThreadState>(g.contexts.back()->get_executor(), server, g.inflight));
     // Idle upstream connections past upstream_idle_timeout close even with no traffic.
     g.sweepers.back()->start([state = g.states.back().get()] { state->close_idle(); });
     g.guards.emplace_back(g.contexts.back()->get_executor());

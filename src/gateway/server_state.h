@@ -18,6 +18,7 @@
 
 #include "gateway/access_log.h"
 #include "gateway/config.h"
+#include "gateway/inflight.h"
 #include "gateway/proxy.h"
 #include "gateway/sweeper.h"
 #include "gateway/thread_state.h"
@@ -27,10 +28,14 @@ namespace unherd::gateway {
 
 struct ServerState {
   ServerState(Config c, std::vector<std::shared_ptr<Tier>> tiers)
-      : config(std::move(c)), proxy(config, std::move(tiers)) {}
+      : config(std::move(c)),
+        proxy(config, std::move(tiers)),
+        inflight(std::make_shared<InflightBudget>(config.server.inflight_memory)) {}
 
   Config config;
   Proxy proxy;
+  // What upstream answers hold outside the cache, across threads (inflight.h).
+  std::shared_ptr<InflightBudget> inflight;
   // Declared before the contexts: sessions, destroyed with their context, unlink themselves
   // from their thread's sweeper and count themselves out.
   std::vector<std::unique_ptr<Sweeper>> sweepers;

@@ -3,12 +3,11 @@
 
 namespace unherd::gateway {
 
-ThreadState::ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server)
+ThreadState::ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server,
+                         std::shared_ptr<InflightBudget> budget)
     : executor_(std::move(executor)),
-      max_connections_(server.upstream_connections),
-      max_body_(64u << 20),
-      idle_timeout_(server.upstream_idle_timeout),
-      max_head_(server.max_header_bytes) {}
+      options_{server.upstream_connections, server.upstream_idle_timeout, server.max_header_bytes,
+               std::move(budget)} {}
 
 void ThreadState::close_idle() {
   for (auto& [name, client] : clients_)
@@ -18,8 +17,7 @@ void ThreadState::close_idle() {
 UpstreamClient& ThreadState::client(const UpstreamUrl& upstream) {
   auto& c = clients_[upstream.to_string()];
   if (!c) {
-    c = std::make_unique<UpstreamClient>(executor_, upstream, max_connections_, max_body_,
-                                         idle_timeout_, max_head_);
+    c = std::make_unique<UpstreamClient>(executor_, upstream, options_);
   }
   return *c;
 }

@@ -18,7 +18,9 @@ namespace unherd::gateway {
 
 class ThreadState final : public Upstreams {
  public:
-  ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server);
+  // `budget`: the in-flight budget every thread's upstream answers share.
+  ThreadState(boost::asio::any_io_executor executor, const ServerConfig& server,
+              std::shared_ptr<InflightBudget> budget);
   UpstreamClient& client(const UpstreamUrl& upstream) override;
   // Closes every pool's connections idle past upstream_idle_timeout.
   void close_idle();
@@ -26,10 +28,7 @@ class ThreadState final : public Upstreams {
 
  private:
   boost::asio::any_io_executor executor_;
-  std::size_t max_connections_;
-  std::size_t max_body_;
-  std::chrono::milliseconds idle_timeout_;
-  std::size_t max_head_;
+  UpstreamClient::Options options_;
   std::map<std::string, std::unique_ptr<UpstreamClient>> clients_;
 };
 

@@ -100,24 +100,64 @@ void forward_early_hints(const Fields& interim, const std::weak_ptr<InterimSink>
 // Interim answers (100, 103) a response may be preceded by; more is a misbehaving upstream.
 constexpr int kMaxInterim = 8;
 
+// An answer's parser: the body goes where each read points it (buffer_body).
+using ResponseParser = HeadParser<false, http::buffer_body>;
+
+// How much of a body one read takes at most (and a stream's buffer holds).
+constexpr std::size_t kReadPiece = 64 * 1024;
+
+namespace {
+
+// Reads what has arrived of the body (one read from the socket, parsed) into out[0, n).
+// Returns how many bytes; ec on failure. need_buffer (out is full) is no failure.
+asio::awaitable<std::size_t> read_some_body(Connection& conn, ResponseParser& parser, char* out,
+                                            std::size_t n, boost::system::error_code& ec) {
+  parser.get().body().data = out;
+  parser.get().body().size = n;
+  co_await http::async_read_some(conn.stream, conn.buffer, parser,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+  if (ec == http::error::need_buffer) ec = {};
+  co_return n - parser.get().body().size;
+}
+
+// Reads up to n more bytes of the body onto the end of `body`, as they arrive.
+asio::awaitable<std::size_t> read_body(Connection& conn, ResponseParser& parser, std::string& body,
+                                       std::size_t n, boost::system::error_code& ec) {
+  const std::size_t at = body.size();
+  body.resize(at + n);
+  std::size_t got = 0;
+  while (got < n && !parser.is_done() && !ec) {
+    auto reading = read_some_body(conn, parser, body.data() + at + got, n - got, ec);
+    got += co_await std::move(reading);
+  }
+  body.resize(at + got);
+  co_return got;
+}
+
+std::system_error budget_spent() {
+  return std::system_error(make_error_code(Errc::local_failure),
+                           "answers in flight hold all of inflight_memory");
+}
+
+}  // namespace
+
 struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
-  Impl(asio::any_io_executor ex, UpstreamUrl up, std::size_t max, std::size_t body_limit,
-       std::chrono::milliseconds idle, std::size_t head_limit)
+  Impl(asio::any_io_executor ex, UpstreamUrl up, Options o)
       : executor(std::move(ex)),
         upstream(std::move(up)),
-        max_connections(std::max<std::size_t>(max, 1)),
-        max_body(body_limit),
-        max_head(head_limit),
-        idle_timeout(idle),
+        max_connections(std::max<std::size_t>(o.max_connections, 1)),
+        max_head(o.max_head_bytes),
+        idle_timeout(o.idle_timeout),
+        budget(std::move(o.budget)),
         host_header(upstream.port == 80 ? upstream.host
                                         : upstream.host + ":" + std::to_string(upstream.port)) {}
 
   asio::any_io_executor executor;
   UpstreamUrl upstream;
   std::size_t max_connections;
-  std::size_t max_body;
   std::size_t max_head;
   std::chrono::milliseconds idle_timeout;
+  std::shared_ptr<InflightBudget> budget;  // null: none
   std::string host_header;
   std::vector<std::unique_ptr<Connection>> idle;  // oldest first
   std::size_t open = 0;                           // connections open, idle ones included
@@ -243,11 +283,44 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
   }
 };
 
+// The rest of a body longer than its request's hold_limit, on the connection it arrives on.
+class UpstreamClient::BodyStream final : public BodySource {
+ public:
+  BodyStream(Impl::Slot slot, std::unique_ptr<ResponseParser> parser,
+             std::chrono::milliseconds timeout)
+      : slot_(std::move(slot)), parser_(std::move(parser)), timeout_(timeout) {}
+
+  asio::awaitable<std::size_t> read(char* out, std::size_t n) override {
+    if (done_ || n == 0) co_return 0;
+    Connection& conn = *slot_.conn;
+    // Each read must make progress within the timeout: a stalled upstream fails the body; a
+    // client that does not read is what stops the reading (nothing here runs until it asks).
+    conn.stream.expires_after(timeout_);
+    std::size_t got = 0;
+    boost::system::error_code ec;
+    while (got == 0 && !parser_->is_done()) {
+      got = co_await read_some_body(conn, *parser_, out, n, ec);
+      if (ec) throw to_error(ec, "reading the response");
+    }
+    if (parser_->is_done()) {
+      done_ = true;
+      if (parser_->get().keep_alive() && !parser_->need_eof() && conn.buffer.size() == 0) {
+        slot_.keep();
+      }
+    }
+    co_return got;
+  }
+
+ private:
+  Impl::Slot slot_;
+  std::unique_ptr<ResponseParser> parser_;
+  std::chrono::milliseconds timeout_;
+  bool done_ = false;
+};
+
 UpstreamClient::UpstreamClient(asio::any_io_executor executor, UpstreamUrl upstream,
-                               std::size_t max_connections, std::size_t max_body_bytes,
-                               std::chrono::milliseconds idle_timeout, std::size_t max_head_bytes)
-    : impl_(std::make_shared<Impl>(std::move(executor), std::move(upstream), max_connections,
-                                   max_body_bytes, idle_timeout, max_head_bytes)) {}
+                               Options options)
+    : impl_(std::make_shared<Impl>(std::move(executor), std::move(upstream), std::move(options))) {}
 
 UpstreamClient::~UpstreamClient() = default;
 
@@ -295,20 +368,17 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     boost::system::error_code ec;
     co_await http::async_write(conn.stream, req, asio::redirect_error(asio::use_awaitable, ec));
     bool got_some = false;
-    std::optional<HeadParser<false, http::string_body>> parser;
+    // On the heap: a body too long to hold takes its parser along (BodyStream).
+    std::unique_ptr<ResponseParser> parser;
     for (int interim = 0; !ec; ++interim) {  // interim answers (100, 103) come first
-      parser.emplace();
+      parser = std::make_unique<ResponseParser>();
       parser->header_limit(static_cast<std::uint32_t>(impl->max_head));
       parser->trailer_limit(impl->max_head);
-      parser->body_limit(impl->max_body);
-      parser->skip(head);  // an answer to HEAD has no body, whatever its header says
+      parser->body_limit(boost::none);  // bounded by hold_limit, then read as it is sent on
+      parser->skip(head);               // an answer to HEAD has no body, whatever its header says
       co_await http::async_read_header(conn.stream, conn.buffer, *parser,
                                        asio::redirect_error(asio::use_awaitable, ec));
       got_some = got_some || parser->got_some();
-      if (!ec && !parser->is_done()) {
-        co_await http::async_read(conn.stream, conn.buffer, *parser,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-      }
       const unsigned status = parser->get().result_int();
       if (ec || status < 100 || status >= 200) break;
       if (status == 103) forward_early_hints(parser->get(), request.interim);
@@ -339,17 +409,37 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       throw UpstreamError(UpstreamError::Kind::kBadResponse,
                           "unsupported transfer coding: " + std::string(te));
     }
-    auto res = parser->release();
     UpstreamResponse out;
+    const auto& res = parser->get();
     out.status = res.result_int();
     out.reason = std::string(res.reason());
-    // Reused only when the answer ended exactly where its framing said and nothing followed:
-    // surplus bytes would be taken for the next request's answer.
-    out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;
     for (const auto& field : res) {  // the head's fields only: HeadParser drops trailers
       out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }
-    out.body = std::move(res.body());
+    // The body, up to hold_limit, each piece taken from the in-flight budget first.
+    out.inflight = std::make_shared<InflightCharge>(impl->budget);
+    if (const auto length = parser->content_length(); length && *length <= request.hold_limit) {
+      if (!out.inflight->take(*length)) throw budget_spent();
+      out.inflight->give_back(*length);
+      out.body.reserve(*length);
+    }
+    while (!parser->is_done() && out.body.size() < request.hold_limit) {
+      const std::size_t want = std::min(kReadPiece, request.hold_limit - out.body.size());
+      if (!out.inflight->take(want)) throw budget_spent();
+      const std::size_t got = co_await read_body(conn, *parser, out.body, want, ec);
+      out.inflight->give_back(want - got);
+      if (ec) throw to_error(ec, "reading the response");
+    }
+    if (!parser->is_done()) {
+      // Longer than the caller may hold: the rest is read as it is sent on, on this connection.
+      out.keep_alive = false;
+      if (!out.inflight->take(kReadPiece)) throw budget_spent();  // the stream's buffer
+      out.rest = std::make_shared<BodyStream>(std::move(slot), std::move(parser), timeout);
+      co_return out;
+    }
+    // Reused only when the answer ended exactly where its framing said and nothing followed:
+    // surplus bytes would be taken for the next request's answer.
+    out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;
     if (out.keep_alive) slot.keep();
     co_return out;
   }

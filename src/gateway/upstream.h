@@ -27,18 +27,25 @@ namespace unherd::gateway {
 
 class UpstreamClient final : public Upstream {
  public:
-  // Idle connections are closed after `idle_timeout`, and never reused once the upstream has
-  // closed them or sent anything unasked. An answer's head, and its trailer, may hold at most
-  // `max_head_bytes`; what is read but not parsed yet (a chunk-size line, its extensions) at most
-  // that and a margin: an upstream cannot grow a buffer without bound.
-  UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream,
-                 std::size_t max_connections, std::size_t max_body_bytes,
-                 std::chrono::milliseconds idle_timeout, std::size_t max_head_bytes = 16 * 1024);
+  struct Options {
+    std::size_t max_connections = 128;
+    // Idle connections are closed after this, and never reused once the upstream has closed
+    // them or sent anything unasked.
+    std::chrono::milliseconds idle_timeout{4000};
+    // An answer's head, and its trailer, may hold at most this; what is read but not parsed yet
+    // (a chunk-size line with its extensions) at most this and a margin: an upstream cannot grow
+    // a buffer without bound.
+    std::size_t max_head_bytes = 16 * 1024;
+    // What bodies being read, held and streamed may take, across every thread (inflight.h).
+    std::shared_ptr<InflightBudget> budget;
+  };
+  UpstreamClient(boost::asio::any_io_executor executor, UpstreamUrl upstream, Options options);
   ~UpstreamClient() override;
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
-  // Sends request and reads the whole response within `timeout`. Throws UpstreamError.
+  // Sends request and reads the response (its body up to request.hold_limit, the rest as a
+  // BodySource) within `timeout`. Throws UpstreamError.
   boost::asio::awaitable<UpstreamResponse> send(const UpstreamRequest& request,
                                                 std::chrono::milliseconds timeout) override;
 
@@ -48,6 +55,7 @@ class UpstreamClient final : public Upstream {
 
  private:
   struct Impl;
+  class BodyStream;
   std::shared_ptr<Impl> impl_;
 };
 

@@ -156,10 +156,15 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   if (!out->last_modified.empty()) {
     facts.last_modified = parse_http_date(out->last_modified, times.response);
   }
-  out->cache_control = cache_control;
   out->vary = vary_headers(vary);
   out->body = std::move(r.body);
+  out->rest = std::move(r.rest);
+  out->inflight = std::move(r.inflight);
   BuiltResponse b{nullptr, response_policy(facts, rules)};
+  if (out->rest && b.policy.store) {  // too long to hold, so to store or share
+    b.policy.store = false;
+    b.policy.reason = NoCacheReason::kTooLarge;
+  }
   out->initial_age = b.policy.initial_age;
   // An answer that may not be stored may not be reused for another request either (RFC 9111
   // §3, §4): coalesced waiters ask for their own. Error answers (5xx, 429, and the errors that
@@ -175,6 +180,10 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
   if (r.status == 206) {  // one client's range of the resource, never another's answer
     out->shareable = false;
     out->not_shareable_reason = NoCacheReason::kPartial;
+  }
+  if (out->rest) {  // a stream, read once: its one client's
+    out->shareable = false;
+    out->not_shareable_reason = NoCacheReason::kTooLarge;
   }
   b.response = std::move(out);
   return b;

@@ -1,7 +1,8 @@
 // Upstream and Upstreams: how the proxy's decisions reach an upstream, and nothing more.
 //
 // The proxy decides what to ask (a cache fill, a pass-through, a revalidation), when to retry
-// and what an answer means; an Upstream only sends one request and reads its whole answer. In
+// and what an answer means; an Upstream only sends one request and reads its answer (whole, or
+// up to the request's hold_limit and the rest as it is sent on). In
 // the gateway each thread's Upstreams is its connection pools (ThreadState, UpstreamClient); in
 // tests it is a scripted upstream, so the proxy's decisions run in process on a ManualClock.
 //
@@ -16,6 +17,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "gateway/config.h"
+#include "gateway/inflight.h"
 #include "gateway/interim.h"
 
 namespace unherd::gateway {
@@ -42,21 +45,30 @@ struct UpstreamRequest {
   // Receives the 103 Early Hints the upstream sends before its answer (their end-to-end
   // fields); expired or empty: they are read and dropped.
   std::weak_ptr<InterimSink> interim;
+  // The most of the answer's body read into `body`; past it, the rest is handed over as
+  // UpstreamResponse::rest, to be read as it is sent on (inflight.h).
+  std::size_t hold_limit = SIZE_MAX;
 };
 
 struct UpstreamResponse {
   unsigned status = 0;
   std::string reason;
   std::vector<std::pair<std::string, std::string>> headers;  // as received
-  std::string body;
+  std::string body;  // all of it, or (with `rest`) its first hold_limit bytes
   bool keep_alive = true;
+  // The rest of a body longer than the request's hold_limit; null when `body` is all of it.
+  std::shared_ptr<BodySource> rest;
+  // What `body` (and `rest`'s buffer) take of the in-flight budget, until they are dropped.
+  std::shared_ptr<InflightCharge> inflight;
 };
 
 // One upstream.
 class Upstream {
  public:
   virtual ~Upstream() = default;
-  // Sends `request` and reads the whole response within `timeout`. Throws UpstreamError.
+  // Sends `request` and reads the response (its body up to request.hold_limit) within
+  // `timeout`. Throws UpstreamError, or std::system_error of Errc::local_failure when this side
+  // cannot (out of descriptors, or of the in-flight budget).
   virtual boost::asio::awaitable<UpstreamResponse> send(const UpstreamRequest& request,
                                                         std::chrono::milliseconds timeout) = 0;
 };

@@ -1,9 +1,11 @@
 // DiskTier: the on-disk cache tier on LMDB (unherd/disk_tier.h) — reads, queued writes,
-// synchronous removal and the public API. Its state and the rest of its implementation:
-// disk_tier_impl.h.
+// removals (tombstones at once, commits by the writer) and the public API. Its state and the rest
+// of its implementation: disk_tier_impl.h.
+#include <algorithm>
 #include <iostream>
 
 #include "store/disk_tier_impl.h"
+#include "store/fault_guard.h"
 #include "store/record_codec.h"
 
 namespace unherd {
@@ -38,36 +40,51 @@ DiskTier::Impl::~Impl() {
     queue.stop();
     writer.join();
   }
+  if (faulted) return;  // a transaction that faulted may hold LMDB's locks: leave it all be
   close_env();
 }
 
 std::optional<TierRecord> DiskTier::Impl::lookup(std::string_view key, WallTime now) {
-  if (!usable()) {
+  if (!usable() || (tombs.load(std::memory_order_acquire) > 0 && tombstoned(key))) {
     misses.add();
     return std::nullopt;
   }
   const std::string skey = store_key(key);
-  MDB_txn* txn = nullptr;
-  if (mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn) != 0) {
+  std::optional<TierRecord> out;
+  bool bad = false, renew = false, begun = false;
+  std::size_t bad_size = 0;
+  int rc = 0;
+  // Reads through the map: a page damaged while running faults here, and turns the tier off.
+  const bool sound = disk::run_guarded([&] {
+    MDB_txn* txn = nullptr;
+    if (mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn) != 0) return;
+    begun = true;
+    MDB_val k = val(skey), v{};
+    rc = mdb_get(txn, records, &k, &v);
+    if (rc == 0) {
+      auto d = decode_record(view(v));
+      if (!d) {
+        bad = true;
+        bad_size = v.mv_size;
+      } else if (d->key == key && d->keep_until > to_ns(now)) {
+        out.emplace(d->record());
+        renew = due_for_renewal(txn, skey);
+      }
+    } else if (rc != MDB_NOTFOUND) {
+      bad = true;
+    }
+    mdb_txn_abort(txn);
+  });
+  if (!sound) {
+    faulted = true;
+    mark_broken("a read of it faulted");
     misses.add();
     return std::nullopt;
   }
-  MDB_val k = val(skey), v{};
-  const int rc = mdb_get(txn, records, &k, &v);
-  std::optional<TierRecord> out;
-  bool bad = false, renew = false;
-  if (rc == 0) {
-    auto d = decode_record(view(v));
-    if (!d) {
-      bad = true;
-    } else if (d->key == key && d->keep_until > to_ns(now)) {
-      out.emplace(d->record());
-      renew = due_for_renewal(txn, skey);
-    }
-  } else if (rc != MDB_NOTFOUND) {
-    bad = true;
+  if (!begun) {
+    misses.add();
+    return std::nullopt;
   }
-  mdb_txn_abort(txn);
   if (damaged(rc)) {
     mark_broken(mdb_strerror(rc));
     misses.add();
@@ -75,6 +92,14 @@ std::optional<TierRecord> DiskTier::Impl::lookup(std::string_view key, WallTime 
   }
   if (bad) {
     corrupt.add();
+    if (bad_size > page_size / 4) {
+      // A record that large lives in overflow pages, whose own headers may be what is damaged:
+      // deleting it would have LMDB trust them (and loop over a page count that is noise). The
+      // store is suspect: the tier goes off, and the store is set aside at the next start.
+      mark_broken("a record in overflow pages failed its checksum");
+      misses.add();
+      return std::nullopt;
+    }
     enqueue(Op{Op::kErase, std::string(key), {}, 0}, false);
   }
   if (!out) {
@@ -117,60 +142,103 @@ void DiskTier::Impl::insert(std::string_view key, TierRecord record) {
   enqueue(Op{Op::kPut, std::string(key), std::move(record), 0}, true);
 }
 
+bool DiskTier::Impl::tombstoned(std::string_view key) {
+  std::lock_guard lock(tomb_mu);
+  if (erased.find(std::string(key)) != erased.end()) return true;
+  return std::any_of(purged.begin(), purged.end(),
+                     [&](const std::string& p) { return key.starts_with(p); });
+}
+
+void DiskTier::Impl::bury(const Op& op) {
+  std::lock_guard lock(tomb_mu);
+  if (op.kind == Op::kErase) {
+    ++erased[op.key];
+  } else {
+    purged.push_back(op.key);
+  }
+  tombs.fetch_add(1, std::memory_order_release);
+}
+
+void DiskTier::Impl::unbury(const Op& op) {
+  std::lock_guard lock(tomb_mu);
+  if (op.kind == Op::kErase) {
+    auto it = erased.find(op.key);
+    if (it == erased.end()) return;
+    if (--it->second == 0) erased.erase(it);
+  } else {
+    auto it = std::find(purged.begin(), purged.end(), op.key);
+    if (it == purged.end()) return;
+    purged.erase(it);
+  }
+  tombs.fetch_sub(1, std::memory_order_release);
+}
+
+// Takes effect at once (a tombstone readers see) and leaves the commit to the writer: the
+// caller, an I/O thread, never waits for a write transaction or its fsync.
 bool DiskTier::Impl::erase(std::string_view key) {
   if (!usable()) return false;
-  std::lock_guard wl(write_mu);
-  queue.remove_if([&](const std::string& k) { return k == key; });
-  try {
-    WriteTxn txn(env);
-    std::uint64_t staged_bytes = bytes;
-    const bool found = remove(txn.get(), store_key(key), staged_bytes);
-    commit(txn, staged_bytes, seq);
-    return found;
-  } catch (const LmdbError& e) {
-    warn_write_error(e.what());
+  const bool queued = queue.remove_if([&](const std::string& k) { return k == key; }) > 0;
+  bool stored = false;
+  const std::string skey = store_key(key);
+  const bool sound = disk::run_guarded([&] {
+    if (MDB_txn* txn = nullptr; mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn) == 0) {
+      MDB_val k = val(skey), v{};
+      stored = mdb_get(txn, records, &k, &v) == 0;
+      mdb_txn_abort(txn);
+    }
+  });
+  if (!sound) {
+    faulted = true;
+    mark_broken("a read of it faulted");
     return false;
   }
+  Op op{Op::kErase, std::string(key), {}, 0, true};
+  bury(op);
+  if (!queue.push(std::move(op), /*always=*/true)) unbury(Op{Op::kErase, std::string(key)});
+  return stored || queued;
 }
 
 std::size_t DiskTier::Impl::purge_prefix(std::string_view prefix) {
   if (!usable()) return 0;
-  std::lock_guard wl(write_mu);
   queue.remove_if([&](const std::string& k) { return k.starts_with(prefix); });
-  const std::string from(prefix.substr(0, kPlainKey));
-  std::size_t total = 0;
-  try {
-    for (;;) {
-      WriteTxn txn(env);
-      std::vector<std::string> doomed;
-      MDB_cursor* cur = nullptr;
-      check(mdb_cursor_open(txn.get(), records, &cur), "cursor");
-      MDB_val k = val(from), v{};
-      for (int rc = mdb_cursor_get(cur, &k, &v, from.empty() ? MDB_FIRST : MDB_SET_RANGE);
-           rc == 0 && doomed.size() < 10'000; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        const std::string_view skey = view(k);
-        if (!skey.starts_with(from)) break;
-        // Short prefixes are decided by the key; longer ones by the full key in the record
-        // (an unreadable record under the prefix goes too).
-        std::optional<Decoded> d;
-        if (prefix.size() > kPlainKey) d = decode_record(view(v));
-        if (prefix.size() <= kPlainKey || !d || d->key.starts_with(prefix)) {
-          doomed.emplace_back(skey);
-        }
-      }
-      mdb_cursor_close(cur);
-      if (doomed.empty()) break;
-      std::uint64_t staged_bytes = bytes;
-      for (const auto& skey : doomed)
-        total += remove(txn.get(), skey, staged_bytes);
-      commit(txn, staged_bytes, seq);
-      if (doomed.size() < 10'000) break;
-    }
-  } catch (const LmdbError& e) {
-    warn_write_error(e.what());
+  std::size_t n = 0;
+  if (!disk::run_guarded([&] { n = count_prefix(prefix); })) {
+    faulted = true;
+    mark_broken("a read of it faulted");
+    return 0;
   }
-  return total;
+  Op op{Op::kPurgePrefix, std::string(prefix), {}, 0, true};
+  bury(op);
+  if (!queue.push(std::move(op), /*always=*/true)) {
+    unbury(Op{Op::kPurgePrefix, std::string(prefix)});
+  }
+  return n;
 }
+
+std::size_t DiskTier::Impl::count_prefix(std::string_view prefix) {
+  const std::string from(prefix.substr(0, kPlainKey));
+  std::size_t n = 0;
+  MDB_txn* txn = nullptr;
+  if (mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn) != 0) return 0;
+  MDB_cursor* cur = nullptr;
+  if (mdb_cursor_open(txn, records, &cur) == 0) {
+    MDB_val k = val(from), v{};
+    for (int rc = mdb_cursor_get(cur, &k, &v, from.empty() ? MDB_FIRST : MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      if (!view(k).starts_with(from)) break;
+      // Records erased a moment ago (their removal not yet committed) are not counted again.
+      const bool buried = tombs.load(std::memory_order_acquire) > 0;
+      std::optional<Decoded> d;
+      if (prefix.size() > kPlainKey || buried) d = decode_record(view(v));
+      if (buried && d && tombstoned(d->key)) continue;
+      n += prefix.size() <= kPlainKey || !d || d->key.starts_with(prefix);
+    }
+    mdb_cursor_close(cur);
+  }
+  mdb_txn_abort(txn);
+  return n;
+}
+
 DiskTier::DiskTier(DiskTierOptions options, Clock& clock)
     : impl_(std::make_unique<Impl>(std::move(options), clock)) {}
 

@@ -3,9 +3,10 @@
 // recovery, damage), disk_tier_writer.cc (the writer thread and its transactions) and
 // disk_eviction.cc (expiry and the byte budget).
 //
-// Locks: write_mu is held by whoever writes to the store (the writer, erase, purge_prefix);
-// reason_mu protects unavailable_reason; the queue has its own. Readers take none: LMDB gives
-// each read transaction a snapshot.
+// Locks: write_mu is held by whoever writes to the store — the writer thread alone: erase() and
+// purge_prefix() leave a tombstone (tomb_mu) and queue the removal; reason_mu protects
+// unavailable_reason; the queue has its own. Readers take none: LMDB gives each read
+// transaction a snapshot.
 #pragma once
 
 #include <lmdb.h>
@@ -18,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "store/lmdb_txn.h"
@@ -43,11 +45,13 @@ struct DiskTier::Impl {
   // someone cut it, and reading the pages past the cut through the map would raise SIGBUS.
   std::atomic<std::uint64_t> data_size{0};
   std::atomic<bool> available{false};
+  // A transaction faulted (fault_guard.h): the store is abandoned as it is, never closed.
+  std::atomic<bool> faulted{false};
   std::string moved_aside;
   mutable std::mutex reason_mu;
   std::string unavailable_reason;  // under reason_mu
 
-  // Written by the writer (or an erase/purge) under write_mu, after each commit.
+  // Written by the writer under write_mu, after each commit.
   std::mutex write_mu;
   std::atomic<std::uint64_t> bytes{0}, entries{0};
   std::uint64_t seq = 0;                   // next recency number; under write_mu
@@ -57,6 +61,17 @@ struct DiskTier::Impl {
 
   disk::WriteQueue queue{options.queue_bytes, available};
   std::thread writer;
+
+  // Erasures and purges queued for the writer, which readers already treat as done: erase()
+  // and purge_prefix() take effect at once without waiting for a commit (and its fsync) on the
+  // caller's thread. A tombstone goes when its operation commits.
+  std::mutex tomb_mu;                           // protects erased, purged
+  std::unordered_map<std::string, int> erased;  // key -> erasures pending
+  std::vector<std::string> purged;              // prefixes pending (one per purge)
+  std::atomic<std::size_t> tombs{0};
+  bool tombstoned(std::string_view key);
+  void bury(const Op& op);    // a tombstone for an erase or purge about to be queued
+  void unbury(const Op& op);  // its operation committed
 
   std::chrono::steady_clock::time_point last_write_warning{};
 
@@ -85,9 +100,12 @@ struct DiskTier::Impl {
   // LMDB found its own pages damaged while running: stop using the store, and leave a mark so
   // that the next start sets it aside.
   void mark_broken(const std::string& why);
-  // Whether the store may be read through the map: open, and data.mdb not shorter than it has
-  // been.
+  // Whether the store may be read through the map: open, its meta pages sound, and data.mdb not
+  // shorter than it has been.
   bool usable();
+  // LMDB's meta pages read from the file: false (and why) when they are not a store's.
+  bool meta_pages_sound(std::string& why);
+  std::size_t page_size = 0;  // LMDB's, once open
 
   // ---- Reading and queueing (disk_tier.cc) ----
 
@@ -114,6 +132,13 @@ struct DiskTier::Impl {
   // Commits the staged counters with the transaction, then publishes them.
   void commit(disk::WriteTxn& txn, std::uint64_t staged_bytes, std::uint64_t staged_seq);
   void apply(const std::vector<Op>& batch);
+  // Applies puts, touches and erases in one transaction (retried once after making room).
+  // Returns whether it committed.
+  bool apply_txn(std::vector<Op>::const_iterator begin, std::vector<Op>::const_iterator end);
+  // Removes every record under a prefix, 10,000 to a transaction. Returns how many.
+  std::size_t purge_now(std::string_view prefix);
+  // Counts the records under a prefix (a read transaction).
+  std::size_t count_prefix(std::string_view prefix);
   void warn_write_error(const std::string& what);
 
   // ---- Expiry and the budget (disk_eviction.cc; caller holds write_mu) ----

@@ -12,17 +12,22 @@
 #include <fstream>
 
 #include "store/disk_tier_impl.h"
+#include "store/fault_guard.h"
+#include "store/record_codec.h"
 #include "store/verify_store.h"
 
 namespace unherd {
 
 namespace fs = std::filesystem;
+using disk::assert_hook;
 using disk::check;
+using disk::install_fault_handlers;
 using disk::kFormat;
 using disk::LmdbError;
 using disk::val;
 using disk::view;
 using disk::WriteTxn;
+using record::load;
 
 namespace {
 
@@ -96,6 +101,10 @@ DiskTier::Impl::Opened DiskTier::Impl::try_open() {
   }
   try {
     check(mdb_env_create(&env), "create");
+    // A store damaged while running faults or fails LMDB's assertions in a guarded section:
+    // the tier goes off, the process goes on (fault_guard.h).
+    install_fault_handlers();
+    mdb_env_set_assert(env, assert_hook);
     check(mdb_env_set_maxdbs(env, 8), "maxdbs");
     check(mdb_env_set_maxreaders(env, 1024), "maxreaders");
     check(mdb_env_set_mapsize(env, map_size()), "mapsize");
@@ -129,6 +138,8 @@ DiskTier::Impl::Opened DiskTier::Impl::try_open() {
     entries = st.ms_entries;
     txn.commit();
     check(mdb_env_get_fd(env, &data_fd), "fd");
+    MDB_stat env_stat{};
+    if (mdb_env_stat(env, &env_stat) == 0) page_size = env_stat.ms_psize;
     struct stat file {};
     if (::fstat(data_fd, &file) == 0) data_size = static_cast<std::uint64_t>(file.st_size);
     return {};
@@ -208,6 +219,58 @@ void DiskTier::Impl::unavailable(const std::string& why) {
   options.warn(why);
 }
 
+// LMDB's two meta pages (lmdb.h's MDB_meta after a page header), read with pread, not through
+// the map: the magic and version of each, and for the newer one (the higher txnid) a last page
+// and tree roots within the file. A store zeroed or overwritten while open fails here before
+// LMDB reads a page of it. One pread of two pages (from the page cache) per operation.
+bool DiskTier::Impl::meta_pages_sound(std::string& why) {
+  constexpr std::uint32_t kMagic = 0xBEEFC0DE;
+  constexpr std::size_t kHeader = 16;  // MDB_page: pgno, pad, flags, lower/upper
+  constexpr std::size_t kMagicAt = 0, kVersionAt = 4, kMainRootAt = 112, kFreeRootAt = 64,
+                        kLastPageAt = 120, kTxnidAt = 128;
+  if (page_size == 0 || data_fd < 0) return true;
+  thread_local std::vector<char> pages;
+  pages.resize(2 * page_size);
+  const ssize_t n = ::pread(data_fd, pages.data(), pages.size(), 0);
+  if (n < 0) return true;  // cannot tell: the size guard and LMDB have their say
+  if (static_cast<std::size_t>(n) < pages.size()) {
+    why = "its meta pages are cut short";
+    return false;
+  }
+  struct stat file {};
+  if (::fstat(data_fd, &file) != 0) return true;
+  const std::uint64_t file_pages = static_cast<std::uint64_t>(file.st_size) / page_size;
+  std::uint64_t newest = 0;
+  const char* current = nullptr;
+  for (int i = 0; i < 2; ++i) {
+    const char* meta = pages.data() + i * page_size + kHeader;
+    if (load<std::uint32_t>(meta + kMagicAt) != kMagic ||
+        load<std::uint32_t>(meta + kVersionAt) != 1) {
+      why = "meta page " + std::to_string(i) + " is not LMDB's (zeroed or overwritten)";
+      return false;
+    }
+    const auto txnid = load<std::uint64_t>(meta + kTxnidAt);
+    if (current == nullptr || txnid > newest) {
+      newest = txnid;
+      current = meta;
+    }
+  }
+  const auto last = load<std::uint64_t>(current + kLastPageAt);
+  for (std::size_t at : {kMainRootAt, kFreeRootAt}) {
+    const auto root = load<std::uint64_t>(current + at);
+    if (root != ~std::uint64_t{0} && root > last) {
+      why = "a tree root lies past the last page";
+      return false;
+    }
+  }
+  if (last >= file_pages) {
+    why = "its last page " + std::to_string(last) + " lies past the file's end (" +
+          std::to_string(file_pages) + " pages)";
+    return false;
+  }
+  return true;
+}
+
 // LMDB found its own pages damaged while running: stop using the store, and leave a mark so
 // that the next start sets it aside.
 void DiskTier::Impl::mark_broken(const std::string& why) {
@@ -227,6 +290,10 @@ void DiskTier::Impl::mark_broken(const std::string& why) {
 // shrink of a healthy store. A shrink is confirmed by a second look before the store is judged.
 bool DiskTier::Impl::usable() {
   if (!available.load(std::memory_order_relaxed)) return false;
+  if (std::string why; !meta_pages_sound(why)) {
+    mark_broken(why);
+    return false;
+  }
   for (int look = 0;; ++look) {
     std::uint64_t seen = data_size.load(std::memory_order_acquire);
     struct stat file {};

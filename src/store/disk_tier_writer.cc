@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "store/disk_tier_impl.h"
+#include "store/fault_guard.h"
 #include "store/record_codec.h"
 
 namespace unherd {
@@ -32,31 +33,38 @@ void DiskTier::Impl::write_loop() {
   bool dirty = false;
   for (;;) {
     if (!queue.wait_for_work(std::min(next_sync, next_sweep))) break;
-    // Holding write_mu while applying keeps erase() and purge_prefix() out of the window
-    // between taking a write off the queue and committing it.
+    // write_mu: eviction and the expiry sweep are the writer's too, under the same lock.
     std::unique_lock wl(write_mu);
     const std::vector<Op> batch = queue.take_batch();
     const bool ok = usable();
-    if (!batch.empty() && ok) {
-      apply(batch);
-      dirty = true;
-    }
-    if (ok && available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
     const auto now = steady::now();
-    if (now >= next_sweep && ok && available) {
-      sweep_expired();
-      next_sweep = now + options.sweep_interval;
+    // A page damaged while running may fault a write transaction too: the tier goes off (a
+    // faulted transaction is never touched again, nor the store).
+    const bool sound = !ok || disk::run_guarded([&] {
+      if (!batch.empty()) {
+        apply(batch);
+        dirty = true;
+      }
+      if (available && bytes.load() > options.budget) evict(options.budget / 10 * 9);
+      if (now >= next_sweep && available) {
+        sweep_expired();
+        next_sweep = now + options.sweep_interval;
+      }
+    });
+    if (!sound) {
+      faulted = true;
+      mark_broken("a write to it faulted");
     }
     const bool sync_now = now >= next_sync && dirty;
     if (now >= next_sync) next_sync = now + options.sync_interval;
     wl.unlock();
-    if (sync_now) {  // LMDB lets a sync run beside a write transaction: erase/purge go on
+    if (sync_now && !faulted) {  // LMDB lets a sync run beside a write transaction
       mdb_env_sync(env, 1);
       dirty = false;
     }
     queue.batch_done(batch);
   }
-  mdb_env_sync(env, 1);
+  if (!faulted) mdb_env_sync(env, 1);
   queue.all_done();
 }
 
@@ -148,14 +156,45 @@ void DiskTier::Impl::commit(WriteTxn& txn, std::uint64_t staged_bytes, std::uint
 }
 
 void DiskTier::Impl::apply(const std::vector<Op>& batch) {
+  // In order: runs of puts, touches and erases one transaction each, a purge by prefix in its
+  // own transactions between them. Tombstones go once what they stand for is committed.
+  auto begin = batch.begin();
+  while (begin != batch.end()) {
+    auto end =
+        std::find_if(begin, batch.end(), [](const Op& op) { return op.kind == Op::kPurgePrefix; });
+    if (begin != end) {
+      if (!apply_txn(begin, end)) return;
+      for (auto it = begin; it != end; ++it) {
+        if (it->tombstoned) unbury(*it);
+      }
+    }
+    if (end == batch.end()) break;
+    try {
+      purge_now(end->key);
+      unbury(*end);
+    } catch (const LmdbError& e) {
+      if (disk::damaged(e.code)) {
+        mark_broken(e.what());
+      } else {
+        warn_write_error(e.what());
+      }
+      return;
+    }
+    begin = end + 1;
+  }
+}
+
+bool DiskTier::Impl::apply_txn(std::vector<Op>::const_iterator begin,
+                               std::vector<Op>::const_iterator end) {
   std::size_t puts = 0;
-  for (const auto& op : batch)
-    puts += op.kind == Op::kPut;
+  for (auto it = begin; it != end; ++it)
+    puts += it->kind == Op::kPut;
   for (int attempt = 1;; ++attempt) {
     try {
       WriteTxn txn(env);
       std::uint64_t staged_bytes = bytes, staged_seq = seq;
-      for (const auto& op : batch) {
+      for (auto it = begin; it != end; ++it) {
+        const Op& op = *it;
         switch (op.kind) {
           case Op::kPut:
             put(txn.get(), op, staged_bytes, staged_seq);
@@ -166,11 +205,13 @@ void DiskTier::Impl::apply(const std::vector<Op>& batch) {
           case Op::kErase:
             remove(txn.get(), store_key(op.key), staged_bytes);
             break;
+          case Op::kPurgePrefix:  // never in a run (see apply)
+            break;
         }
       }
       commit(txn, staged_bytes, staged_seq);
       writes.add(puts);
-      return;
+      return true;
     } catch (const LmdbError& e) {
       if (e.code == MDB_MAP_FULL && attempt == 1) {
         evict(bytes.load() / 10 * 9);  // the map filled before the budget did: make room
@@ -182,9 +223,41 @@ void DiskTier::Impl::apply(const std::vector<Op>& batch) {
       } else {
         warn_write_error(e.what());
       }
-      return;
+      return false;
     }
   }
+}
+
+std::size_t DiskTier::Impl::purge_now(std::string_view prefix) {
+  const std::string from(prefix.substr(0, disk::kPlainKey));
+  std::size_t total = 0;
+  for (;;) {
+    WriteTxn txn(env);
+    std::vector<std::string> doomed;
+    MDB_cursor* cur = nullptr;
+    check(mdb_cursor_open(txn.get(), records, &cur), "cursor");
+    MDB_val k = val(from), v{};
+    for (int rc = mdb_cursor_get(cur, &k, &v, from.empty() ? MDB_FIRST : MDB_SET_RANGE);
+         rc == 0 && doomed.size() < 10'000; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      const std::string_view skey = disk::view(k);
+      if (!skey.starts_with(from)) break;
+      // Short prefixes are decided by the key; longer ones by the full key in the record (an
+      // unreadable record under the prefix goes too).
+      std::optional<record::Decoded> d;
+      if (prefix.size() > disk::kPlainKey) d = record::decode_record(disk::view(v));
+      if (prefix.size() <= disk::kPlainKey || !d || d->key.starts_with(prefix)) {
+        doomed.emplace_back(skey);
+      }
+    }
+    mdb_cursor_close(cur);
+    if (doomed.empty()) break;
+    std::uint64_t staged_bytes = bytes;
+    for (const auto& skey : doomed)
+      total += remove(txn.get(), skey, staged_bytes);
+    commit(txn, staged_bytes, seq);
+    if (doomed.size() < 10'000) break;
+  }
+  return total;
 }
 
 void DiskTier::Impl::warn_write_error(const std::string& what) {

@@ -3,11 +3,11 @@
 
 namespace unherd::disk {
 
-bool WriteQueue::push(WriteOp op) {
+bool WriteQueue::push(WriteOp op, bool always) {
   const std::size_t n = op_bytes(op);
   {
     std::lock_guard lk(mu_);
-    if (!open_ || stopping_ || queued_bytes_ + n > limit_bytes_) return false;
+    if (!open_ || stopping_ || (queued_bytes_ + n > limit_bytes_ && !always)) return false;
     queued_bytes_ += n;
     op.ticket = ++enqueued_;
     queue_.push_back(std::move(op));

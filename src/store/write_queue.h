@@ -24,10 +24,13 @@
 namespace unherd::disk {
 
 struct WriteOp {
-  enum Kind { kPut, kTouch, kErase } kind = kPut;
+  // kPurgePrefix: `key` is a prefix; every record whose key starts with it goes.
+  enum Kind { kPut, kTouch, kErase, kPurgePrefix } kind = kPut;
   std::string key;
   TierRecord record;
   std::uint64_t ticket = 0;  // set by push
+  // An erase or purge readers already treat as done (a tombstone): cleared once it commits.
+  bool tombstoned = false;
 };
 
 class WriteQueue {
@@ -38,11 +41,12 @@ class WriteQueue {
   WriteQueue(const WriteQueue&) = delete;
   WriteQueue& operator=(const WriteQueue&) = delete;
 
-  // Queues op; returns false if it was dropped (the queue is full, or the tier is closed).
-  bool push(WriteOp op);
-  // Removes queued ops of the keys pred accepts.
+  // Queues op; returns false if it was dropped (the queue is full — unless `always`: removals
+  // must never be lost — or the tier is closed).
+  bool push(WriteOp op, bool always = false);
+  // Removes queued puts and touches of the keys pred accepts. Returns how many puts.
   template <class Pred>
-  void remove_if(Pred pred);
+  std::size_t remove_if(Pred pred);
   // Waits until everything queued before the call is applied or removed.
   void wait_applied();
   // Tells the writer to finish what is queued and stop.
@@ -73,15 +77,18 @@ class WriteQueue {
 };
 
 template <class Pred>
-void WriteQueue::remove_if(Pred pred) {
+std::size_t WriteQueue::remove_if(Pred pred) {
+  std::size_t puts = 0;
   std::lock_guard lk(mu_);
   std::erase_if(queue_, [&](const WriteOp& op) {
-    if (!pred(op.key)) return false;
+    if ((op.kind != WriteOp::kPut && op.kind != WriteOp::kTouch) || !pred(op.key)) return false;
+    puts += op.kind == WriteOp::kPut;
     queued_bytes_ -= op_bytes(op);
     return true;
   });
   if (queue_.empty()) applied_ = enqueued_;
   applied_cv_.notify_all();
+  return puts;
 }
 
 }  // namespace unherd::disk

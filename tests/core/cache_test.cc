@@ -153,6 +153,29 @@ TEST(Cache, EraseIfPurgesByPrefixAcrossShards) {
   EXPECT_TRUE(cache.lookup("/users/7", now).value.has_value());
 }
 
+// A key's variants (KEY + separator + ...) are found through their root's index: erasing them
+// removes exactly them, whatever was evicted, replaced or erased before.
+TEST(Cache, ErasePrefixFindsAKeysVariantsThroughTheirFamily) {
+  ManualClock clock;
+  StringCache cache(CacheOptions{.capacity = 4u << 20});
+  const TimePoint t0 = clock.now();
+  const Deadlines d = Deadlines::from(t0, Ttl{1h});
+  for (std::string key : {"/a", "/a\x1fx=1", "/a\x1fx=2", "/a\x1fx=2\x1fy=1", "/ab\x1fx=1",
+                          "/b\x1fx=1", "/a\x1fz=1"}) {
+    ASSERT_TRUE(cache.insert(key, "v", 1, d, t0)) << key;
+  }
+  cache.erase("/a\x1fz=1");
+  ASSERT_TRUE(cache.insert("/a\x1fx=1", "replaced", 1, d, t0));
+  EXPECT_EQ(cache.erase_prefix("/a\x1fx="), 3u);
+  EXPECT_TRUE(cache.lookup("/a", t0).value);
+  EXPECT_TRUE(cache.lookup("/ab\x1fx=1", t0).value);
+  EXPECT_TRUE(cache.lookup("/b\x1fx=1", t0).value);
+  EXPECT_FALSE(cache.lookup("/a\x1fx=2\x1fy=1", t0).value);
+  EXPECT_EQ(cache.erase_prefix("/a\x1f"), 0u);
+  EXPECT_EQ(cache.erase_prefix("/"), 3u);  // no separator: every entry is visited
+  EXPECT_EQ(cache.stats().entries, 0u);
+}
+
 TEST(Cache, StatsCountHitsStaleAndMissesAndReset) {
   ManualClock clock;
   StringCache cache;

@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "store/fault_guard.h"
 #include "unherd/clock.h"
 
 namespace unherd {
@@ -284,8 +286,11 @@ TEST_F(DiskTierTest, ADataFileTruncatedWhileOpenSwitchesTheTierOffInsteadOfCrash
   for (int i = 0; i < 300; ++i)  // reads through the map would fault past the new end
     EXPECT_FALSE(disk.lookup("/t/" + std::to_string(i), clock.wall_now())) << i;
   EXPECT_FALSE(disk.stats().available);
-  EXPECT_NE(disk.stats().unavailable_reason.find("shrank"), std::string::npos)
-      << disk.stats().unavailable_reason;
+  // Found by the size guard or the meta pages' check, whichever looks first.
+  const std::string why = disk.stats().unavailable_reason;
+  EXPECT_TRUE(why.find("shrank") != std::string::npos ||
+              why.find("past the file's end") != std::string::npos)
+      << why;
   disk.insert("/after", record("v"));
   disk.flush();
   EXPECT_EQ(disk.purge_prefix("/t/"), 0u);
@@ -443,8 +448,31 @@ TEST_F(DiskTierTest, EraseAndPurgeCoverWritesStillQueued) {
   EXPECT_TRUE(disk.lookup("/q/8", clock.wall_now()));
   EXPECT_EQ(disk.stats().entries, 49u);
   EXPECT_EQ(disk.purge_prefix("/q/"), 49u);
+  EXPECT_FALSE(disk.lookup("/q/8", clock.wall_now()));  // at once
+  disk.flush();                                         // the counts follow the writer's commit
   EXPECT_EQ(disk.stats().entries, 0u);
   EXPECT_EQ(disk.stats().bytes, 0u);
+}
+
+// erase() and purge_prefix() take effect at once, without a write transaction on the caller's
+// thread: what they removed is never found again, and a write made after them is.
+TEST_F(DiskTierTest, ErasuresTakeEffectAtOnceAndLaterWritesWin) {
+  DiskTier disk(options(), clock);
+  for (int i = 0; i < 20; ++i)
+    disk.insert("/e/" + std::to_string(i), record("old"));
+  disk.flush();
+  EXPECT_TRUE(disk.erase("/e/1"));
+  EXPECT_FALSE(disk.erase("/nothing"));
+  EXPECT_EQ(disk.purge_prefix("/e/1"), 10u);  // /e/1 and /e/10../e/19, counted as stored
+  EXPECT_FALSE(disk.lookup("/e/1", clock.wall_now()));
+  EXPECT_FALSE(disk.lookup("/e/15", clock.wall_now()));
+  EXPECT_TRUE(disk.lookup("/e/2", clock.wall_now()));
+  disk.insert("/e/15", record("new"));  // after the purge: it stands
+  disk.flush();
+  EXPECT_EQ(disk.lookup("/e/15", clock.wall_now())->value, "new");
+  EXPECT_FALSE(disk.lookup("/e/12", clock.wall_now()));
+  disk.flush();
+  EXPECT_EQ(disk.stats().entries, 10u);
 }
 
 TEST_F(DiskTierTest, ResetZeroesCountersButNotContents) {
@@ -504,6 +532,104 @@ TEST_P(DamagedStoreTest, NoiseInPagesAtRestIsSetAsideOrMissedNeverServedNorFatal
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, DamagedStoreTest, ::testing::Range(1, 17));
+
+// Damage that appears while the store is open: its meta pages zeroed under it. Found before LMDB
+// reads a page (once, that asserted or faulted and took the process down): the tier goes off, and
+// the store is set aside at the next start.
+TEST_F(DiskTierTest, MetaPagesZeroedWhileOpenSwitchTheTierOffAndTheStoreIsSetAside) {
+  {
+    DiskTier disk(options(), clock);
+    for (int i = 0; i < 100; ++i)
+      disk.insert("/z/" + std::to_string(i), record(std::string(3000, 'v')));
+    disk.flush();
+    const fs::path data = fs::path(path) / "data.mdb";
+    {
+      std::fstream f(data, std::ios::binary | std::ios::in | std::ios::out);
+      const std::string zeros(8192, '\0');
+      f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+    }
+    EXPECT_FALSE(disk.lookup("/z/1", clock.wall_now()));
+    EXPECT_FALSE(disk.stats().available);
+    EXPECT_NE(disk.stats().unavailable_reason.find("meta page"), std::string::npos)
+        << disk.stats().unavailable_reason;
+    disk.insert("/after", record("v"));
+    EXPECT_FALSE(disk.erase("/z/2"));
+    EXPECT_EQ(disk.purge_prefix("/z/"), 0u);
+  }
+  DiskTier again(options(), clock);
+  EXPECT_FALSE(again.moved_aside().empty());
+  EXPECT_TRUE(again.stats().available);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNHERD_SANITIZED 1
+#endif
+
+// Pages overwritten with noise while the store is open, meta pages intact: LMDB may read garbage
+// pointers and fault, or fail its assertions. Contained: every lookup is a correct record, a
+// miss, or the tier off — the process goes on. (Not under sanitizers: their own fault handlers
+// report the contained faults. Deleting through damaged pages is left out: LMDB may then spend
+// long in its free-page lists, which no check bounds — see README, what stays unprotected.)
+class DamagedWhileOpenTest : public DiskTierTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(DamagedWhileOpenTest, NoiseInPagesWhileOpenIsContainedNeverFatal) {
+#ifdef UNHERD_SANITIZED
+  GTEST_SKIP() << "fault containment is not exercised under sanitizers";
+#endif
+  auto value_of = [](int i) {
+    return std::string(static_cast<std::size_t>(50 + i * 37 % 6000), 'a' + i % 26);
+  };
+  DiskTier disk(options(), clock);
+  for (int i = 0; i < 400; ++i)
+    disk.insert("/d/" + std::to_string(i), record(value_of(i)));
+  disk.flush();
+  const fs::path data = fs::path(path) / "data.mdb";
+  const std::size_t pages = fs::file_size(data) / 4096;
+  ASSERT_GT(pages, 100u);
+  std::mt19937 rng(static_cast<unsigned>(GetParam()));
+  {
+    std::fstream f(data, std::ios::binary | std::ios::in | std::ios::out);
+    for (int n = 0; n < 8; ++n) {
+      const std::size_t page = 2 + rng() % (pages - 2);
+      f.seekp(static_cast<std::streamoff>(page * 4096));
+      for (int b = 0; b < 4096; ++b)
+        f.put(static_cast<char>(rng()));
+    }
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 400; i += 3) {
+      auto got = disk.lookup("/d/" + std::to_string(i), clock.wall_now());
+      if (got) {
+        EXPECT_EQ(got->value, value_of(i)) << i;
+      }
+    }
+    disk.insert("/new/" + std::to_string(round), record("fresh"));
+    disk.flush();
+  }
+  SUCCEED() << (disk.stats().available ? "damage unseen or only missed" : "tier off");
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, DamagedWhileOpenTest, ::testing::Range(1, 9));
+
+// The guard itself: a fault inside it comes back as false, on this thread, and the process and
+// the next guarded section go on; a fault nested in another guard returns to the inner one.
+TEST(FaultGuard, AFaultInAGuardedSectionReturnsFalseAndTheProcessGoesOn) {
+#ifdef UNHERD_SANITIZED
+  GTEST_SKIP() << "fault containment is not exercised under sanitizers";
+#endif
+  disk::install_fault_handlers();
+  volatile int* nowhere = nullptr;
+  EXPECT_FALSE(disk::run_guarded([&] { *nowhere = 1; }));
+  EXPECT_FALSE(disk::run_guarded([] { std::raise(SIGBUS); }));
+  bool inner = true;
+  EXPECT_TRUE(disk::run_guarded([&] { inner = disk::run_guarded([&] { *nowhere = 2; }); }));
+  EXPECT_FALSE(inner);
+  int ran = 0;
+  EXPECT_TRUE(disk::run_guarded([&] { ++ran; }));
+  EXPECT_EQ(ran, 1);
+  EXPECT_THROW(disk::run_guarded([] { throw std::runtime_error("passes through"); }),
+               std::runtime_error);
+}
 
 }  // namespace
 }  // namespace unherd

@@ -274,6 +274,39 @@ class PassThrough(unittest.TestCase):
             up.stop()
 
 
+    def test_a_client_that_leaves_cancels_its_own_wait_never_a_shared_fetch(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port, timeout='"30s"', max_wait='"30s"'))
+        try:
+            up.hold("/api/slow-post")
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            s.sendall(b"POST /api/slow-post HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            self.assertTrue(up.wait_held("/api/slow-post", 1))
+            s.close()  # gone before its answer: the gateway stops waiting for it
+            self.assertTrue(eventually(lambda: gw.stats()["requests_active"] == 0))
+            up.release("/api/slow-post")
+            # A coalesced fetch goes on for those still waiting when one of them leaves.
+            up.hold("/api/shared")
+            leaver = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            leaver.sendall(b"GET /api/shared HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertTrue(up.wait_held("/api/shared", 1))
+            stayer = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            stayer.sendall(b"GET /api/shared HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            self.assertTrue(eventually(lambda: gw.stats()["requests_active"] == 2))
+            leaver.close()
+            self.assertTrue(eventually(lambda: gw.stats()["requests_active"] == 1))
+            up.release("/api/shared")
+            answer = b""
+            while chunk := stayer.recv(65536):
+                answer += chunk
+            stayer.close()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:80])
+            self.assertEqual(up.count("/api/shared"), 1)
+        finally:
+            gw.stop()
+            up.stop()
+
+
 class Memory(unittest.TestCase):
     def test_what_is_learned_from_answers_stays_within_hints_memory(self):
         up = Upstream()
