@@ -126,6 +126,37 @@ BENCHMARK(BM_InsertWithEviction);
 
 // Heap bytes per entry beyond the key and value themselves, measured with mallinfo2 over
 // 200,000 entries whose keys and values fit std::string's inline buffer (so they own no heap).
+// An invalidation after a POST: a key and its variants (KEY + '\x1f' + ...) purged from a cache of
+// 150,000 entries. Argument 1: through the variant index (erase_prefix with the separator);
+// 0: by scanning every entry (erase_if, what a purge by a plain prefix still costs).
+void BM_PurgeVariantsAmong150k(benchmark::State& state) {
+  Cache<std::string, std::string> cache(CacheOptions{.capacity = 1u << 30});
+  const TimePoint now{};
+  const Deadlines d = Deadlines::from(now, Ttl{1h});
+  for (int i = 0; i < 150'000; ++i) {
+    const std::string key = "/api/item/" + std::to_string(i);
+    cache.insert(key, "v", 64, d, now);
+    if (i % 10 == 0) cache.insert(key + "\x1f" + "accept-encoding=gzip", "v", 64, d, now);
+  }
+  int i = 0;
+  for (auto _ : state) {
+    const std::string key = "/api/item/" + std::to_string(i % 150'000 / 10 * 10);
+    const std::string prefix = key + "\x1f";
+    std::size_t n = 0;
+    if (state.range(0) != 0) {
+      n = cache.erase_prefix(prefix);
+    } else {
+      n = cache.erase_if([&](const std::string& k) { return k.starts_with(prefix); });
+    }
+    benchmark::DoNotOptimize(n);
+    state.PauseTiming();
+    cache.insert(prefix + "accept-encoding=gzip", "v", 64, d, now);
+    state.ResumeTiming();
+    i += 10;
+  }
+}
+BENCHMARK(BM_PurgeVariantsAmong150k)->Arg(1)->Arg(0)->Unit(benchmark::kMicrosecond);
+
 void BM_MemoryPerEntry(benchmark::State& state) {
   constexpr int kEntries = 200'000;
   auto keys = make_keys(kEntries, "/p/");  // up to 9 chars: inline in std::string

@@ -10,9 +10,15 @@ chosen at run time, then for --minutes (default 10) runs at once:
   purges    admin purges by key and by prefix
   slow      clients that send half a request head and stall, or open and say nothing
   faults    the upstream failing (503s), resetting and answering garbage, in turns
+  large     answers past max_object_bytes and long pass-through bodies, half of their clients
+            reading slowly or leaving early (streamed at the client's pace, inflight_memory)
+and in phases, a third of the run each:
+  log       the access log goes to a pipe: read, then not read at all (a stalled reader), then
+            read again
+  disk      the disk tier under a small budget: misses of 64 KB answers fill and evict it
 Each minute it prints the gateway's RSS, open descriptors, client connections, cache bytes,
-hint bytes and requests served, and at the end whether RSS and descriptors stayed flat after
-the first minutes (warm-up). Not part of CI: it takes minutes by design. Loopback only; every
+hint bytes, in-flight bytes, access-log queue bytes and requests served, and at the end whether
+RSS and descriptors stayed flat after the first minutes (warm-up). Not part of CI: it takes minutes by design. Loopback only; every
 loop is bounded by the deadline.
 """
 import argparse
@@ -140,6 +146,56 @@ class Load:
             for s in held:
                 s.close()
 
+    def large(self):
+        while self.alive():
+            for i in range(4):
+                slow = i % 2 == 1
+                method = "POST" if i >= 2 else "GET"
+                target = f"/api/large/{random.randrange(10**6)}?pad=3000000"
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=10)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                    s.sendall(f"{method} {target} HTTP/1.1\r\nHost: soak\r\n"
+                              f"Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                    got = 0
+                    while self.alive():
+                        chunk = s.recv(4096 if slow else 1 << 20)
+                        if not chunk:
+                            break
+                        got += len(chunk)
+                        if slow:
+                            time.sleep(0.01)
+                            if got > 1_000_000:
+                                break  # leaves before the end
+                    s.close()
+                    self.count(got > 0)
+                except OSError:
+                    self.count(False)
+
+    def disk_fill(self, start, end):
+        n = iter(range(10**9))
+        while self.alive() and time.monotonic() < start:
+            time.sleep(1)
+        def targets():
+            return f"/api/fill/{next(n)}?pad=64000&cc=max-age%3D600"
+        while self.alive() and time.monotonic() < end:
+            try:
+                self.gw.get(targets())
+                self.count(True)
+            except OSError:
+                self.count(False)
+
+    def log_reader(self, stall_from, stall_until):
+        """Reads the gateway's stdout (its access log), but not while the phase stalls it."""
+        import select
+        fd = self.gw.proc.stdout.fileno()
+        while self.alive():
+            if stall_from <= time.monotonic() < stall_until:
+                time.sleep(0.2)
+                continue
+            if select.select([fd], [], [], 0.2)[0] and not os.read(fd, 1 << 20):
+                return
+
     def faults(self):
         base = f"http://127.0.0.1:{self.up.port}"
         while self.alive():
@@ -161,24 +217,35 @@ def main():
     parser.add_argument("--minutes", type=float, default=10)
     args = parser.parse_args()
     up = Upstream()
-    # Faults come in short bursts; the breaker opens on a real outage, not on a burst.
+    # Faults come in short bursts; the breaker opens on a real outage, not on a burst. The access
+    # log goes to stdout (a pipe this script reads, then stalls, then reads again); the disk tier
+    # has a small budget, so the disk phase fills and evicts it.
     gw = Gateway(route("api", "/api", up.port, fresh_ttl='"2s"', stale_ttl='"5s"',
+                       timeout='"10s"',
                        retry='{ attempts = 2, base = "10ms", cap = "50ms" }',
                        breaker='{ failure_rate = 0.9, window = 200, min_calls = 100, '
                                'open_for = "2s" }'),
-                 server_extra='idle_timeout = "10s"',
-                 cache_extra='store = "none"\nhints_memory = "1MiB"')
-    deadline = time.monotonic() + args.minutes * 60
+                 server_extra='idle_timeout = "10s"\nsend_timeout = "10s"\n'
+                              'inflight_memory = "64MiB"\naccess_log_queue_bytes = "4MiB"',
+                 cache_extra='disk = "64MiB"\nmax_object_bytes = "1MiB"\n'
+                             'hints_memory = "1MiB"',
+                 access_log="-")
+    start = time.monotonic()
+    deadline = start + args.minutes * 60
+    third = (deadline - start) / 3
     load = Load(gw, up, deadline)
     workers = ([load.hits] * 4 + [load.misses] * 2 + [load.private] * 2 +
-               [load.herds, load.purges, load.slow, load.faults])
+               [load.herds, load.purges, load.slow, load.faults, load.large] +
+               [lambda: load.log_reader(start + third, start + 2 * third),
+                lambda: load.disk_fill(start + third, start + 2 * third)])
     threads = [threading.Thread(target=w, daemon=True) for w in workers]
     for t in threads:
         t.start()
     print(f"soak: {args.minutes:g} min against pid {gw.proc.pid} "
           f"(http://127.0.0.1:{gw.port}); one line a minute")
-    print("| minute | RSS MiB | fds | sockets | cache MiB | hints KiB | served | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| minute | phase | RSS MiB | fds | sockets | cache MiB | disk MiB | hints KiB | "
+          "in flight KiB | log queue KiB | log dropped | served | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     minute = 0
     while time.monotonic() < deadline:
@@ -187,8 +254,17 @@ def main():
         rss, fds, sockets = proc_figures(gw.proc.pid)
         stats = gw.stats()
         rows.append((rss, fds))
-        print(f"| {minute} | {rss} | {fds} | {sockets} | {stats['cache']['bytes'] / 2**20:.1f} | "
-              f"{stats['hints']['bytes'] / 1024:.0f} | {load.served} | {load.errors} |", flush=True)
+        elapsed = time.monotonic() - start
+        phase = ("mixed" if elapsed < third else
+                 "log stalled + disk fill" if elapsed < 2 * third else "mixed")
+        disk = next((t for name, t in stats["tiers"].items() if name == "disk"), None) \
+            if isinstance(stats.get("tiers"), dict) else None
+        disk_mib = (disk or {}).get("bytes", 0) / 2**20
+        print(f"| {minute} | {phase} | {rss} | {fds} | {sockets} | "
+              f"{stats['cache']['bytes'] / 2**20:.1f} | {disk_mib:.1f} | "
+              f"{stats['hints']['bytes'] / 1024:.0f} | {stats['inflight']['bytes'] / 1024:.0f} | "
+              f"{stats['access_log_queued_bytes'] / 1024:.0f} | {stats['access_log_dropped']} | "
+              f"{load.served} | {load.errors} |", flush=True)
     for t in threads:
         t.join(timeout=30)
     time.sleep(12)  # past idle_timeout: idle client connections are closed

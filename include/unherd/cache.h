@@ -34,6 +34,7 @@
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "unherd/clock.h"
@@ -102,9 +103,9 @@ struct CacheOptions {
   // and no copy of a value outlives its entry.
   bool thread_memo = true;
   // String keys: KEY + variant_separator + anything is a variant of KEY (an HTTP answer stored
-  // under the request headers it varies on, say); 0 for none. A key's root is what precedes its
-  // first separator: a root's keys share a shard and an index, so erasing a prefix that holds
-  // the separator (a key's variants) costs that family, not the whole cache.
+  // under the request headers it varies on, say); 0 for none. Variants are indexed under the
+  // keys they extend, so erasing KEY + separator (a key's variants) costs those variants, not a
+  // visit of the whole cache.
   char variant_separator = '\x1f';
 };
 
@@ -142,7 +143,7 @@ class Cache {
   // nothing and leaving recency alone: for callers deciding how to ask.
   std::optional<Lookup<V>> peek(const K& key, TimePoint now) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(key, h);
+    Shard& shard = shard_for(h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end() || now >= it->second.deadlines.keep_until) return std::nullopt;
@@ -178,7 +179,7 @@ class Cache {
 
   bool erase(const K& key) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(key, h);
+    Shard& shard = shard_for(h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end()) return false;
@@ -196,7 +197,7 @@ class Cache {
       return false;
     }
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(key, h);
+    Shard& shard = shard_for(h);
     std::lock_guard lock(shard.mu);
     if (auto it = shard.map.find(Prehashed{&key, h}); it != shard.map.end()) {
       if (keep_newer && it->second.stored_at >= now) return false;
@@ -212,7 +213,7 @@ class Cache {
     auto [it, inserted] = shard.map.try_emplace(key, std::move(value), charge, deadlines, now);
     Entry& e = it->second;
     e.key = &it->first;
-    index_locked(shard, it->first);
+    index(it->first);
     shard.version.fetch_add(1, std::memory_order_release);
     shard.charge += charge;
     shard.policy->inserted(&e);
@@ -239,33 +240,32 @@ class Cache {
     return n;
   }
 
-  // Erases every entry whose key starts with `prefix`. Returns how many. A prefix that holds the
-  // variant separator costs only its root's family (one shard, through its index); another
-  // visits every entry.
+  // Erases every entry whose key starts with `prefix`. Returns how many. KEY + separator (a key's
+  // variants) costs those variants, through the variant index; another prefix visits every entry.
   std::size_t erase_prefix(std::string_view prefix) requires kStringKeys {
-    const std::string_view root =
-        variant_separator_ == 0 ? prefix : prefix.substr(0, prefix.find(variant_separator_));
-    if (root.size() == prefix.size()) {
+    if (variant_separator_ == 0 || prefix.empty() || prefix.back() != variant_separator_) {
       return erase_if([prefix](const K& k) { return std::string_view(k).starts_with(prefix); });
     }
-    const std::size_t h = std::hash<std::string_view>{}(root);
-    Shard& shard = shards_[(h >> 32 ^ h >> 7) % shards_.size()];
-    std::lock_guard lock(shard.mu);
-    auto family = shard.variants.find(std::string(root));
-    if (family == shard.variants.end()) return 0;
-    std::vector<const K*> doomed;
-    for (const K* k : family->second) {
-      if (std::string_view(*k).starts_with(prefix)) doomed.push_back(k);
+    const std::string_view owner = prefix.substr(0, prefix.size() - 1);
+    std::vector<K> doomed;
+    {
+      auto& part = index_.part_of(owner);
+      std::lock_guard lock(part.mu);
+      if (auto set = part.sets.find(std::string(owner)); set != part.sets.end()) {
+        for (const K* k : set->second)
+          doomed.push_back(*k);  // copied: the entry may go before this erases it
+      }
     }
-    for (const K* k : doomed)  // each erase may end `family`: look each key up again
-      erase_locked(shard, shard.map.find(*k));
-    return doomed.size();
+    std::size_t n = 0;
+    for (const K& k : doomed)
+      n += erase(k);
+    return n;
   }
 
   // Postpones the next background refresh of key's entry (after a refresh failed).
   void defer_refresh(const K& key, TimePoint until, std::uint32_t failures) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(key, h);
+    Shard& shard = shard_for(h);
     std::lock_guard lock(shard.mu);
     auto it = shard.map.find(Prehashed{&key, h});
     if (it == shard.map.end()) return;
@@ -339,10 +339,8 @@ class Cache {
   using Map = std::unordered_map<K, Entry, MapHash, MapEq>;
 
   struct alignas(64) Shard {
-    mutable std::mutex mu;  // protects map, policy, charge, variants; held when version changes
+    mutable std::mutex mu;  // protects map, policy, charge; held when version changes
     Map map;
-    // The keys with a variant separator, by root (string keys): what erase_prefix() visits.
-    std::unordered_map<std::string, std::vector<const K*>> variants;
     std::unique_ptr<EvictionPolicy> policy;
     std::size_t charge = 0;
     // Bumped on every change to the shard. On its own cache line: hits only read it, so it
@@ -397,7 +395,7 @@ class Cache {
   template <bool kFreshOnly>
   std::optional<Lookup<V>> lookup_impl(const K& key, TimePoint now) {
     const std::size_t h = Hash{}(key);
-    Shard& shard = shard_for(key, h);
+    Shard& shard = shard_for(h);
     Memo& memo = memo_for(h);
     if (memo_ && memo.owner == id_ && memo.hash == h &&
         memo.version == shard.version.load(std::memory_order_acquire) && KeyEq{}(memo.key, key) &&
@@ -460,46 +458,58 @@ class Cache {
                                    std::max<std::size_t>(o.shards, 1));
   }
 
-  // A key's shard. A variant (see CacheOptions::variant_separator) goes with its root, so a
-  // family's keys share a shard and its index.
-  Shard& shard_for(const K& key, std::size_t hash) noexcept {
-    if constexpr (kStringKeys) {
-      if (const auto root = root_of(key); root.size() != std::string_view(key).size()) {
-        hash = std::hash<std::string_view>{}(root);
-      }
-    }
+  Shard& shard_for(std::size_t hash) noexcept {
     // High bits pick the shard, so the map (which uses the low bits) stays well spread.
     return shards_[(hash >> 32 ^ hash >> 7) % shards_.size()];
   }
 
-  // The key up to its first variant separator (the whole key when it has none).
-  std::string_view root_of(const K& key) const noexcept {
-    const std::string_view k(key);
-    return variant_separator_ == 0 ? k : k.substr(0, k.find(variant_separator_));
-  }
+  // Keys with a variant separator, indexed under each of their prefixes that end before one:
+  // "/p\x1fa=1\x1fb=2" under "/p" and "/p\x1fa=1". erase_prefix(KEY + separator) reads the
+  // set under KEY: the key's variants, whatever shard they are in. Its own sharded locks, taken
+  // one at a time and never while holding another lock of it (a cache shard's may be held).
+  struct VariantIndex {
+    struct Part {
+      std::mutex mu;  // protects sets
+      std::unordered_map<std::string, std::unordered_set<const K*>> sets;
+    };
+    std::array<Part, 16> parts;
+    Part& part_of(std::string_view prefix) {
+      return parts[std::hash<std::string_view>{}(prefix) % parts.size()];
+    }
+  };
 
-  // Indexes (or forgets) a key with a separator under its root, in its shard.
-  void index_locked(Shard& shard, const K& key) {
+  // Calls f(prefix) for each prefix of `key` that ends before a variant separator.
+  template <class F>
+  void for_each_owner(const K& key, F f) const {
     if constexpr (kStringKeys) {
-      const std::string_view root = root_of(key);
-      if (root.size() != std::string_view(key).size()) {
-        shard.variants[std::string(root)].push_back(&key);
+      if (variant_separator_ == 0) return;
+      const std::string_view k(key);
+      for (auto i = k.find(variant_separator_); i != std::string_view::npos;
+           i = k.find(variant_separator_, i + 1)) {
+        f(k.substr(0, i));
       }
     }
   }
-  void unindex_locked(Shard& shard, const K& key) {
-    if constexpr (kStringKeys) {
-      const std::string_view root = root_of(key);
-      if (root.size() == std::string_view(key).size()) return;
-      auto family = shard.variants.find(std::string(root));
-      if (family == shard.variants.end()) return;
-      std::erase(family->second, &key);
-      if (family->second.empty()) shard.variants.erase(family);
-    }
+  void index(const K& key) {
+    for_each_owner(key, [&](std::string_view owner) {
+      auto& part = index_.part_of(owner);
+      std::lock_guard lock(part.mu);
+      part.sets[std::string(owner)].insert(&key);
+    });
+  }
+  void unindex(const K& key) {
+    for_each_owner(key, [&](std::string_view owner) {
+      auto& part = index_.part_of(owner);
+      std::lock_guard lock(part.mu);
+      auto set = part.sets.find(std::string(owner));
+      if (set == part.sets.end()) return;
+      set->second.erase(&key);
+      if (set->second.empty()) part.sets.erase(set);
+    });
   }
 
   void erase_locked(Shard& shard, typename Map::iterator it) {
-    unindex_locked(shard, it->first);
+    unindex(it->first);
     shard.version.fetch_add(1, std::memory_order_release);
     shard.policy->erased(&it->second);
     shard.charge -= it->second.charge;
@@ -516,6 +526,7 @@ class Cache {
   const char variant_separator_;
   std::vector<Shard> shards_;
   std::size_t shard_capacity_;
+  VariantIndex index_;
   detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_;
 };
 

@@ -267,9 +267,6 @@ class Coordinator {
   // Removes every key starting with prefix from every tier. Returns the most any tier held.
   std::size_t purge_prefix(
       std::string_view prefix) requires std::is_convertible_v<const K&, std::string_view> {
-    auto starts = [p = std::string(prefix)](const K& k) {
-      return std::string_view(k).starts_with(p);
-    };
     // The fills of keys whose variants may start with the prefix are spoiled too.
     auto purging = fills_.purge_if([p = std::string(prefix), sep = variant_separator_](const K& k) {
       const std::string_view key(k);
@@ -279,7 +276,7 @@ class Coordinator {
     std::size_t n = 0;
     for (auto it = tiers_.rbegin(); it != tiers_.rend(); ++it)
       n = std::max(n, (*it)->purge_prefix(prefix));
-    negative_.erase_if(starts);
+    negative_.erase_prefix(prefix);
     return std::max(n, cache_.erase_prefix(prefix));
   }
 

@@ -10,8 +10,9 @@
 // by bytes: a full queue drops the write and counts it) and the thread applies whatever is queued
 // in one transaction. Commits are not fsynced one by one: a killed process loses nothing
 // committed, and a crash of the machine loses at most the last sync_interval of writes.
-// erase() and purge_prefix() are synchronous: queued writes they cover are dropped, and no
-// lookup after they return sees what they removed.
+// erase() and purge_prefix() take effect at once without waiting for the disk: queued writes
+// they cover are dropped, a tombstone keeps lookups from seeing what they removed, and the
+// writer commits the removal (a write queued after them stands).
 //
 // Budget. Records count their size (with index overhead) against `budget`. Past it, the writer
 // removes records past their stale-if-error deadline, then the least recently used (a disk hit
@@ -25,9 +26,12 @@
 // that cannot be opened for an outside reason (permissions, a missing parent, a read-only or full
 // file system, locked by another process) is left untouched; the tier is then unavailable, with
 // the reason in stats(): every lookup misses and every insert is dropped, and the process goes on
-// serving from memory. While running, a data file shorter than it has been switches the tier off
-// and marks the store to be set aside at the next start. Write errors (a full disk) drop the
-// write, count it, and warn at most once a minute.
+// serving from memory. While running, a data file shorter than it has been, or meta pages that
+// are not a store's, switch the tier off and mark the store to be set aside at the next start;
+// a fault (SIGSEGV, SIGBUS) or an LMDB assertion in a read or write through the map does the same
+// instead of ending the process — the first DiskTier installs handlers for both signals, which
+// pass any fault outside its guarded sections on to the handler installed before. Write errors
+// (a full disk) drop the write, count it, and warn at most once a minute.
 //
 // Thread safety: every member may be called concurrently from any thread.
 #pragma once

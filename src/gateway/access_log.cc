@@ -4,9 +4,11 @@
 #include <fcntl.h>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -14,6 +16,7 @@
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "gateway/request.h"
 #include "gateway/text.h"
@@ -36,13 +39,27 @@ void close_target(int fd) {
   if (fd > STDERR_FILENO) ::close(fd);
 }
 
-// Writes all of `bytes`; false when the target refused them (EPIPE, ENOSPC, ...).
-bool write_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+// Writes every line (each ending in its newline) with writev, without copying them together;
+// false when the target refused them (EPIPE, ENOSPC, ...).
+bool write_all(int fd, const std::deque<std::string>& lines) {
+  std::vector<iovec> iov;
+  iov.reserve(lines.size());
+  for (const auto& line : lines)
+    iov.push_back({const_cast<char*>(line.data()), line.size()});
+  std::size_t at = 0;
+  while (at < iov.size()) {
+    const int count = static_cast<int>(std::min<std::size_t>(iov.size() - at, IOV_MAX));
+    ssize_t n = ::writev(fd, iov.data() + at, count);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
-    bytes.remove_prefix(static_cast<std::size_t>(n));
+    while (n > 0) {  // past what was written, part of a line perhaps
+      auto& v = iov[at];
+      const auto took = std::min(static_cast<std::size_t>(n), v.iov_len);
+      v.iov_base = static_cast<char*>(v.iov_base) + took;
+      v.iov_len -= took;
+      n -= static_cast<ssize_t>(took);
+      if (v.iov_len == 0) ++at;
+    }
   }
   return true;
 }
@@ -63,7 +80,6 @@ struct AccessLog::Impl {
   // The writer: takes the whole queue, writes it in one batch, and again.
   static void run(const std::shared_ptr<Impl>& self) {
     Impl& s = *self;
-    std::string batch;
     std::unique_lock lock(s.mu);
     for (;;) {
       if (s.queue.empty()) s.idle.notify_all();  // drain() waits for this
@@ -83,16 +99,12 @@ struct AccessLog::Impl {
       s.writing = true;
       const int fd = s.fd;
       lock.unlock();
-      batch.clear();
-      for (const auto& line : lines) {
-        batch += line;
-        batch += '\n';
-      }
-      const bool written = fd == kOff || write_all(fd, batch);
-      if (batch.capacity() > s.limits.bytes) std::string().swap(batch);  // give back a spike
+      const bool written = fd == kOff || write_all(fd, lines);
+      const std::size_t count = lines.size();
+      lines.clear();
       lock.lock();
       s.writing = false;
-      if (!written) s.dropped += lines.size();
+      if (!written) s.dropped += count;
     }
     close_target(s.fd);
   }
@@ -126,13 +138,16 @@ AccessLog::~AccessLog() {
 
 void AccessLog::write(std::string_view line) {
   Impl& s = *impl_;
-  std::string copy(line);
+  std::string copy;
+  copy.reserve(line.size() + 1);
+  copy.append(line);
+  copy += '\n';
   std::lock_guard lock(s.mu);
   const bool was_empty = s.queue.empty();
-  s.queued += copy.size() + 1;
+  s.queued += copy.size();
   s.queue.push_back(std::move(copy));
   while (s.queue.size() > s.limits.lines || (s.queued > s.limits.bytes && s.queue.size() > 1)) {
-    s.queued -= s.queue.front().size() + 1;
+    s.queued -= s.queue.front().size();
     s.queue.pop_front();
     ++s.dropped;
   }

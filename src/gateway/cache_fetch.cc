@@ -74,6 +74,14 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
   // waiters get none (they are told nothing before the answer).
   if (p_.route->config.forward_early_hints) up.interim = p_.request->interim;
   up.hold_limit = p_.hold_limit;
+  // An answer this request alone may have (private, no-store, Set-Cookie...) is streamed to it
+  // from its start, never held whole: it is nobody else's, and never stored.
+  up.for_one = [route = p_.route](unsigned status, const HeaderLines& headers) {
+    UpstreamResponse head;
+    head.status = status;
+    head.headers = headers;
+    return !build_response(head, route->ttl, AnswerTimes{}).response->shareable;
+  };
   if (previous && !previous->etag.empty()) up.headers.emplace_back("If-None-Match", previous->etag);
   if (previous && !previous->last_modified.empty()) {
     up.headers.emplace_back("If-Modified-Since", previous->last_modified);

@@ -314,8 +314,16 @@ std::array<asio::const_buffer, 4> prepare_reply(const Reply& reply, std::string&
   std::string_view part = body;
   if (form == Form::kPartial) part = part.substr(reply.view.first, reply.view.length);
   if (form == Form::kUnsatisfiable) part = {};
+  const bool streamed_head = reply.head_only && reply.cached && reply.cached->rest;
   if (!bodiless && framing == Framing::kChunked) {
     head += "Transfer-Encoding: chunked\r\n";
+  } else if (!bodiless && streamed_head) {
+    // HEAD of an answer too long to hold: the length the upstream declared, if it did.
+    if (reply.cached->declared_length) {
+      head += "Content-Length: ";
+      append_number(head, *reply.cached->declared_length);
+      head += "\r\n";
+    }
   } else if (!bodiless && framing != Framing::kClose) {
     // A HEAD passed through has no body here, and a streamed body is not all here: the length
     // is the one the upstream declared.
@@ -493,7 +501,8 @@ asio::awaitable<void> serve_connection(ServerState& server, tcp::socket socket, 
       using namespace asio::experimental::awaitable_operators;
       auto answering = session.answer(std::move(request));
       auto leaving = until_client_leaves(socket);
-      auto outcome = co_await (std::move(answering) || std::move(leaving));
+      auto race = std::move(answering) || std::move(leaving);
+      auto outcome = co_await std::move(race);
       if (outcome.index() == 1) {
         if (interim) {  // its writes (failing now) hold the socket: wait for them to end
           watch.expire_after(send_timeout);

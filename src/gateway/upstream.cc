@@ -12,6 +12,7 @@
 #include <boost/beast/http.hpp>
 #include <cerrno>
 #include <deque>
+#include <thread>
 
 #include "gateway/forwarding.h"
 #include "gateway/head_parser.h"
@@ -69,6 +70,16 @@ UpstreamError to_error(const boost::system::error_code& ec, const char* step) {
     return {Kind::kBadResponse, what};  // a parse error: the upstream sent garbage
   }
   return {Kind::kReset, what};
+}
+
+// Throws what a failed step means: the upstream's failure (UpstreamError), or this caller's own
+// cancellation (a client that left) — nobody's failure, which the breaker and the retry policy
+// do not count.
+[[noreturn]] void fail(const boost::system::error_code& ec, const char* step) {
+  if (ec == asio::error::operation_aborted) {
+    throw std::system_error(make_error_code(Errc::cancelled), step);
+  }
+  throw to_error(ec, step);
 }
 
 // Hands a 103 Early Hints to the client connection waiting for this answer, if it still is:
@@ -248,6 +259,9 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
       throw std::system_error(make_error_code(Errc::local_failure),
                               "connect to " + upstream.to_string() + ": " + ec.message());
     }
+    if (ec == asio::error::operation_aborted) {
+      throw std::system_error(make_error_code(Errc::cancelled), "connect: cancelled");
+    }
     if (ec) {
       throw UpstreamError(ec == beast::error::timeout ? UpstreamError::Kind::kTimeout
                                                       : UpstreamError::Kind::kConnect,
@@ -288,7 +302,18 @@ class UpstreamClient::BodyStream final : public BodySource {
  public:
   BodyStream(Impl::Slot slot, std::unique_ptr<ResponseParser> parser,
              std::chrono::milliseconds timeout)
-      : slot_(std::move(slot)), parser_(std::move(parser)), timeout_(timeout) {}
+      : slot_(std::move(slot)),
+        parser_(std::move(parser)),
+        timeout_(timeout),
+        owner_(std::this_thread::get_id()) {}
+
+  // The connection and its pool belong to the thread that read the head: an answer dropped
+  // last on another thread (a coalesced waiter let go of it) gives them back there.
+  ~BodyStream() override {
+    if (std::this_thread::get_id() == owner_ || !slot_.impl) return;
+    auto executor = slot_.impl->executor;
+    asio::post(executor, [slot = std::move(slot_), parser = std::move(parser_)]() mutable {});
+  }
 
   asio::awaitable<std::size_t> read(char* out, std::size_t n) override {
     if (done_ || n == 0) co_return 0;
@@ -300,7 +325,7 @@ class UpstreamClient::BodyStream final : public BodySource {
     boost::system::error_code ec;
     while (got == 0 && !parser_->is_done()) {
       got = co_await read_some_body(conn, *parser_, out, n, ec);
-      if (ec) throw to_error(ec, "reading the response");
+      if (ec) fail(ec, "reading the response");
     }
     if (parser_->is_done()) {
       done_ = true;
@@ -315,6 +340,7 @@ class UpstreamClient::BodyStream final : public BodySource {
   Impl::Slot slot_;
   std::unique_ptr<ResponseParser> parser_;
   std::chrono::milliseconds timeout_;
+  std::thread::id owner_;
   bool done_ = false;
 };
 
@@ -396,7 +422,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       // idempotent request goes once more, on a fresh connection.
       const bool stale_connection = slot.reused && !got_some && ec != beast::error::timeout;
       if (stale_connection && attempt == 0 && idempotent_method(request.method)) continue;
-      throw to_error(ec, got_some ? "reading the response" : "sending the request");
+      fail(ec, got_some ? "reading the response" : "sending the request");
     }
     if (const unsigned status = parser->get().result_int(); status < 100 || status > 599) {
       throw UpstreamError(UpstreamError::Kind::kBadResponse,
@@ -416,19 +442,25 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     for (const auto& field : res) {  // the head's fields only: HeadParser drops trailers
       out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }
-    // The body, up to hold_limit, each piece taken from the in-flight budget first.
+    // The body, up to hold_limit, taken from the in-flight budget before it is read: its
+    // declared length at once, or piece by piece. One known to be longer, or an answer for this
+    // request alone (the caller says which: a private one), is handed over from its start.
     out.inflight = std::make_shared<InflightCharge>(impl->budget);
-    if (const auto length = parser->content_length(); length && *length <= request.hold_limit) {
+    const auto length = parser->content_length();
+    const bool stream_all = (length && *length > request.hold_limit) ||
+                            (request.for_one && request.for_one(out.status, out.headers));
+    const std::size_t hold = stream_all ? 0 : request.hold_limit;
+    if (length && *length <= hold) {
       if (!out.inflight->take(*length)) throw budget_spent();
-      out.inflight->give_back(*length);
       out.body.reserve(*length);
     }
-    while (!parser->is_done() && out.body.size() < request.hold_limit) {
-      const std::size_t want = std::min(kReadPiece, request.hold_limit - out.body.size());
-      if (!out.inflight->take(want)) throw budget_spent();
+    while (!parser->is_done() && out.body.size() < hold) {
+      const std::size_t want = std::min(kReadPiece, hold - out.body.size());
+      const bool charged = length.has_value();  // taken whole above
+      if (!charged && !out.inflight->take(want)) throw budget_spent();
       const std::size_t got = co_await read_body(conn, *parser, out.body, want, ec);
-      out.inflight->give_back(want - got);
-      if (ec) throw to_error(ec, "reading the response");
+      if (!charged) out.inflight->give_back(want - got);
+      if (ec) fail(ec, "reading the response");
     }
     if (!parser->is_done()) {
       // Longer than the caller may hold: the rest is read as it is sent on, on this connection.

@@ -181,7 +181,7 @@ BuiltResponse build_response(UpstreamResponse& r, const RouteTtl& rules, const A
     out->shareable = false;
     out->not_shareable_reason = NoCacheReason::kPartial;
   }
-  if (out->rest) {  // a stream, read once: its one client's
+  if (out->rest && out->shareable) {  // a stream, read once: its one client's
     out->shareable = false;
     out->not_shareable_reason = NoCacheReason::kTooLarge;
   }

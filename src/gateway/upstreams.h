@@ -18,6 +18,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -48,6 +49,10 @@ struct UpstreamRequest {
   // The most of the answer's body read into `body`; past it, the rest is handed over as
   // UpstreamResponse::rest, to be read as it is sent on (inflight.h).
   std::size_t hold_limit = SIZE_MAX;
+  // Whether an answer (its status and header fields) is for this request alone: then its body is
+  // handed over as `rest` from its start, never held whole. Empty: no answer is.
+  std::function<bool(unsigned status, const std::vector<std::pair<std::string, std::string>>&)>
+      for_one;
 };
 
 struct UpstreamResponse {

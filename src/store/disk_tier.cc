@@ -92,7 +92,7 @@ std::optional<TierRecord> DiskTier::Impl::lookup(std::string_view key, WallTime 
   }
   if (bad) {
     corrupt.add();
-    if (bad_size > page_size / 4) {
+    if (bad_size > page_size / 2 - 64) {  // about where LMDB moves a value to overflow pages
       // A record that large lives in overflow pages, whose own headers may be what is damaged:
       // deleting it would have LMDB trust them (and loop over a page count that is noise). The
       // store is suspect: the tier goes off, and the store is set aside at the next start.
@@ -144,7 +144,7 @@ void DiskTier::Impl::insert(std::string_view key, TierRecord record) {
 
 bool DiskTier::Impl::tombstoned(std::string_view key) {
   std::lock_guard lock(tomb_mu);
-  if (erased.find(std::string(key)) != erased.end()) return true;
+  if (erased.find(key) != erased.end()) return true;
   return std::any_of(purged.begin(), purged.end(),
                      [&](const std::string& p) { return key.starts_with(p); });
 }
@@ -192,9 +192,7 @@ bool DiskTier::Impl::erase(std::string_view key) {
     mark_broken("a read of it faulted");
     return false;
   }
-  Op op{Op::kErase, std::string(key), {}, 0, true};
-  bury(op);
-  if (!queue.push(std::move(op), /*always=*/true)) unbury(Op{Op::kErase, std::string(key)});
+  queue_removal(Op{Op::kErase, std::string(key), {}, 0, true});
   return stored || queued;
 }
 
@@ -207,12 +205,38 @@ std::size_t DiskTier::Impl::purge_prefix(std::string_view prefix) {
     mark_broken("a read of it faulted");
     return 0;
   }
-  Op op{Op::kPurgePrefix, std::string(prefix), {}, 0, true};
-  bury(op);
-  if (!queue.push(std::move(op), /*always=*/true)) {
-    unbury(Op{Op::kPurgePrefix, std::string(prefix)});
-  }
+  queue_removal(Op{Op::kPurgePrefix, std::string(prefix), {}, 0, true});
   return n;
+}
+
+// A removal: a tombstone and a queued operation, while there are few pending; past that (a
+// flood of invalidations outrunning the writer) the caller applies it itself, as it waits for
+// the writer's lock: the tombstones and the queue stay bounded.
+void DiskTier::Impl::queue_removal(Op op) {
+  constexpr std::size_t kMaxTombstones = 4096;
+  if (tombs.load(std::memory_order_relaxed) < kMaxTombstones) {
+    bury(op);
+    const Op copy = op;
+    if (!queue.push(std::move(op), /*always=*/true)) unbury(copy);
+    return;
+  }
+  std::lock_guard wl(write_mu);
+  const bool sound = disk::run_guarded([&] {
+    try {
+      if (op.kind == Op::kPurgePrefix) {
+        purge_now(op.key);
+      } else {
+        const std::vector<Op> one{op};
+        apply_txn(one.begin(), one.end());
+      }
+    } catch (const LmdbError& e) {
+      warn_write_error(e.what());
+    }
+  });
+  if (!sound) {
+    faulted = true;
+    mark_broken("a write to it faulted");
+  }
 }
 
 std::size_t DiskTier::Impl::count_prefix(std::string_view prefix) {

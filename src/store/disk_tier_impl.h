@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -65,11 +66,13 @@ struct DiskTier::Impl {
   // Erasures and purges queued for the writer, which readers already treat as done: erase()
   // and purge_prefix() take effect at once without waiting for a commit (and its fsync) on the
   // caller's thread. A tombstone goes when its operation commits.
-  std::mutex tomb_mu;                           // protects erased, purged
-  std::unordered_map<std::string, int> erased;  // key -> erasures pending
-  std::vector<std::string> purged;              // prefixes pending (one per purge)
+  std::mutex tomb_mu;                              // protects erased, purged
+  std::map<std::string, int, std::less<>> erased;  // key -> erasures pending
+  std::vector<std::string> purged;                 // prefixes pending (one per purge)
   std::atomic<std::size_t> tombs{0};
   bool tombstoned(std::string_view key);
+  std::vector<Op> redo;       // removals that did not commit: the writer's, tried again first
+  void queue_removal(Op op);  // an erase or purge: a tombstone and the queue, or at once
   void bury(const Op& op);    // a tombstone for an erase or purge about to be queued
   void unbury(const Op& op);  // its operation committed
 

@@ -220,8 +220,8 @@ void DiskTier::Impl::unavailable(const std::string& why) {
 }
 
 // LMDB's two meta pages (lmdb.h's MDB_meta after a page header), read with pread, not through
-// the map: the magic and version of each, and for the newer one (the higher txnid) a last page
-// and tree roots within the file. A store zeroed or overwritten while open fails here before
+// the map: the magic and version of each, and for the newer one (the higher txnid) tree roots
+// within the file. A store zeroed or overwritten while open fails here before
 // LMDB reads a page of it. One pread of two pages (from the page cache) per operation.
 bool DiskTier::Impl::meta_pages_sound(std::string& why) {
   constexpr std::uint32_t kMagic = 0xBEEFC0DE;
@@ -255,18 +255,16 @@ bool DiskTier::Impl::meta_pages_sound(std::string& why) {
       current = meta;
     }
   }
+  // The last page may lie past the file's end in a healthy store (pages allocated and freed in
+  // one transaction are never written); the roots are always written pages.
   const auto last = load<std::uint64_t>(current + kLastPageAt);
   for (std::size_t at : {kMainRootAt, kFreeRootAt}) {
     const auto root = load<std::uint64_t>(current + at);
-    if (root != ~std::uint64_t{0} && root > last) {
-      why = "a tree root lies past the last page";
+    if (root != ~std::uint64_t{0} && (root > last || root >= file_pages)) {
+      why = "a tree root (page " + std::to_string(root) + ") lies past the file's end (" +
+            std::to_string(file_pages) + " pages)";
       return false;
     }
-  }
-  if (last >= file_pages) {
-    why = "its last page " + std::to_string(last) + " lies past the file's end (" +
-          std::to_string(file_pages) + " pages)";
-    return false;
   }
   return true;
 }
@@ -280,10 +278,10 @@ void DiskTier::Impl::mark_broken(const std::string& why) {
               "); disk tier off until restart, when the store is set aside");
 }
 
-// Whether the store may be read through the map: open, and data.mdb not shorter than it has
-// been. One fstat (well under a microsecond) per disk operation. It narrows the window to the
-// operation under way: a file cut while a read is between the check and the bytes can still
-// fault — only a SIGBUS handler could close that, and a library must not install one.
+// Whether the store may be read through the map: open, its meta pages sound, and data.mdb not
+// shorter than it has been (a pread of two pages and two fstats, from the page cache, per disk
+// operation). It narrows the window to the operation under way; a file cut while a read is
+// between the check and the bytes faults in a guarded section (fault_guard.h).
 //
 // The size seen is read before the file's: another thread's commit may grow the file, and record
 // the larger size, between the two, and a size read after the fstat would then look like a

@@ -35,7 +35,11 @@ void DiskTier::Impl::write_loop() {
     if (!queue.wait_for_work(std::min(next_sync, next_sweep))) break;
     // write_mu: eviction and the expiry sweep are the writer's too, under the same lock.
     std::unique_lock wl(write_mu);
-    const std::vector<Op> batch = queue.take_batch();
+    // Removals that did not commit before go first (their tombstones still stand).
+    std::vector<Op> batch;
+    batch.swap(redo);
+    for (Op& op : queue.take_batch())
+      batch.push_back(std::move(op));
     const bool ok = usable();
     const auto now = steady::now();
     // A page damaged while running may fault a write transaction too: the tier goes off (a
@@ -157,13 +161,23 @@ void DiskTier::Impl::commit(WriteTxn& txn, std::uint64_t staged_bytes, std::uint
 
 void DiskTier::Impl::apply(const std::vector<Op>& batch) {
   // In order: runs of puts, touches and erases one transaction each, a purge by prefix in its
-  // own transactions between them. Tombstones go once what they stand for is committed.
+  // own transactions between them. Tombstones go once what they stand for is committed; a
+  // removal that did not commit (a full disk) keeps its tombstone and is tried again before the
+  // next batch, so what was purged is never read back, nor found again after a restart.
+  auto keep_removals = [this](auto from, auto to) {
+    for (auto it = from; it != to; ++it) {
+      if (it->tombstoned) redo.push_back(*it);
+    }
+  };
   auto begin = batch.begin();
   while (begin != batch.end()) {
     auto end =
         std::find_if(begin, batch.end(), [](const Op& op) { return op.kind == Op::kPurgePrefix; });
     if (begin != end) {
-      if (!apply_txn(begin, end)) return;
+      if (!apply_txn(begin, end)) {
+        keep_removals(begin, batch.end());
+        return;
+      }
       for (auto it = begin; it != end; ++it) {
         if (it->tombstoned) unbury(*it);
       }
@@ -178,6 +192,7 @@ void DiskTier::Impl::apply(const std::vector<Op>& batch) {
       } else {
         warn_write_error(e.what());
       }
+      keep_removals(end, batch.end());
       return;
     }
     begin = end + 1;

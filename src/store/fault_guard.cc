@@ -19,6 +19,8 @@ namespace {
 struct sigaction previous_segv, previous_bus;
 
 void on_fault(int sig, siginfo_t* info, void* context) {
+  // In a guarded section, a fault is the store's: LMDB follows pointers read from its pages, and
+  // a damaged page can send it anywhere, inside its map or not.
   if (sigjmp_buf* guard = detail::current_guard()) siglongjmp(*guard, sig);
   // Not ours: what would have happened without us.
   const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;

@@ -3,16 +3,19 @@
 // failures — so that the disk tier turns itself off instead of the process ending.
 //
 // run_guarded(f) runs f on this thread; a fault on this thread while f runs jumps back out of
-// it (siglongjmp) and run_guarded returns false. The handlers are installed once per process,
-// the first time a store is opened; a fault outside a guarded section (or on another thread) is
-// passed to the handler that was there before (the default one: the process ends as it would
-// have). A jump skips the destructors of what f had built: f must hold no lock, and what it
+// it (siglongjmp) and run_guarded returns false — wherever it struck: LMDB follows pointers read
+// from its pages, and a damaged page can send it outside its map too. Guarded sections hold LMDB
+// calls and the decoding of the bytes they return, nothing else. The handlers are installed once
+// per process, the first time a store is opened; a fault outside a guarded section (or on another
+// thread) is passed to the handler that was there before (the default one: the process ends as it
+// would have). A jump skips the destructors of what f had built: f must hold no lock, and what it
 // leaks (a reader slot, a buffer) is the price of a store the tier never touches again.
 #pragma once
 
 #include <lmdb.h>
 
 #include <csetjmp>
+#include <cstddef>
 #include <exception>
 
 namespace unherd::disk {

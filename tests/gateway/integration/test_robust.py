@@ -100,6 +100,75 @@ class Streaming(unittest.TestCase):
         self.assertTrue(eventually(lambda: self.gw.stats()["inflight"]["bytes"] == 0))
 
 
+    def test_head_of_a_streamed_answer_says_the_declared_length_and_sends_no_body(self):
+        target = "/api/big-head" + q(pad=2_000_000, cc="max-age=600")
+        s, h, body = self.gw.get(target, method="HEAD")
+        self.assertEqual((s, body), (200, b""))
+        self.assertGreater(int(h["content-length"]), 2_000_000)
+
+    def test_a_connection_carries_the_next_request_after_a_streamed_answer(self):
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=30) as s:
+            f = s.makefile("rb")
+            for i in range(3):
+                s.sendall(f"GET /api/keep{i}?pad=1500000 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                self.assertTrue(f.readline().startswith(b"HTTP/1.1 200"))
+                length = 0
+                while (line := f.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.assertEqual(len(f.read(length)), length)
+
+    def test_an_upstream_that_ends_short_of_its_declared_length_cuts_the_client_off(self):
+        declared = 3 << 20
+        self.raw.script("/raw/short", Script(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                             % declared + b"y" * (2 << 20), close=True))
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=30) as s:
+            s.sendall(b"GET /raw/short HTTP/1.1\r\nHost: t\r\n\r\n")
+            head, _, body = read_all(s).partition(b"\r\n\r\n")  # ends: the gateway closed
+        self.assertIn(b"content-length: %d" % declared, head.lower())
+        self.assertLess(len(body), declared)
+
+    def test_slow_readers_of_private_or_long_cached_answers_hold_buffers_only(self):
+        targets = ["/api/slow-private" + q(pad=6_000_000, cc="private", n=i) for i in range(3)] + \
+                  ["/api/slow-long" + q(pad=6_000_000, cc="max-age=60", n=i) for i in range(3)]
+        socks = []
+        try:
+            for target in targets:
+                s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=30)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                socks.append(s)
+            self.assertTrue(eventually(lambda: all(self.up.count(t) == 1 for t in targets)))
+            held = self.gw.stats()["inflight"]["bytes"]
+            self.assertLess(held, len(targets) * 512 * 1024, held)  # never whole answers
+        finally:
+            for s in socks:
+                s.close()
+        self.assertTrue(eventually(lambda: self.gw.stats()["inflight"]["bytes"] == 0))
+
+
+class ClientsThatLeave(unittest.TestCase):
+    def test_clients_that_leave_never_count_against_the_upstreams_breaker(self):
+        up = Upstream()
+        gw = Gateway(route("api", "/api", up.port, timeout='"30s"',
+                           breaker='{ failure_rate = 0.5, window = 10, min_calls = 4 }'),
+                     cache_extra='store = "none"')
+        try:
+            up.hold("/api/left")
+            for i in range(8):
+                s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+                s.sendall(b"POST /api/left HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+                self.assertTrue(up.wait_held("/api/left", i + 1))
+                s.close()
+            self.assertTrue(eventually(lambda: gw.stats()["requests_active"] == 0))
+            up.release("/api/left")
+            self.assertEqual(set(gw.stats()["breakers"].values()), {"closed"})
+            self.assertEqual(gw.get("/api/after")[0], 200)
+        finally:
+            gw.stop()
+            up.stop()
+
+
 class InflightBudget(unittest.TestCase):
     def test_past_inflight_memory_requests_get_503_with_retry_after(self):
         up = Upstream()
