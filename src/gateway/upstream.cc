@@ -455,7 +455,11 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       out.body.reserve(*length);
     }
     while (!parser->is_done() && out.body.size() < hold) {
-      const std::size_t want = std::min(kReadPiece, hold - out.body.size());
+      // A declared length is read exactly; otherwise piece by piece, each at most what is left
+      // of hold, and the string is fitted to the body at the end: a stored answer holds its
+      // bytes, not the room it was read into.
+      const std::size_t left = length ? *length - out.body.size() : hold - out.body.size();
+      const std::size_t want = std::min({kReadPiece, hold - out.body.size(), left});
       const bool charged = length.has_value();  // taken whole above
       if (!charged && !out.inflight->take(want)) throw budget_spent();
       const std::size_t got = co_await read_body(conn, *parser, out.body, want, ec);
@@ -469,6 +473,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
       out.rest = std::make_shared<BodyStream>(std::move(slot), std::move(parser), timeout);
       co_return out;
     }
+    if (out.body.capacity() - out.body.size() > out.body.size() / 8 + 64) out.body.shrink_to_fit();
     // Reused only when the answer ended exactly where its framing said and nothing followed:
     // surplus bytes would be taken for the next request's answer.
     out.keep_alive = res.keep_alive() && !parser->need_eof() && conn.buffer.size() == 0;

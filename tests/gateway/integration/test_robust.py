@@ -63,6 +63,23 @@ class Streaming(unittest.TestCase):
         self.assertEqual(self.up.count(target), 2)
         self.assertTrue(eventually(lambda: self.gw.stats()["inflight"]["bytes"] == 0))
 
+    def test_a_small_stored_answer_holds_its_size_not_the_room_it_was_read_into(self):
+        def memory():
+            return self.gw.stats()["tiers"]["memory"]
+        before = memory()
+        s, _, body = self.gw.get("/api/small" + q(pad=1000, cc="max-age=600"))
+        self.assertEqual((s, len(body) > 1000), (200, True))
+        self.raw.script("/raw/small-chunked", Script(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"400\r\n" + b"y" * 1024 + b"\r\n0\r\n\r\n"))
+        s, _, body = self.gw.get("/raw/small-chunked")
+        self.assertEqual((s, body), (200, b"y" * 1024))
+        after = memory()
+        self.assertEqual(after["entries"] - before["entries"], 2)
+        # Each entry is charged what it holds: its 1 KiB body, head and bookkeeping — not a
+        # 64 KiB read buffer.
+        self.assertLess((after["bytes"] - before["bytes"]) / 2, 4096)
+
     def test_an_answer_of_unknown_length_is_streamed_in_chunks_or_until_close(self):
         payload = bytes(range(256)) * 8192  # 2 MiB
         chunks = b"".join(b"%x\r\n" % 65536 + payload[i:i + 65536] + b"\r\n"
