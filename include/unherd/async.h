@@ -5,6 +5,10 @@
 // it. It honours asio cancellation (for example from `awaitable_operators::operator||`): a
 // cancelled sleep removes its timer and completes with boost::asio::error::operation_aborted.
 //
+// Lifetime: a sleep parked in the Clock's timers when its io_context is destroyed is abandoned with
+// the context (its coroutine destroyed there, nothing posted afterwards): destroying an
+// io_context with coroutines still sleeping is safe, as with asio's own timers.
+//
 // Thread safety: the returned operation completes on the awaiting coroutine's executor.
 #pragma once
 
@@ -14,12 +18,17 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/asio/execution/context.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
+#include <boost/asio/query.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "unherd/clock.h"
 
@@ -29,35 +38,125 @@ namespace asio = boost::asio;
 
 namespace detail {
 
+// What a handler parked outside its io_context (in a Clock's timer, on a flight's waiting list)
+// registers with that context: when the context shuts down (it is destroyed, with parked waits
+// still parked), each is abandoned — its handler destroyed there, its outstanding work released —
+// so that nothing ever posts to the context afterwards.
+class Abandonable {
+ public:
+  virtual ~Abandonable() = default;
+  virtual void abandon() = 0;
+};
+
+class ParkedWaits final : public asio::execution_context::service {
+ public:
+  using key_type = ParkedWaits;
+  static inline asio::execution_context::id id;
+  explicit ParkedWaits(asio::execution_context& context) : service(context) {}
+
+  using Handle = std::list<std::weak_ptr<Abandonable>>::iterator;
+  // Registers a parked wait; nullopt once the context is shutting down (do not park then).
+  std::optional<Handle> add(std::weak_ptr<Abandonable> wait) {
+    std::lock_guard lock(mu_);
+    if (stopped_) return std::nullopt;
+    return waits_.insert(waits_.end(), std::move(wait));
+  }
+  void remove(Handle handle) {
+    std::lock_guard lock(mu_);
+    if (!stopped_) waits_.erase(handle);
+  }
+
+ private:
+  void shutdown() override {
+    std::list<std::weak_ptr<Abandonable>> waits;
+    {
+      std::lock_guard lock(mu_);
+      stopped_ = true;
+      waits.swap(waits_);
+    }
+    for (auto& w : waits) {
+      if (auto wait = w.lock()) wait->abandon();
+    }
+  }
+
+  std::mutex mu_;  // protects waits_, stopped_
+  std::list<std::weak_ptr<Abandonable>> waits_;
+  bool stopped_ = false;
+};
+
 // A completion handler held until something completes it, exactly once, from any thread; it is
 // then run on its own associated executor (never inline), with its cancellation slot cleared.
+// While it waits it is parked with its executor's context (ParkedWaits): if that context shuts
+// down first, the handler is destroyed there and a later completion does nothing.
 template <class Handler, class... Args>
-class PendingHandler : public std::enable_shared_from_this<PendingHandler<Handler, Args...>> {
+class PendingHandler : public Abandonable,
+                       public std::enable_shared_from_this<PendingHandler<Handler, Args...>> {
  public:
   explicit PendingHandler(Handler h)
       : handler_(std::move(h)),
-        work_(asio::prefer(asio::get_associated_executor(handler_),
+        work_(asio::prefer(asio::get_associated_executor(*handler_),
                            asio::execution::outstanding_work.tracked)) {}
 
-  // Returns false if it was already completed.
+  // Parks this with its executor's context. Call once, right after make_shared.
+  void park() {
+    auto& context = asio::query(*work_, asio::execution::context);
+    registry_ = &asio::use_service<ParkedWaits>(context);
+    handle_ = registry_->add(this->weak_from_this());
+    if (!handle_) abandon();  // the context is going: nothing may be posted to it
+  }
+
+  // Returns false if it was already completed (or abandoned).
   bool complete(Args... args) {
-    if (done_.exchange(true, std::memory_order_acq_rel)) return false;
-    auto self = this->shared_from_this();
-    asio::post(work_, [self, ... a = std::move(args)]() mutable {
-      asio::get_associated_cancellation_slot(self->handler_).clear();
-      auto h = std::move(self->handler_);
-      std::move(h)(std::move(a)...);
-    });
+    {
+      std::lock_guard lock(mu_);
+      if (done_.exchange(true, std::memory_order_acq_rel)) return false;
+      auto self = this->shared_from_this();
+      asio::post(*work_, [self, ... a = std::move(args)]() mutable {
+        asio::get_associated_cancellation_slot(*self->handler_).clear();
+        auto h = std::move(*self->handler_);
+        self->handler_.reset();
+        std::move(h)(std::move(a)...);
+      });
+      // Under the lock: a context shutting down abandons this first (and waits for the lock),
+      // so its registry is alive here.
+      unpark();
+    }
     return true;
   }
   bool done() const noexcept { return done_.load(std::memory_order_acquire); }
-  auto cancellation_slot() const { return asio::get_associated_cancellation_slot(handler_); }
+  // The handler's cancellation slot; an unconnected one once it has been abandoned.
+  auto cancellation_slot() const {
+    using Slot = asio::associated_cancellation_slot_t<Handler>;
+    return handler_ ? asio::get_associated_cancellation_slot(*handler_) : Slot();
+  }
+
+  void abandon() override {
+    std::optional<Handler> dropped;
+    std::optional<Work> released;
+    {
+      std::lock_guard lock(mu_);
+      if (done_.exchange(true, std::memory_order_acq_rel)) return;
+      if (handler_) dropped.emplace(std::move(*handler_));
+      handler_.reset();
+      if (work_) released.emplace(std::move(*work_));
+      work_.reset();
+    }
+    // Destroyed here, outside the lock: the handler's frame may hold what waits on others.
+  }
 
  private:
-  Handler handler_;
+  using Work = decltype(asio::prefer(std::declval<asio::associated_executor_t<Handler>>(),
+                                     asio::execution::outstanding_work.tracked));
+  void unpark() {
+    if (registry_ != nullptr && handle_) registry_->remove(*handle_);
+  }
+
+  std::mutex mu_;  // orders complete() against abandon()
+  std::optional<Handler> handler_;
   std::atomic<bool> done_{false};
-  decltype(asio::prefer(std::declval<asio::associated_executor_t<Handler>>(),
-                        asio::execution::outstanding_work.tracked)) work_;
+  std::optional<Work> work_;
+  ParkedWaits* registry_ = nullptr;
+  std::optional<ParkedWaits::Handle> handle_;
 };
 
 }  // namespace detail
@@ -69,6 +168,7 @@ auto async_sleep_until(Clock& clock, TimePoint when, CompletionToken&& token = {
       [&clock, when](auto handler) {
         using Pending = detail::PendingHandler<decltype(handler), boost::system::error_code>;
         auto pending = std::make_shared<Pending>(std::move(handler));
+        pending->park();
         if (clock.now() >= when) {
           pending->complete({});
           return;

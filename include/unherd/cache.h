@@ -82,14 +82,15 @@ struct Lookup {
   Freshness freshness = Freshness::kMiss;
   // Present when Fresh or Stale, and on a Miss whose entry is still inside its stale-if-error
   // window (usable only when a fetch fails) or its keep window (only to revalidate).
-  std::optional<V> value;
-  Deadlines deadlines;
+  std::optional<V> value{};
+  Deadlines deadlines{};
   TimePoint stored_at{};
   // Earliest time a background refresh may start (later than stored_at after failed refreshes).
   TimePoint refresh_after{};
   std::uint32_t refresh_failures = 0;
-  // False: the value may be revalidated (or fall back on when a fetch fails) but is no answer
-  // by itself for this call (Coordinator: CallPolicy::min_stored_at, fresh_only).
+  // False: the value is no answer for this call, only one to revalidate — set by the
+  // Coordinator for values a CallPolicy refuses (see Coordinator::refuse_for). A Cache never
+  // sets it.
   bool answerable = true;
 };
 
@@ -115,8 +116,14 @@ struct CacheStats {
   std::uint64_t misses = 0;      // lookups that found neither
   std::uint64_t inserts = 0;
   std::uint64_t evictions = 0;  // entries removed to make room
-  std::uint64_t rejected =
-      0;  // inserts refused: charge over a shard's capacity, or dead on arrival
+  // Inserts refused, in all; of them:
+  std::uint64_t rejected = 0;
+  // the value's charge was over a shard's capacity (capacity / shards: a value larger than that
+  // is never cached — raise capacity, or lower shards),
+  std::uint64_t too_large = 0;
+  // the value was dead on arrival: past all its windows when stored (a zero Ttl, the default of
+  // CallPolicy::ttl, caches nothing).
+  std::uint64_t dead_on_arrival = 0;
   std::size_t entries = 0;
   std::size_t charge = 0;
 };
@@ -153,6 +160,8 @@ class Cache {
     l.value = e.value;
     l.deadlines = e.deadlines;
     l.stored_at = e.stored_at;
+    l.refresh_after = e.refresh_after;
+    l.refresh_failures = e.refresh_failures;
     return l;
   }
 
@@ -193,6 +202,7 @@ class Cache {
     if (shard_capacity_ == 0 || charge > shard_capacity_ || charge > UINT32_MAX ||
         deadlines.keep_until <= now) {
       rejected_.add();
+      (deadlines.keep_until <= now ? dead_on_arrival_ : too_large_).add();
       if (!keep_newer) erase(key);  // an unstorable new value must not leave the old behind
       return false;
     }
@@ -286,6 +296,8 @@ class Cache {
     s.inserts = inserts_.load();
     s.evictions = evictions_.load();
     s.rejected = rejected_.load();
+    s.too_large = too_large_.load();
+    s.dead_on_arrival = dead_on_arrival_.load();
     for (auto& shard : shards_) {
       std::lock_guard lock(shard.mu);
       s.entries += shard.map.size();
@@ -296,7 +308,8 @@ class Cache {
 
   // Zeroes the counters; entries and charge are state, not counters, and stay.
   void reset_stats() noexcept {
-    for (auto* c : {&hits_, &stale_hits_, &misses_, &inserts_, &evictions_, &rejected_}) {
+    for (auto* c : {&hits_, &stale_hits_, &misses_, &inserts_, &evictions_, &rejected_, &too_large_,
+                    &dead_on_arrival_}) {
       c->reset();
     }
   }
@@ -352,8 +365,13 @@ class Cache {
   // is used only while its shard's version is unchanged, so it always equals what the shard
   // holds; a hit on it takes no lock and writes nothing shared. Every kMemoUsesBeforeTouch-th
   // use goes through the shard instead, to keep the eviction policy's view of recency.
+  // (The memo tables are thread_local arrays, built empty: a V without a default constructor is
+  // held as an optional there.)
+  using MemoValue = std::conditional_t<std::is_default_constructible_v<V>, V, std::optional<V>>;
+  static const V& value_of(const V& v) noexcept { return v; }
+  static const V& value_of(const std::optional<V>& v) noexcept { return *v; }
   struct MemoEntry {
-    V value;
+    MemoValue value;
     Deadlines deadlines;
     TimePoint stored_at{};
     TimePoint refresh_after{};
@@ -439,7 +457,7 @@ class Cache {
     Lookup<V> result;
     result.freshness = freshness_at(e.deadlines, now);
     count(result.freshness);
-    result.value.emplace(e.value);
+    result.value.emplace(value_of(e.value));
     result.deadlines = e.deadlines;
     result.stored_at = e.stored_at;
     result.refresh_after = e.refresh_after;
@@ -527,7 +545,8 @@ class Cache {
   std::vector<Shard> shards_;
   std::size_t shard_capacity_;
   VariantIndex index_;
-  detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_;
+  detail::StripedCounter hits_, stale_hits_, misses_, inserts_, evictions_, rejected_, too_large_,
+      dead_on_arrival_;
 };
 
 }  // namespace unherd

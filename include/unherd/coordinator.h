@@ -11,14 +11,14 @@
 //                           -> the fetcher
 //                    the value fills the cache before any waiter wakes.
 //   A fetch that fails (or a waiter that gives up) while the key has a value inside its
-//   stale-if-error window gets that value, marked kStaleIfError. Otherwise the error propagates
-//   to every waiter. Errors may be cached for a short, jittered negative TTL.
-//   With a stale-if-error value, the first failed attempt is enough: every waiter gets the value
-//   then, and the remaining retries go on in the background, refreshing the entry if one
-//   succeeds. They stay the key's only fetch; callers meanwhile get the stale value at once.
-//   Once a key's fetch has failed for good, its stale-if-error value is served like a stale
-//   one (at once, with one background refresh after a growing, jittered backoff) until a
-//   refresh succeeds.
+//   stale-if-error window gets that value, marked kStaleIfError — unless the call's policy
+//   refused the value (min_stored_at, fresh_only; see CallPolicy::older_if_error). Otherwise the
+//   error propagates to every waiter. Errors may be cached for a short, jittered negative TTL. With
+//   a stale-if-error value, the first failed attempt is enough: every waiter gets the value then,
+//   and the remaining retries go on in the background, refreshing the entry if one succeeds. They
+//   stay the key's only fetch; callers meanwhile get the stale value at once. Once a key's fetch
+//   has failed for good, its stale-if-error value is served like a stale one (at once, with one
+//   background refresh after a growing, jittered backoff) until a refresh succeeds.
 //
 // Lower tiers (use_tiers): on a memory miss, the tiers are read in order, once per key however
 // many callers miss at once (a read is coalesced like a fetch); a value found is promoted to
@@ -52,6 +52,10 @@
 // destroying these.
 #pragma once
 
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <random>
 #include <string_view>
 #include <type_traits>
@@ -61,6 +65,7 @@
 #include "unherd/circuit_breaker.h"
 #include "unherd/detail/background_worker.h"
 #include "unherd/detail/fill_registry.h"
+#include "unherd/detail/work_tracker.h"
 #include "unherd/resilient_call.h"
 #include "unherd/retry.h"
 #include "unherd/single_flight.h"
@@ -80,21 +85,21 @@ template <class V>
 struct FetchContext {
   const V* previous = nullptr;  // the cached value being refreshed or replaced, if any
   int attempt = 1;
-  std::optional<TimePoint> attempt_deadline;
+  std::optional<TimePoint> attempt_deadline{};
   // Nobody is waiting: a stale-while-revalidate refresh, or retries that went on in the
   // background once the waiters had a stale-if-error value.
   bool background = false;
   // This fetch's place among the fills a purge can spoil: what Coordinator::put(ctx, ...) stores
   // under (a value for another key learned from this fetch). Opaque; valid during the attempt.
-  detail::FillToken fill;
+  detail::FillToken fill{};
 };
 
 template <class V>
 struct Fetched {
   V value;
-  std::optional<Ttl> ttl;             // replaces CallPolicy::ttl for this value
-  std::optional<std::size_t> charge;  // replaces the Coordinator's charge function
-  bool store = true;                  // false: hand to the waiters, keep out of the cache
+  std::optional<Ttl> ttl{};             // replaces CallPolicy::ttl for this value
+  std::optional<std::size_t> charge{};  // replaces the Coordinator's charge function
+  bool store = true;                    // false: hand to the waiters, keep out of the cache
 };
 
 template <class V>
@@ -103,12 +108,15 @@ struct Answer {
   Source source = Source::kFetched;
   TimePoint stored_at{};  // when the value was fetched: Age = now - stored_at
   // Where a cached answer came from: "memory", or a lower tier's name. Empty when fetched.
-  std::string_view tier;
+  std::string_view tier{};
 };
 
 struct CallPolicy {
-  Ttl ttl;
-  FlightOptions flight;
+  // How long fetched values are kept. The default, all zero, caches nothing: every value is
+  // handed to its waiters and dropped (counted: stats().cache.dead_on_arrival). A fetcher's
+  // Fetched::ttl overrides it per value.
+  Ttl ttl{};
+  FlightOptions flight{};
   const RetryPolicy* retry = nullptr;  // nullptr: a single attempt
   CircuitBreaker* breaker = nullptr;   // nullptr: no breaker
   // Cache a failed fetch's error this long (±20% jitter): callers get it without a fetch.
@@ -120,10 +128,15 @@ struct CallPolicy {
   // Only fresh cached values answer this call: a stale one is revalidated at once (an HTTP
   // client's max-age without max-stale).
   bool fresh_only = false;
+  // A value that min_stored_at or fresh_only refuse is no answer at all, not even when the fetch
+  // fails (the call gets the error) — unless this is set: then, the fetch failed, it answers
+  // like any stale-if-error value (kStaleIfError). For callers whose refusal is a preference
+  // that a stale-if-error window overrides (HTTP: RFC 5861 §4).
+  bool older_if_error = false;
 };
 
 struct CoordinatorOptions {
-  CacheOptions cache;
+  CacheOptions cache{};
   std::size_t flight_shards = 16;
   std::size_t negative_capacity = 1u << 20;  // charge budget of the negative cache
   // (cache.variant_separator: KEY + separator + anything is a variant of KEY. put() under KEY's
@@ -140,16 +153,45 @@ struct CoordinatorStats {
   std::uint64_t refresh_failures = 0;
   std::uint64_t errors = 0;  // calls that ended in an exception
   std::uint64_t retries = 0;
-  SingleFlightStats flight;
-  SingleFlightStats tier_reads;  // lower-tier reads: fetches = reads made, coalesced = shared
-  CacheStats cache;
+  SingleFlightStats flight{};
+  SingleFlightStats tier_reads{};  // lower-tier reads: fetches = reads made, coalesced = shared
+  CacheStats cache{};
   // Per tier, memory first, then the lower tiers in lookup order.
-  std::vector<std::pair<std::string, TierStats>> tiers;
+  std::vector<std::pair<std::string, TierStats>> tiers{};
 };
 
 inline constexpr std::string_view kMemoryTier = "memory";
 
 namespace detail {
+// A callable kept behind a shared_ptr: what a Coordinator copies where it must copy a fetcher or
+// loader that cannot be copied itself (move-only ones). Invocable exactly as the callable is.
+template <class F>
+struct SharedCallable {
+  std::shared_ptr<F> f;
+  template <class... A>
+  auto operator()(A&&... a) const -> decltype((*f)(std::forward<A>(a)...)) {
+    return (*f)(std::forward<A>(a)...);
+  }
+};
+// A callable borrowed by reference, for work that ends before the call that lent it.
+template <class F>
+struct BorrowedCallable {
+  F* f;
+  template <class... A>
+  auto operator()(A&&... a) const -> decltype((*f)(std::forward<A>(a)...)) {
+    return (*f)(std::forward<A>(a)...);
+  }
+};
+// F itself when it can be copied, otherwise shared.
+template <class F>
+auto copyable(F f) {
+  if constexpr (std::is_copy_constructible_v<F>) {
+    return f;
+  } else {
+    return SharedCallable<F>{std::make_shared<F>(std::move(f))};
+  }
+}
+
 template <class T>
 std::size_t default_charge(const T& t) {
   if constexpr (requires {
@@ -181,13 +223,57 @@ class Coordinator {
         variant_separator_(options.cache.variant_separator),
         tier_flight_(clock, options.flight_shards) {}
 
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Background work that has not begun (queued refreshes, retries waiting out a backoff) is
+  // cancelled; a fetch running on the worker thread is waited for. REQUIRES: nothing of this
+  // Coordinator runs on an io_context that still exists — drain() first, or destroy the
+  // io_contexts first. Debug builds abort when something does (saying so on stderr); release
+  // builds say so and wait for it.
+  ~Coordinator() {
+    stop_pauses();
+    worker_.stop();
+    if (const std::size_t left = work_.running(); left != 0) {
+      std::fprintf(stderr,
+                   "unherd: Coordinator destroyed while %zu of its fetches or tier reads still "
+                   "run on an io_context: call drain() first, or destroy the io_contexts first\n",
+                   left);
+#ifndef NDEBUG
+      std::abort();
+#endif
+      work_.wait_idle(std::chrono::steady_clock::time_point::max());
+    }
+  }
+
+  // Waits until nothing of this Coordinator runs anywhere — no fetch, retry or refresh
+  // (blocking or coroutine, handed off or not), no tier read, no queued background job — or
+  // until `deadline` passes on the steady clock. Returns whether nothing runs. Work that
+  // coroutines do needs their io_contexts to be run meanwhile (by other threads: use
+  // async_drain on one of them). New calls are not refused: stop making them first.
+  bool drain(std::chrono::steady_clock::time_point deadline) {
+    return work_.wait_idle(deadline);
+  }
+  bool drain(std::chrono::steady_clock::duration timeout) {
+    return drain(std::chrono::steady_clock::now() + timeout);
+  }
+  // The same from a coroutine, without blocking its thread: completes (true) when nothing runs,
+  // or (false) after `timeout` on this Coordinator's Clock.
+  asio::awaitable<bool> async_drain(Duration timeout);
+  // How many pieces of work (call sequences, tier reads, queued jobs) run now.
+  std::size_t running() const {
+    return work_.running();
+  }
+
   // The fetcher the Coordinator owns, for work no blocking caller waits for (see the top of
   // the file). loader: (const K&, const FetchContext<V>&) or (const K&), returning V or
   // Fetched<V>. REQUIRES: called before the first get.
+  // Move-only loaders are accepted.
   template <class L>
   void set_loader(L loader) {
-    loader_ = [loader = std::move(loader)](const K& key, const Ctx& ctx) mutable -> Fetched<V> {
-      if constexpr (std::is_invocable_v<L&, const K&, const Ctx&>) {
+    loader_ = [loader = detail::copyable(std::move(loader))](const K& key,
+                                                             const Ctx& ctx) mutable -> Fetched<V> {
+      if constexpr (std::is_invocable_v<decltype(loader)&, const K&, const Ctx&>) {
         return normalize(loader(key, ctx));
       } else {
         return normalize(loader(key));
@@ -195,8 +281,11 @@ class Coordinator {
     };
   }
 
-  // Blocking, fetching with the loader. REQUIRES: set_loader() was called.
+  // Blocking, fetching with the loader. Throws UsageError, at once and counting nothing, if
+  // set_loader() was not called.
   Answer<V> get(const K& key, const CallPolicy& policy) {
+    if (!loader_)
+      throw UsageError("unherd: Coordinator::get(key, policy) needs set_loader() first");
     auto load = loading(key);
     return get(key, load, policy);
   }
@@ -212,7 +301,9 @@ class Coordinator {
   // answers (stale values, lower tiers, fetches).
   // What memory holds for key (fresh, stale or kept), counting nothing: for callers deciding
   // how to ask (an HTTP client's max-age counts the stored answer's own age).
-  std::optional<Lookup<V>> peek(const K& key) { return cache_.peek(key, clock_.now()); }
+  std::optional<Lookup<V>> peek(const K& key) {
+    return cache_.peek(key, clock_.now());
+  }
 
   std::optional<Answer<V>> try_hit(const K& key) {
     std::optional<Lookup<V>> found = cache_.lookup_fresh(key, clock_.now());
@@ -220,9 +311,14 @@ class Coordinator {
     return from_cache(*found);
   }
 
-  // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>.
+  // Coroutine. fetcher returns asio::awaitable<V> or asio::awaitable<Fetched<V>>; it may be
+  // move-only (it is then shared by the coroutines the call starts, not copied). drain() counts
+  // the call from here, before it is first awaited, until its awaitable is done or destroyed.
   template <class F>
-  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy);
+  asio::awaitable<Answer<V>> async_get(K key, F fetcher, CallPolicy policy) {
+    return answer_async(work_.token(), std::move(key), detail::copyable(std::move(fetcher)),
+                        std::move(policy));
+  }
 
   // Installs lower tiers, looked up in this order after memory, and how values are stored in
   // them. Call before the first get. Needs keys that convert to std::string_view.
@@ -231,7 +327,9 @@ class Coordinator {
     tiers_ = std::move(tiers);
     codec_ = std::move(codec);
   }
-  const std::vector<std::shared_ptr<Tier>>& tiers() const noexcept { return tiers_; }
+  const std::vector<std::shared_ptr<Tier>>& tiers() const noexcept {
+    return tiers_;
+  }
 
   // Removes key from every tier (and its cached error). Returns whether a value was there.
   // Lowest tier first, so a concurrent memory miss cannot bring a purged value back up; fetches
@@ -286,7 +384,9 @@ class Coordinator {
   // makes that put store nothing, so a value fetched before a purge never outlives it. Cheap:
   // one node in a sharded registry while it lives.
   using Ticket = typename detail::FillRegistry<K, Hash, KeyEq>::Fill;
-  Ticket reserve(const K& key) { return fills_.enter(key); }
+  Ticket reserve(const K& key) {
+    return fills_.enter(key);
+  }
 
   // Stores a value in memory and every tier, unless a purge overlapped `ticket` (then returns
   // false and stores nothing): checked and stored in one step, atomically with purges. `key` is
@@ -310,9 +410,15 @@ class Coordinator {
 
   void reset_stats();
 
-  Cache<K, V, Hash, KeyEq>& cache() noexcept { return cache_; }
-  SingleFlight<K, V, Hash, KeyEq>& flights() noexcept { return flight_; }
-  Clock& clock() const noexcept { return clock_; }
+  Cache<K, V, Hash, KeyEq>& cache() noexcept {
+    return cache_;
+  }
+  SingleFlight<K, V, Hash, KeyEq>& flights() noexcept {
+    return flight_;
+  }
+  Clock& clock() const noexcept {
+    return clock_;
+  }
 
  private:
   using Ctx = FetchContext<V>;
@@ -328,31 +434,78 @@ class Coordinator {
 
   std::optional<Answer<V>> from_cache(Lookup<V>& found);
 
+  template <class F>
+  asio::awaitable<Answer<V>> answer_async(detail::WorkTracker::Token busy, K key, F fetcher,
+                                          CallPolicy policy);
+
+  // The keys this thread is fetching now in blocking calls (a caller's inline fetch, a job on
+  // the worker), innermost last: a get() of one of them from inside its own fetch would wait
+  // for itself, and is refused (UsageError). Coroutine fetches are not tracked.
+  struct Fetching {
+    const Coordinator* owner;
+    const K* key;
+  };
+  static inline thread_local std::vector<Fetching> fetching_;
+  class FetchingHere {
+   public:
+    FetchingHere(const Coordinator* owner, const K& key) { fetching_.push_back({owner, &key}); }
+    FetchingHere(const FetchingHere&) = delete;
+    FetchingHere& operator=(const FetchingHere&) = delete;
+    ~FetchingHere() { fetching_.pop_back(); }
+  };
+  void refuse_recursion(const K& key) const {
+    for (const Fetching& f : fetching_) {
+      if (f.owner == this && KeyEq{}(*f.key, key)) {
+        throw UsageError("unherd: get() of a key from inside its own fetch would wait for itself");
+      }
+    }
+  }
+
   // Run by the caller that starts a new flight, before it fetches: a fetch of the same key may
   // have stored its value and settled between this caller's cache lookup and its joining (a
   // flight settles after it stores), and fetching again would be a second call for one herd.
-  // Counts nothing: the flight this caller leads is counted as a fetch already.
+  // Counted as a hit, and the flight this caller leads not as a fetch.
   std::optional<Answer<V>> filled_meanwhile(const K& key, const CallPolicy& policy) {
     std::optional<Lookup<V>> again = cache_.lookup_fresh(key, clock_.now());
     if (!again || again->stored_at < policy.min_stored_at) return std::nullopt;
+    hits_.add();
+    rechecked_.add();
     return Answer<V>{std::move(*again->value), Source::kHit, again->stored_at, kMemoryTier};
   }
 
-  // The tiers had nothing, but reading them took a while: another caller's fetch may have filled
-  // memory meanwhile, and joining the flight now would start a second one.
-  std::optional<Answer<V>> fresh_after_read(const K& key, Lookup<V>& found,
-                                            const CallPolicy& policy);
+  // The tiers had nothing, but reading them took a while (or another caller's read, which this
+  // one then skipped: see load_tiers): another caller's read or fetch may have filled memory
+  // meanwhile, and joining the flight now would start a second one. An answer from memory as at
+  // the start of get(); `refresh_due` when it is one that needs a refresh (found is then its
+  // lookup).
+  std::optional<Answer<V>> answered_after_read(const K& key, Lookup<V>& found,
+                                               const CallPolicy& policy, bool& refresh_due);
 
-  // What memory has for key, as this call may use it: a value stored before the policy's
-  // min_stored_at is only kept (a miss that carries it, for revalidation).
+  // Run by the caller that leads a key's tier read, before it reads: a read (or fetch) of the key
+  // may have filled memory and settled between this caller's lookup and its joining. Then the
+  // read is skipped (counted so: tier_reads.fetches counts reads made) and the caller answers
+  // from memory (answered_after_read).
+  bool read_meanwhile(const K& key) {
+    if (!cache_.peek(key, clock_.now())) return false;
+    tier_rechecked_.add();
+    return true;
+  }
+
+  // What memory has for key, as this call may use it (refused()).
   Lookup<V> lookup(const K& key, TimePoint now, const CallPolicy& policy) {
     Lookup<V> found = cache_.lookup(key, now);
+    refuse_for(found, policy);
+    return found;
+  }
+  // The one rule for values a call's policy refuses (min_stored_at, fresh_only): such a value is
+  // a miss that carries it, to be revalidated (FetchContext::previous); it answers nothing, not
+  // even after a failed fetch unless the policy says older_if_error (see fallback()).
+  static void refuse_for(Lookup<V>& found, const CallPolicy& policy) {
     if (found.value && (found.stored_at < policy.min_stored_at ||
                         (policy.fresh_only && found.freshness != Freshness::kFresh))) {
       found.freshness = Freshness::kMiss;
-      found.answerable = false;  // not an answer, not even after failures
+      found.answerable = false;
     }
-    return found;
   }
 
   // A value read from a lower tier, in this process's clock.
@@ -380,7 +533,8 @@ class Coordinator {
 
   std::optional<Loaded> load_tiers(const K& key);
 
-  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
+  // `busy`: drain() counts the read from when it is started to when it ends.
+  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key, detail::WorkTracker::Token busy);
 
   // The records a value is written to the lower tiers as, one per tier, its deadlines as
   // wall-clock times: encoded and copied here, outside any lock. Empty without tiers.
@@ -400,8 +554,10 @@ class Coordinator {
                      clock_.now()};
   }
 
-  // A fetch failed for this caller: the stale-if-error value if the key has one, else rethrow.
-  Answer<V> fallback(Lookup<V> found, std::string_view tier, const std::exception_ptr& error);
+  // A fetch failed for this caller: the stale-if-error value if the key has one this call may be
+  // answered with (refuse_for), else rethrow.
+  Answer<V> fallback(Lookup<V> found, const CallPolicy& policy, std::string_view tier,
+                     const std::exception_ptr& error);
 
   template <class F>
   static auto invoke(F& fetcher, const Ctx& ctx) {
@@ -411,13 +567,21 @@ class Coordinator {
       return fetcher();
     }
   }
-  static Fetched<V> normalize(Fetched<V> f) { return f; }
-  static Fetched<V> normalize(V v) { return Fetched<V>{std::move(v)}; }
+  static Fetched<V> normalize(Fetched<V> f) {
+    return f;
+  }
+  static Fetched<V> normalize(V v) {
+    return Fetched<V>{std::move(v)};
+  }
 
   // One upstream call sequence of a key: its ResilientCall (attempts and backoffs under the
   // breaker and the retry policy), then the cache. It starts with the caller that leads the
   // key's flight and may move, once, to the background (see hand_off).
+  // Members are destroyed last to first: the fill and the call before `hold` (the key stays in
+  // flight until nothing of the run is left), and `busy` (drain() counts the run) last of all.
   struct Run {
+    detail::WorkTracker::Token busy;
+    typename Flights::Continuation hold;  // keeps the key in flight once handed off
     K key;
     CallPolicy policy;
     std::optional<V> previous;  // the cached value being refreshed or replaced
@@ -426,7 +590,6 @@ class Coordinator {
     bool background = false;     // nobody waits for the outcome
     Fill fill;
     ResilientCall call;
-    typename Flights::Continuation hold;  // keeps the key in flight once handed off
   };
 
   Run start_run(const K& key, const CallPolicy& policy, const Lookup<V>& found, bool background);
@@ -498,8 +661,10 @@ class Coordinator {
 
   // A background refresh of a stale value (its failure is remembered by give_up()).
   template <class F>
-  auto refresh_job(const K& key, F& fetcher, const CallPolicy& policy, const Lookup<V>& found) {
-    return [this, key, fetcher, policy, found]() mutable {
+  auto refresh_job(const K& key, F fetcher, const CallPolicy& policy, const Lookup<V>& found) {
+    return [this, key, fetcher, policy, found]() mutable -> V {
+      if (std::optional<V> done = refreshed_meanwhile(key, found)) return *std::move(done);
+      refreshes_.add();
       return fetch_and_store(start_run(key, policy, found, true), fetcher);
     };
   }
@@ -507,11 +672,54 @@ class Coordinator {
   template <class F>
   auto refresh_job_async(const K& key, F& fetcher, const CallPolicy& policy,
                          const Lookup<V>& found) {
-    return [this, key, fetcher, policy, found]() -> asio::awaitable<V> {
-      return fetch_and_store_async(start_run(key, policy, found, true), fetcher);
-    };
+    return [this, key, fetcher, policy, found,
+            busy = std::make_shared<detail::WorkTracker::Token>(work_.token())]()
+               -> asio::awaitable<V> { return refresh_async(key, fetcher, policy, found); };
+  }
+  template <class F>
+  asio::awaitable<V> refresh_async(K key, F fetcher, CallPolicy policy, Lookup<V> found) {
+    if (std::optional<V> done = refreshed_meanwhile(key, found)) co_return *std::move(done);
+    refreshes_.add();
+    auto fetching = fetch_and_store_async(start_run(key, policy, found, true), std::move(fetcher));
+    co_return co_await std::move(fetching);
   }
 
+  // Run by a refresh once it leads the key's flight, before it fetches: another refresh may
+  // have stored a newer value (or, failing, put the next refresh off) and settled between this
+  // caller's lookup and its start. Then there is nothing to refresh: the value memory has now.
+  std::optional<V> refreshed_meanwhile(const K& key, const Lookup<V>& seen) {
+    std::optional<Lookup<V>> now = cache_.peek(key, clock_.now());
+    if (!now) return std::nullopt;  // purged or evicted meanwhile: refresh
+    if (now->stored_at > seen.stored_at || now->refresh_after > seen.refresh_after) {
+      return std::move(now->value);
+    }
+    return std::nullopt;
+  }
+
+  // Blocking pauses between attempts (ResilienceOptions::sleep): until the time, or until the
+  // Coordinator goes (then false). Shared with the Clock's timers that end them.
+  struct Pauses {
+    std::mutex mu;  // protects stopping
+    std::condition_variable cv;
+    bool stopping = false;
+  };
+  bool pause_until(TimePoint when);
+  void stop_pauses() {
+    {
+      std::lock_guard lock(pauses_->mu);
+      pauses_->stopping = true;
+    }
+    pauses_->cv.notify_all();
+  }
+  // Queues a job on the worker thread, counted by drain() from now until it has run (or has
+  // been dropped by the destructor).
+  void post_background(std::function<void()> job) {
+    worker_.post([busy = std::make_shared<detail::WorkTracker::Token>(work_.token()),
+                  job = std::move(job)] { job(); });
+  }
+
+  detail::WorkTracker work_;  // first: outlives everything it counts
+  std::shared_ptr<Pauses> pauses_ = std::make_shared<Pauses>();
   Clock& clock_;
   Charge charge_;
   Cache<K, V, Hash, KeyEq> cache_;
@@ -525,7 +733,7 @@ class Coordinator {
   std::function<Fetched<V>(const K&, const Ctx&)> loader_;
   SingleFlight<K, std::optional<Loaded>, Hash, KeyEq> tier_flight_;
   detail::StripedCounter hits_, stale_, stale_if_error_, negative_hits_, refreshes_,
-      refresh_failures_, errors_, retries_;
+      refresh_failures_, errors_, retries_, rechecked_, tier_rechecked_;
   detail::BackgroundWorker worker_;  // last: joined first, while the rest still exists
 };
 

@@ -54,7 +54,7 @@ struct DiskTierOptions {
   // Past it the store is opened unverified, with a warning. Zero: never verify.
   Duration verify_limit = std::chrono::seconds(10);
   // Where warnings go (a broken store set aside, write errors). Default: stderr.
-  std::function<void(const std::string&)> warn;
+  std::function<void(const std::string&)> warn{};
 };
 
 class DiskTier final : public Tier {

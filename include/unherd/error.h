@@ -5,6 +5,8 @@
 // waiter receives the fetcher's own exception object, whatever its type.
 #pragma once
 
+#include <exception>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 
@@ -40,6 +42,21 @@ inline std::error_code make_error_code(Errc e) noexcept {
 
 // True if `ep` holds a std::system_error whose code is `e`.
 bool holds_error(const std::exception_ptr& ep, Errc e) noexcept;
+
+// A library call made against its contract (a Coordinator's get(key, policy) with no loader
+// set, a get() of a key from inside that key's own fetch): a bug in the caller, raised at
+// once — never retried, never counted by a breaker.
+class UsageError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+// True if `ep` says nothing about the upstream a call went to: the call was cancelled
+// (Errc::cancelled, asio's operation_aborted, std::errc::operation_canceled) or failed on this
+// side (Errc::local_failure, std::bad_alloc, UsageError), or a breaker further down refused it
+// (Errc::circuit_open thrown by a fetcher). A circuit breaker does not count such an error, and
+// no call is retried for one, whatever the retry policy's classifier says.
+bool nobodys_fault(const std::exception_ptr& ep) noexcept;
 
 }  // namespace unherd
 

@@ -25,6 +25,8 @@
 //
 // Thread safety: a ResilientCall is one call, used by one thread or coroutine at a time (it may
 // move between them). REQUIRES: the Clock, RetryPolicy and CircuitBreaker it uses outlive it.
+// A coroutine attempt with a deadline races it with asio's `||`: async_run's executor must not run
+// two of its coroutines at once (a strand, or an io_context run by one thread).
 #pragma once
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -50,13 +52,17 @@ struct ResilienceOptions {
   bool may_retry = true;
   // The last moment a retry may still start, if the caller has one (waiters that stop waiting).
   // Asked at each retry decision.
-  std::function<std::optional<TimePoint>()> give_up_by;
+  std::function<std::optional<TimePoint>()> give_up_by{};
+  // How the blocking form waits out a pause: until the time point, returning true; false when
+  // the wait was cut short (its owner is going away), and the call then ends with Errc::cancelled.
+  // Empty: the Clock's sleep_until.
+  std::function<bool(TimePoint)> sleep{};
 };
 
 // What an attempt is told about itself.
 struct AttemptInfo {
   int number = 1;  // 1-based
-  std::optional<TimePoint> deadline;
+  std::optional<TimePoint> deadline{};
 };
 
 class ResilientCall {
@@ -71,7 +77,14 @@ class ResilientCall {
   auto run(F&& attempt, OnRetry&& on_retry) {
     using T = std::decay_t<decltype(attempt(std::declval<const AttemptInfo&>()))>;
     for (;;) {
-      if (resume_at_) clock_->sleep_until(*std::exchange(resume_at_, std::nullopt));
+      if (resume_at_) {
+        const TimePoint at = *std::exchange(resume_at_, std::nullopt);
+        if (!options_.sleep) {
+          clock_->sleep_until(at);
+        } else if (!options_.sleep(at)) {
+          throw_error(Errc::cancelled, "the call's owner stopped it during a pause");
+        }
+      }
       const AttemptInfo info = next_attempt();
       std::exception_ptr error;
       if (std::optional<Admission> admitted = admit(error)) {
@@ -186,6 +199,9 @@ class ResilientCall {
     co_return o;
   }
 
+  // The attempt races its deadline with asio's ||, which runs each side as a coroutine of its
+  // own on the caller's executor: that executor must not run them on two threads at once (a
+  // strand, or an io_context run by one thread; a Coordinator's fetches run on a strand).
   template <class T, class F>
   asio::awaitable<Outcome<T>> attempt_under_deadline(F& attempt, AttemptInfo info) {
     using namespace asio::experimental::awaitable_operators;

@@ -27,7 +27,7 @@ namespace unherd {
 struct RetryVerdict {
   bool retryable = false;
   // A delay the failure asked for (HTTP Retry-After); used instead of the backoff.
-  std::optional<Duration> retry_after;
+  std::optional<Duration> retry_after{};
 };
 
 // The default classifier: std::exception-derived errors are retryable, except unherd's own

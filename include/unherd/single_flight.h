@@ -35,9 +35,11 @@
 //   auto fetch = [key]() -> asio::awaitable<V> { ... };
 //   V v = co_await flights.async_get_or_fetch(key, fetch);
 //
-// A fetch that ends without an outcome (a fetch coroutine destroyed before it finished, its
-// io_context destroyed or stopped for good; a background job dropped unrun) settles its flight
-// as it goes: every waiter gets Errc::cancelled and the next call fetches anew.
+// A fetch that ends without an outcome (a fetch coroutine destroyed before it finished, with its
+// io_context; a background job dropped unrun) settles its flight as it goes: every waiter gets
+// Errc::cancelled and the next call fetches anew. A stopped io_context (io.stop()) is only
+// paused: its fetches settle when it runs again, or when it is destroyed — until then, waiters
+// wait (up to their max_wait).
 //
 // Thread safety: all members may be called concurrently, from any thread or executor (strands
 // are not required). REQUIRES: nothing is in flight when the SingleFlight is destroyed.
@@ -45,6 +47,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <cstdint>
 #include <functional>
@@ -71,7 +74,9 @@ enum class Overflow {
 struct FlightOptions {
   // How long one caller waits for the in-flight fetch before Errc::wait_timeout. Zero or
   // negative: a caller never waits; it gets wait_timeout at once (a fetch it starts still runs
-  // and, under a Coordinator, still fills the cache).
+  // and, under a Coordinator, still fills the cache). A blocking caller that runs the fetch
+  // itself is not bounded by it: it returns when its fetcher does (bound that with the retry
+  // policy's attempt_timeout, which the fetcher is told as FetchContext::attempt_deadline).
   Duration max_wait = std::chrono::seconds(5);
   // Callers that may wait on one key at once.
   std::size_t max_waiters = 100'000;
@@ -206,8 +211,8 @@ class SingleFlight {
       waiter->shard = &self->shard_for(key);
       self->watch_cancellation(waiter);
       Enrolment e = self->enrol(key, waiter, options, /*leader_waits=*/true);
-      if (e.leads) {
-        asio::co_spawn(ex,
+      if (e.leads) {  // on a strand of its own (see async_start)
+        asio::co_spawn(asio::make_strand(ex),
                        self->run_and_settle_async(Guard(self, e.flight), std::move(leader_fetch)),
                        asio::detached);
       }
@@ -246,12 +251,15 @@ class SingleFlight {
     return true;
   }
 
-  // As start(), for a coroutine fetcher spawned on `executor`.
+  // As start(), for a coroutine fetcher spawned on `executor`. Coroutine fetches run on a strand
+  // of the executor they are spawned on: a fetch may use asio's awaitable operators (`||`, as
+  // ResilientCall does for deadlines), whose sides would otherwise run on two threads at once
+  // on an io_context run by several.
   template <class F, class Executor>
   bool async_start(const K& key, F fetcher, const Executor& executor) {
     std::shared_ptr<Flight> flight = begin_if_idle(key);
     if (!flight) return false;
-    asio::co_spawn(executor,
+    asio::co_spawn(asio::make_strand(executor),
                    run_and_settle_async(Guard(this, std::move(flight)), std::move(fetcher)),
                    asio::detached);
     return true;
@@ -341,7 +349,11 @@ class SingleFlight {
   struct AsioWaiter final : Waiter {
     explicit AsioWaiter(Handler h)
         : pending(
-              std::make_shared<detail::PendingHandler<Handler, OutcomePtr, Role>>(std::move(h))) {}
+              std::make_shared<detail::PendingHandler<Handler, OutcomePtr, Role>>(std::move(h))) {
+      // Parked with its io_context: destroyed with it if the flight outlives it (the outcome
+      // then reaches nobody, rather than a destroyed context).
+      pending->park();
+    }
     void deliver(OutcomePtr o) override { pending->complete(std::move(o), this->role); }
     std::shared_ptr<detail::PendingHandler<Handler, OutcomePtr, Role>> pending;
   };

@@ -31,7 +31,7 @@
 namespace unherd {
 
 struct TierRecord {
-  std::string value;  // the encoded value
+  std::string value{};  // the encoded value
   WallTime stored_at{};
   WallTime fresh_until{};
   WallTime stale_until{};
@@ -57,7 +57,7 @@ struct TierStats {
   std::uint64_t bytes = 0;   // what the records count against the budget
   std::uint64_t budget = 0;  // 0: unbounded
   bool available = true;     // false: the tier could not be opened (or broke) and stores nothing
-  std::string unavailable_reason;  // when not available: why, naming the store
+  std::string unavailable_reason{};  // when not available: why, naming the store
 };
 
 class Tier {
@@ -94,8 +94,8 @@ class Tier {
 // for bytes it does not recognise: the record is then treated as corrupt (a miss, removed).
 template <class V>
 struct Codec {
-  std::function<std::string(const V&)> encode;
-  std::function<std::optional<V>(std::string_view)> decode;
+  std::function<std::string(const V&)> encode{};
+  std::function<std::optional<V>(std::string_view)> decode{};
 };
 
 }  // namespace unherd

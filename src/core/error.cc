@@ -1,6 +1,10 @@
 // unherd::Errc as a std::error_category (unherd/error.h): names and messages.
 #include "unherd/error.h"
 
+#include <boost/asio/error.hpp>
+#include <boost/system/system_error.hpp>
+#include <new>
+
 namespace unherd {
 namespace {
 
@@ -45,6 +49,25 @@ bool holds_error(const std::exception_ptr& ep, Errc e) noexcept {
     std::rethrow_exception(ep);
   } catch (const std::system_error& err) {
     return err.code() == e;
+  } catch (...) {
+    return false;
+  }
+}
+
+bool nobodys_fault(const std::exception_ptr& ep) noexcept {
+  if (!ep) return false;
+  try {
+    std::rethrow_exception(ep);
+  } catch (const std::system_error& err) {
+    const std::error_code c = err.code();
+    return c == Errc::cancelled || c == Errc::local_failure || c == Errc::circuit_open ||
+           c == std::errc::operation_canceled;
+  } catch (const boost::system::system_error& err) {
+    return err.code() == boost::asio::error::operation_aborted;
+  } catch (const std::bad_alloc&) {
+    return true;
+  } catch (const UsageError&) {
+    return true;
   } catch (...) {
     return false;
   }

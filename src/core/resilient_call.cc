@@ -39,15 +39,15 @@ void ResilientCall::Admission::report(const std::exception_ptr& error) {
   if (breaker == nullptr) return;
   if (!error) {
     breaker->on_success(permit_);
-  } else if (holds_error(error, Errc::cancelled) || holds_error(error, Errc::local_failure)) {
-    breaker->release(permit_);  // neither tells anything about the upstream
+  } else if (nobodys_fault(error)) {
+    breaker->release(permit_);  // tells nothing about the upstream
   } else {
     breaker->on_failure(permit_);
   }
 }
 
 std::optional<TimePoint> ResilientCall::retry_at(const std::exception_ptr& error) {
-  if (options_.retry == nullptr || !options_.may_retry) return std::nullopt;
+  if (options_.retry == nullptr || !options_.may_retry || nobodys_fault(error)) return std::nullopt;
   const TimePoint now = clock_->now();
   const std::optional<TimePoint> give_up_by =
       options_.give_up_by ? options_.give_up_by() : std::nullopt;

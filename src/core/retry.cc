@@ -14,11 +14,10 @@ RetryVerdict classify_default(const std::exception_ptr& error) {
     std::rethrow_exception(error);
   } catch (const std::system_error& e) {
     const auto& c = e.code();
-    const bool refusal = c == Errc::circuit_open || c == Errc::wait_timeout ||
-                         c == Errc::too_many_waiters || c == Errc::cancelled ||
-                         c == Errc::local_failure;
-    return {!refusal, std::nullopt};
+    const bool refusal = c == Errc::wait_timeout || c == Errc::too_many_waiters;
+    return {!refusal && !nobodys_fault(error), std::nullopt};
   } catch (const std::exception&) {
+    if (nobodys_fault(error)) return {false, std::nullopt};
     return {true, std::nullopt};
   } catch (...) {
     return {false, std::nullopt};

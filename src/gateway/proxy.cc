@@ -307,6 +307,9 @@ asio::awaitable<Reply> Proxy::cached_get(std::shared_ptr<const RouteTable> rt, c
       if (auto stored = coordinator_.peek(*key)) oldest += (*stored->value)->initial_age;
       policy.min_stored_at = oldest;
       policy.fresh_only = true;
+      // A preference that the origin's stale-if-error overrides when the upstream fails
+      // (RFC 5861 §4): a reload during an outage still gets the stale copy.
+      policy.older_if_error = true;
     }
   }
   auto shared_request = std::make_shared<const Request>(std::move(request));

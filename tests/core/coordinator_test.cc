@@ -23,6 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::eventually;
 using testing::Gate;
+using testing::PausingHash;
 using Coord = Coordinator<std::string, std::string>;
 
 const CallPolicy kTenSeconds{.ttl = Ttl{10s}};
@@ -112,22 +113,6 @@ TEST(Coordinator, CapacityZeroStillCoalescesButNeverCaches) {
   EXPECT_EQ(coord.get("k", fetch, kTenSeconds).value, "2");
 }
 
-// Holds one thread at its second hash of a key: in a Coordinator, after its cache lookup and
-// before it joins or creates the key's flight. A thread arms it with pause_after_one_hash().
-struct PausingHash {
-  static inline Gate* reached = nullptr;            // opened when the armed thread is held
-  static inline Gate* release = nullptr;            // the armed thread goes on once this opens
-  static inline thread_local int hashes_left = -1;  // -1: this thread is not armed
-
-  static void pause_after_one_hash() { hashes_left = 1; }
-  std::size_t operator()(const std::string& key) const {
-    if (hashes_left >= 0 && hashes_left-- == 0) {
-      reached->open();
-      release->wait();
-    }
-    return std::hash<std::string>{}(key);
-  }
-};
 using PausingCoord = Coordinator<std::string, std::string, PausingHash>;
 
 // A caller that missed the cache just before another caller's fetch completed finds the value

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 
 namespace unherd::testing {
@@ -45,4 +46,20 @@ inline bool eventually(const std::function<bool()>& pred) {
   return true;
 }
 
+// Holds one thread at its second hash of a key: in a Coordinator, after its cache lookup and
+// before it joins or creates the key's flight. A thread arms it with pause_after_one_hash().
+struct PausingHash {
+  static inline Gate* reached = nullptr;            // opened when the armed thread is held
+  static inline Gate* release = nullptr;            // the armed thread goes on once this opens
+  static inline thread_local int hashes_left = -1;  // -1: this thread is not armed
+
+  static void pause_after_one_hash() { hashes_left = 1; }
+  std::size_t operator()(const std::string& key) const {
+    if (hashes_left >= 0 && hashes_left-- == 0) {
+      reached->open();
+      release->wait();
+    }
+    return std::hash<std::string>{}(key);
+  }
+};
 }  // namespace unherd::testing

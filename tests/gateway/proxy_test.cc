@@ -92,6 +92,7 @@ class ScriptedUpstream final : public Upstreams, public Upstream {
         [this](auto handler) {
           using Pending = detail::PendingHandler<decltype(handler), boost::system::error_code>;
           auto pending = std::make_shared<Pending>(std::move(handler));
+          pending->park();
           if (auto slot = pending->cancellation_slot(); slot.is_connected()) {
             slot.assign([weak = std::weak_ptr<Pending>(pending)](asio::cancellation_type) {
               if (auto p = weak.lock()) p->complete(asio::error::operation_aborted);

@@ -1,5 +1,7 @@
 // BackgroundWorker: one thread that runs queued jobs in order, for blocking callers' background
-// refreshes. Started on the first job; the destructor runs what is queued, then joins.
+// refreshes and retries. Started on the first job. stop() (and the destructor) drops what is
+// queued and not begun — background work, which its owner gives up on — and joins the job that
+// runs; a job posted after stop() is dropped.
 #pragma once
 
 #include <condition_variable>
@@ -15,18 +17,24 @@ class BackgroundWorker {
   BackgroundWorker() = default;
   BackgroundWorker(const BackgroundWorker&) = delete;
   BackgroundWorker& operator=(const BackgroundWorker&) = delete;
-  ~BackgroundWorker() {
+  ~BackgroundWorker() { stop(); }
+
+  void stop() {
+    std::deque<std::function<void()>> dropped;
     {
       std::lock_guard lock(mu_);
       stopping_ = true;
+      dropped.swap(jobs_);
     }
     wake_.notify_one();
-    if (thread_.joinable()) thread_.join();
+    dropped.clear();  // outside the lock: a job's captures may end work that posts
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
   }
 
   void post(std::function<void()> job) {
     {
       std::lock_guard lock(mu_);
+      if (stopping_) return;  // dropped (destroyed after the lock is released)
       jobs_.push_back(std::move(job));
       if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
     }

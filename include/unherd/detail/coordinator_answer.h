@@ -35,13 +35,19 @@ auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPo
         return *std::move(answer);
       }
       found = l.as_lookup();
+      refuse_for(found, policy);
       found_in = tiers_[l.tier]->name();
-    } else if (auto answer = fresh_after_read(key, found, policy)) {
-      return *std::move(answer);
+    } else {
+      bool refresh_due = false;
+      if (auto answer = answered_after_read(key, found, policy, refresh_due)) {
+        if (refresh_due) refresh(key, fetcher, policy, found);
+        return *std::move(answer);
+      }
     }
   }
   std::exception_ptr error = negative_hit(key, now);
   if (!error) {
+    if (!fetching_.empty()) refuse_recursion(key);
     try {
       std::optional<Answer<V>> filled;  // set by this caller's fetch only (it runs inline)
       auto fetch = [&](const FlightHandle& flight) {
@@ -55,22 +61,21 @@ auto Coordinator<K, V, Hash, KeyEq>::get(const K& key, F&& fetcher, const CallPo
       error = std::current_exception();
     }
   }
-  return fallback(std::move(found), found_in, error);
+  return fallback(std::move(found), policy, found_in, error);
 }
 
 template <class K, class V, class Hash, class KeyEq>
 template <class F>
-auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy policy)
-    -> asio::awaitable<Answer<V>> {
+auto Coordinator<K, V, Hash, KeyEq>::answer_async(
+    [[maybe_unused]] detail::WorkTracker::Token busy,  // drain() waits for this call
+    K key, F fetcher, CallPolicy policy) -> asio::awaitable<Answer<V>> {
   const TimePoint now = clock_.now();
   Lookup<V> found = lookup(key, now, policy);
   if (auto answer = from_cache(found)) {
     if (found.freshness != Freshness::kFresh && now >= found.refresh_after) {
       auto job = refresh_job_async(key, fetcher, policy, found);
       auto executor = co_await asio::this_coro::executor;
-      if (flight_.async_start(key, std::move(job), executor)) {
-        refreshes_.add();
-      }
+      flight_.async_start(key, std::move(job), executor);
     }
     co_return *std::move(answer);
   }
@@ -78,7 +83,7 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
   if (!tiers_.empty() && !found.value) {
     std::optional<FlightResult<std::optional<Loaded>>> loaded;
     auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
-      return load_tiers_async(key);
+      return load_tiers_async(key, work_.token());
     };
     try {
       auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
@@ -92,14 +97,23 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
         if (answer->source == Source::kStale && !loaded->coalesced) {
           auto job = refresh_job_async(key, fetcher, policy, l.as_lookup());
           auto executor = co_await asio::this_coro::executor;
-          if (flight_.async_start(key, std::move(job), executor)) refreshes_.add();
+          flight_.async_start(key, std::move(job), executor);
         }
         co_return *std::move(answer);
       }
       found = l.as_lookup();
+      refuse_for(found, policy);
       found_in = tiers_[l.tier]->name();
-    } else if (auto answer = fresh_after_read(key, found, policy)) {
-      co_return *std::move(answer);
+    } else {
+      bool refresh_due = false;
+      if (auto answer = answered_after_read(key, found, policy, refresh_due)) {
+        if (refresh_due) {
+          auto job = refresh_job_async(key, fetcher, policy, found);
+          auto executor = co_await asio::this_coro::executor;
+          flight_.async_start(key, std::move(job), executor);
+        }
+        co_return *std::move(answer);
+      }
     }
   }
   std::exception_ptr error = negative_hit(key, now);
@@ -108,8 +122,9 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
     // expressions.
     // Shared: the fetch may outlive this caller (max_wait), and only this caller's runs.
     auto filled = std::make_shared<std::optional<Answer<V>>>();
-    auto fetch = [this, key, fetcher, policy, found,
-                  filled](FlightHandle flight) -> asio::awaitable<V> {
+    auto fetch = [this, key, fetcher, policy, found, filled,
+                  busy = std::make_shared<detail::WorkTracker::Token>(work_.token())](
+                     FlightHandle flight) -> asio::awaitable<V> {
       if ((*filled = filled_meanwhile(key, policy))) co_return (*filled)->value;
       auto fetching =
           fetch_and_store_async(start_run(key, policy, found, false), fetcher, std::move(flight));
@@ -124,7 +139,7 @@ auto Coordinator<K, V, Hash, KeyEq>::async_get(K key, F fetcher, CallPolicy poli
       error = std::current_exception();
     }
   }
-  co_return fallback(std::move(found), found_in, error);
+  co_return fallback(std::move(found), policy, found_in, error);
 }
 
 template <class K, class V, class Hash, class KeyEq>
@@ -150,13 +165,16 @@ auto Coordinator<K, V, Hash, KeyEq>::from_cache(Lookup<V>& found) -> std::option
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::fresh_after_read(const K& key, Lookup<V>& found,
-                                                      const CallPolicy& policy)
+auto Coordinator<K, V, Hash, KeyEq>::answered_after_read(const K& key, Lookup<V>& found,
+                                                         const CallPolicy& policy,
+                                                         bool& refresh_due)
     -> std::optional<Answer<V>> {
-  Lookup<V> again = lookup(key, clock_.now(), policy);
-  if (again.freshness == Freshness::kFresh) return from_cache(again);
-  if (again.value) found = std::move(again);
-  return std::nullopt;
+  const TimePoint now = clock_.now();
+  Lookup<V> again = lookup(key, now, policy);
+  std::optional<Answer<V>> answer = from_cache(again);
+  refresh_due = answer && again.freshness != Freshness::kFresh && now >= again.refresh_after;
+  if (refresh_due || (!answer && again.value)) found = std::move(again);
+  return answer;
 }
 
 template <class K, class V, class Hash, class KeyEq>
@@ -210,6 +228,7 @@ auto Coordinator<K, V, Hash, KeyEq>::promote(const K& key, TierRecord& record, s
 
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::load_tiers(const K& key) -> std::optional<Loaded> {
+  if (read_meanwhile(key)) return std::nullopt;
   const Fill fill = fills_.enter(key);
   for (std::size_t i = 0; i < tiers_.size(); ++i) {
     auto record = tiers_[i]->lookup(key, clock_.wall_now());
@@ -221,8 +240,10 @@ auto Coordinator<K, V, Hash, KeyEq>::load_tiers(const K& key) -> std::optional<L
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(K key)
+auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(
+    K key, [[maybe_unused]] detail::WorkTracker::Token busy)
     -> asio::awaitable<std::optional<Loaded>> {
+  if (read_meanwhile(key)) co_return std::nullopt;
   const Fill fill = fills_.enter(key);
   for (std::size_t i = 0; i < tiers_.size(); ++i) {
     auto reading = tiers_[i]->async_lookup(std::string(key), clock_.wall_now());
@@ -311,9 +332,11 @@ auto Coordinator<K, V, Hash, KeyEq>::negative_hit(const K& key, TimePoint now)
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::fallback(Lookup<V> found, std::string_view tier,
+auto Coordinator<K, V, Hash, KeyEq>::fallback(Lookup<V> found, const CallPolicy& policy,
+                                              std::string_view tier,
                                               const std::exception_ptr& error) -> Answer<V> {
-  if (found.value && clock_.now() < found.deadlines.stale_if_error_until) {
+  if (found.value && (found.answerable || policy.older_if_error) &&
+      clock_.now() < found.deadlines.stale_if_error_until) {
     stale_if_error_.add();
     return Answer<V>{std::move(*found.value), Source::kStaleIfError, found.stored_at, tier};
   }

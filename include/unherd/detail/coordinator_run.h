@@ -9,33 +9,79 @@ namespace unherd {
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::start_run(const K& key, const CallPolicy& policy,
                                                const Lookup<V>& found, bool background) -> Run {
-  // No retry that no waiter could still wait for.
+  // No retry that no waiter could still wait for; pauses that end early if the Coordinator goes.
   ResilienceOptions resilience{policy.retry, policy.breaker, true,
-                               [this, key] { return flight_.waiters_deadline(key); }};
-  return Run{key,
+                               [this, key] { return flight_.waiters_deadline(key); },
+                               [this](TimePoint when) { return pause_until(when); }};
+  return Run{work_.token(),
+             {},
+             key,
              policy,
              found.value,
              found.deadlines,
              found.refresh_failures,
              background,
              fills_.enter(key),
-             ResilientCall(clock_, std::move(resilience)),
-             {}};
+             ResilientCall(clock_, std::move(resilience))};
 }
 
 template <class K, class V, class Hash, class KeyEq>
 template <class F>
 auto Coordinator<K, V, Hash, KeyEq>::refresh(const K& key, F& fetcher, const CallPolicy& policy,
                                              const Lookup<V>& found) -> void {
-  bool started = false;
+  // (Counted as a refresh once it runs and has not found one done meanwhile.)
   if (loader_) {
     auto load = loading(key);
-    started = flight_.start(key, refresh_job(key, load, policy, found),
-                            [this](auto job) { worker_.post(std::move(job)); });
-  } else {
-    started = flight_.start(key, refresh_job(key, fetcher, policy, found), [](auto job) { job(); });
+    flight_.start(key, refresh_job(key, load, policy, found),
+                  [this](auto job) { post_background(std::move(job)); });
+  } else {  // runs here, before the call that lent the fetcher returns
+    flight_.start(key, refresh_job(key, detail::BorrowedCallable<F>{&fetcher}, policy, found),
+                  [](auto job) { job(); });
   }
-  if (started) refreshes_.add();
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::pause_until(TimePoint when) -> bool {
+  auto pauses = pauses_;
+  if (clock_.now() >= when) {  // no pause (a Clock need not run a timer already due)
+    std::lock_guard lock(pauses->mu);
+    return !pauses->stopping;
+  }
+  auto over = std::make_shared<bool>(false);  // under pauses->mu
+  // Scheduled without the lock: a Clock may run a due timer inline.
+  const TimerId timer = clock_.schedule(when, [pauses, over] {
+    {
+      std::lock_guard lock(pauses->mu);
+      *over = true;
+    }
+    pauses->cv.notify_all();
+  });
+  bool stopped = false;
+  {
+    std::unique_lock lock(pauses->mu);
+    pauses->cv.wait(lock, [&] { return *over || pauses->stopping; });
+    stopped = pauses->stopping;
+  }
+  clock_.cancel(timer);
+  return !stopped;
+}
+
+template <class K, class V, class Hash, class KeyEq>
+auto Coordinator<K, V, Hash, KeyEq>::async_drain(Duration timeout) -> asio::awaitable<bool> {
+  auto draining = asio::async_initiate<decltype(asio::use_awaitable), void(bool)>(
+      [this, timeout](auto handler) {
+        using Pending = detail::PendingHandler<decltype(handler), bool>;
+        auto pending = std::make_shared<Pending>(std::move(handler));
+        pending->park();
+        Clock& clock = clock_;
+        const TimerId timer =
+            clock.schedule(clock.now() + timeout, [pending] { pending->complete(false); });
+        work_.when_idle([pending, timer, &clock] {
+          if (pending->complete(true)) clock.cancel(timer);
+        });
+      },
+      asio::use_awaitable);
+  co_return co_await std::move(draining);
 }
 
 template <class K, class V, class Hash, class KeyEq>
@@ -80,6 +126,7 @@ template <class K, class V, class Hash, class KeyEq>
 template <class F>
 auto Coordinator<K, V, Hash, KeyEq>::attempts(Run& run, F& fetcher, const FlightHandle& flight)
     -> V {
+  const FetchingHere here(this, run.key);
   auto attempt = [&](const AttemptInfo& a) {
     const Ctx ctx = context(run, a);
     return normalize(invoke(fetcher, ctx));
@@ -96,7 +143,7 @@ auto Coordinator<K, V, Hash, KeyEq>::attempts(Run& run, F& fetcher, const Flight
     }
     hand_off(run, flight);
     auto rest = std::make_shared<Run>(std::move(run));
-    worker_.post([this, rest]() mutable {
+    post_background([this, rest]() mutable {
       auto load = loading(rest->key);
       try {
         attempts(*rest, load, {});
@@ -163,7 +210,8 @@ auto Coordinator<K, V, Hash, KeyEq>::resume_async(Run run, F fetcher) -> asio::a
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::remember_error(const K& key, const CallPolicy& policy,
                                                     const std::exception_ptr& error) -> void {
-  if (policy.negative_ttl <= Duration::zero() || holds_error(error, Errc::circuit_open)) return;
+  // Not an error of the key's (a refusal, a cancellation, a failure on this side).
+  if (policy.negative_ttl <= Duration::zero() || nobodys_fault(error)) return;
   thread_local std::minstd_rand rng{std::random_device{}()};
   const double jitter = std::uniform_real_distribution<double>(0.8, 1.2)(rng);
   const auto ttl = std::chrono::duration_cast<Duration>(policy.negative_ttl * jitter);

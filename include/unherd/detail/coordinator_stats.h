@@ -8,6 +8,8 @@ namespace unherd {
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::stats() const -> CoordinatorStats {
   CoordinatorStats s;
+  // Read before the flights' counts, which count each such flight before it is rechecked.
+  const std::uint64_t rechecked = rechecked_.load(), tier_rechecked = tier_rechecked_.load();
   s.hits = hits_.load();
   s.stale_served = stale_.load();
   s.stale_if_error_served = stale_if_error_.load();
@@ -18,6 +20,9 @@ auto Coordinator<K, V, Hash, KeyEq>::stats() const -> CoordinatorStats {
   s.retries = retries_.load();
   s.flight = flight_.stats();
   s.tier_reads = tier_flight_.stats();
+  // A flight whose leader found the value there meanwhile is a hit, not a fetch (or read).
+  s.flight.fetches -= std::min(s.flight.fetches, rechecked);
+  s.tier_reads.fetches -= std::min(s.tier_reads.fetches, tier_rechecked);
   s.cache = cache_.stats();
   TierStats memory;
   memory.hits = s.cache.hits + s.cache.stale_hits;
@@ -37,7 +42,7 @@ auto Coordinator<K, V, Hash, KeyEq>::stats() const -> CoordinatorStats {
 template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::reset_stats() -> void {
   for (auto* c : {&hits_, &stale_, &stale_if_error_, &negative_hits_, &refreshes_,
-                  &refresh_failures_, &errors_, &retries_}) {
+                  &refresh_failures_, &errors_, &retries_, &rechecked_, &tier_rechecked_}) {
     c->reset();
   }
   flight_.reset_stats();
