@@ -107,20 +107,24 @@ class PendingHandler : public Abandonable,
 
   // Returns false if it was already completed (or abandoned).
   bool complete(Args... args) {
-    {
-      std::lock_guard lock(mu_);
-      if (done_.exchange(true, std::memory_order_acq_rel)) return false;
-      auto self = this->shared_from_this();
-      asio::post(*work_, [self, ... a = std::move(args)]() mutable {
-        asio::get_associated_cancellation_slot(*self->handler_).clear();
-        auto h = std::move(*self->handler_);
-        self->handler_.reset();
-        std::move(h)(std::move(a)...);
-      });
-      // Under the lock: a context shutting down abandons this first (and waits for the lock),
-      // so its registry is alive here.
-      unpark();
-    }
+    std::lock_guard lock(mu_);
+    if (done_.exchange(true, std::memory_order_acq_rel)) return false;
+    // The handler and the outstanding work go with the posted operation: nothing tied to the
+    // context stays here, whoever still holds this (a drain's idle callback, a timer).
+    Handler handler = std::move(*handler_);
+    handler_.reset();
+    Work work = std::move(*work_);
+    work_.reset();
+    auto ex = work;
+    asio::post(ex,
+               [h = std::move(handler), w = std::move(work), ... a = std::move(args)]() mutable {
+                 asio::get_associated_cancellation_slot(h).clear();
+                 auto run = std::move(h);
+                 std::move(run)(std::move(a)...);
+               });
+    // Under the lock: a context shutting down abandons this first (and waits for the lock),
+    // so its registry is alive here.
+    unpark();
     return true;
   }
   bool done() const noexcept { return done_.load(std::memory_order_acquire); }

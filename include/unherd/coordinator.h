@@ -247,15 +247,19 @@ class Coordinator {
   }
 
   // Waits until nothing of this Coordinator runs anywhere — no fetch, retry or refresh
-  // (blocking or coroutine, handed off or not), no tier read, no queued background job — or
-  // until `deadline` passes on the steady clock. Returns whether nothing runs. Work that
-  // coroutines do needs their io_contexts to be run meanwhile (by other threads: use
+  // (blocking or coroutine, handed off or not), no tier read, no queued background job, no
+  // coroutine call (counted from when async_get is called) — or until `deadline` passes on the
+  // steady clock. Returns whether nothing runs. A blocking get() is its caller's own: it has
+  // returned before its caller destroys the Coordinator (what it handed off is counted). Work
+  // that coroutines do needs their io_contexts to be run meanwhile (by other threads: use
   // async_drain on one of them). New calls are not refused: stop making them first.
   bool drain(std::chrono::steady_clock::time_point deadline) {
     return work_.wait_idle(deadline);
   }
   bool drain(std::chrono::steady_clock::duration timeout) {
-    return drain(std::chrono::steady_clock::now() + timeout);
+    const auto now = std::chrono::steady_clock::now();
+    const auto left = std::chrono::steady_clock::time_point::max() - now;
+    return drain(timeout >= left ? std::chrono::steady_clock::time_point::max() : now + timeout);
   }
   // The same from a coroutine, without blocking its thread: completes (true) when nothing runs,
   // or (false) after `timeout` on this Coordinator's Clock.
@@ -533,8 +537,7 @@ class Coordinator {
 
   std::optional<Loaded> load_tiers(const K& key);
 
-  // `busy`: drain() counts the read from when it is started to when it ends.
-  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key, detail::WorkTracker::Token busy);
+  asio::awaitable<std::optional<Loaded>> load_tiers_async(K key);
 
   // The records a value is written to the lower tiers as, one per tier, its deadlines as
   // wall-clock times: encoded and copied here, outside any lock. Empty without tiers.
@@ -687,10 +690,12 @@ class Coordinator {
   // Run by a refresh once it leads the key's flight, before it fetches: another refresh may
   // have stored a newer value (or, failing, put the next refresh off) and settled between this
   // caller's lookup and its start. Then there is nothing to refresh: the value memory has now.
+  // (Its flight is then no fetch: counted as rechecked.)
   std::optional<V> refreshed_meanwhile(const K& key, const Lookup<V>& seen) {
     std::optional<Lookup<V>> now = cache_.peek(key, clock_.now());
     if (!now) return std::nullopt;  // purged or evicted meanwhile: refresh
     if (now->stored_at > seen.stored_at || now->refresh_after > seen.refresh_after) {
+      rechecked_.add();
       return std::move(now->value);
     }
     return std::nullopt;

@@ -55,6 +55,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <type_traits>
 #include <unordered_map>
 #include <vector>
@@ -110,6 +111,12 @@ class SingleFlight {
       : clock_(clock), shards_(std::max<std::size_t>(shards, 1)) {}
   SingleFlight(const SingleFlight&) = delete;
   SingleFlight& operator=(const SingleFlight&) = delete;
+  // Waits for a max_wait timer that is firing on the Clock's thread now (its cancel came too
+  // late) to finish; later ones do nothing.
+  ~SingleFlight() {
+    std::unique_lock lock(life_->mu);
+    life_->alive = false;
+  }
 
   class Handle;
 
@@ -482,6 +489,15 @@ class SingleFlight {
     return std::make_exception_ptr(std::system_error(make_error_code(Errc::wait_timeout)));
   }
 
+  // What a max_wait timer checks before it touches this SingleFlight: a timer the Clock has
+  // already taken to run cannot be cancelled, and may fire after its flight settled and its
+  // caller (and the owner of this) went on.
+  struct Life {
+    std::shared_mutex mu;  // shared: a timer running; exclusive: the destructor
+    bool alive = true;
+  };
+
+  std::shared_ptr<Life> life_ = std::make_shared<Life>();
   Clock& clock_;
   std::vector<Shard> shards_;
   detail::StripedCounter total_, coalesced_, fetches_, timeouts_, cancelled_, overflows_;

@@ -194,6 +194,40 @@ TEST(CoordinatorShutdown, AsyncDrainCompletesWhenTheLastWorkEndsOrAtItsTimeout) 
   EXPECT_EQ(second, std::optional<bool>(true));
 }
 
+// A drain that timed out holds nothing of its io_context: the context runs dry (before: the
+// drain's idle callback kept its outstanding work until the Coordinator went idle, so io.run()
+// never returned), and the work ending later, after that context is gone, touches nothing of it.
+TEST(CoordinatorShutdown, AnAsyncDrainThatTimedOutHoldsNothingOfItsIoContext) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  asio::io_context fetching;
+  auto gate = std::make_shared<asio::steady_timer>(fetching, asio::steady_timer::time_point::max());
+  auto fetch = [gate]() -> asio::awaitable<std::string> {
+    boost::system::error_code ec;
+    co_await gate->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_return std::string("v");
+  };
+  asio::co_spawn(
+      fetching, [&]() -> asio::awaitable<void> { co_await coord.async_get("k", fetch, {}); },
+      asio::detached);
+  fetching.poll();
+  std::optional<bool> drained;
+  {
+    asio::io_context draining;
+    asio::co_spawn(
+        draining, [&]() -> asio::awaitable<void> { drained = co_await coord.async_drain(5s); },
+        asio::detached);
+    draining.poll();
+    clock.advance(5s);
+    draining.poll();
+    EXPECT_EQ(drained, std::optional<bool>(false));
+    EXPECT_TRUE(draining.stopped()) << "a finished drain still holds its io_context's work";
+  }  // the draining context is destroyed; the fetch is still running
+  gate->cancel();
+  fetching.run();
+  EXPECT_EQ(coord.running(), 0u);
+}
+
 // Destroying the Coordinator cancels its pending background work: a retry waiting out its
 // backoff on the worker thread ends at once (before: the destructor waited for the backoff —
 // forever on a ManualClock), and what is queued is dropped unrun.
@@ -520,6 +554,28 @@ TEST_F(BreakerFixture, LocalErrorsAreNeitherCountedNorRetried) {
 }
 
 // ---- What a call may be answered with ---------------------------------------------------------
+
+// A refresh that failed for nobody's fault (out of memory here) says nothing of the key: the next
+// caller starts a refresh as for any stale value (before: the failure was counted against the
+// key, its refreshes put off with a backoff and the value served as stale-if-error meanwhile).
+TEST(CoordinatorAnswers, ARefreshThatFailedForNobodysFaultLeavesTheNextRefreshDue) {
+  ManualClock clock;
+  Coord coord({}, clock);
+  const CallPolicy policy{.ttl = Ttl{10s, 60s, 300s}};
+  coord.put("k", "old", policy.ttl);
+  clock.advance(20s);
+  auto out_of_memory = []() -> std::string { throw std::bad_alloc(); };
+  EXPECT_EQ(coord.get("k", out_of_memory, policy).source, Source::kStale);
+  int calls = 0;
+  auto fresh = [&]() -> std::string {
+    ++calls;
+    return "new";
+  };
+  EXPECT_EQ(coord.get("k", fresh, policy).source, Source::kStale);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(coord.stats().refresh_failures, 0u);
+  EXPECT_EQ(coord.get("k", fresh, policy).value, "new");
+}
 
 // A value the call's policy refuses (fresh_only, min_stored_at) is no answer even when the fetch
 // fails (before: the stale-if-error fallback served it), unless the policy says older_if_error.

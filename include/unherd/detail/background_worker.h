@@ -51,6 +51,7 @@ class BackgroundWorker {
       jobs_.pop_front();
       lock.unlock();
       job();
+      job = nullptr;  // its captures (and the drain token among them) go outside the lock
       lock.lock();
     }
   }

@@ -82,9 +82,9 @@ auto Coordinator<K, V, Hash, KeyEq>::answer_async(
   std::string_view found_in = kMemoryTier;
   if (!tiers_.empty() && !found.value) {
     std::optional<FlightResult<std::optional<Loaded>>> loaded;
-    auto load = [this, key]() -> asio::awaitable<std::optional<Loaded>> {
-      return load_tiers_async(key, work_.token());
-    };
+    // Counted by drain() until the read's flight has settled (the lambda outlives the settle).
+    auto load = [this, key, busy = std::make_shared<detail::WorkTracker::Token>(work_.token())]()
+        -> asio::awaitable<std::optional<Loaded>> { return load_tiers_async(key); };
     try {
       auto joining = tier_flight_.async_join(key, std::move(load), policy.flight);
       FlightResult<std::optional<Loaded>> read = co_await std::move(joining);
@@ -240,8 +240,7 @@ auto Coordinator<K, V, Hash, KeyEq>::load_tiers(const K& key) -> std::optional<L
 }
 
 template <class K, class V, class Hash, class KeyEq>
-auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(
-    K key, [[maybe_unused]] detail::WorkTracker::Token busy)
+auto Coordinator<K, V, Hash, KeyEq>::load_tiers_async(K key)
     -> asio::awaitable<std::optional<Loaded>> {
   if (read_meanwhile(key)) co_return std::nullopt;
   const Fill fill = fills_.enter(key);

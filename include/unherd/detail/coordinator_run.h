@@ -74,8 +74,9 @@ auto Coordinator<K, V, Hash, KeyEq>::async_drain(Duration timeout) -> asio::awai
         auto pending = std::make_shared<Pending>(std::move(handler));
         pending->park();
         Clock& clock = clock_;
-        const TimerId timer =
-            clock.schedule(clock.now() + timeout, [pending] { pending->complete(false); });
+        const TimePoint now = clock.now();
+        const TimePoint at = timeout >= TimePoint::max() - now ? TimePoint::max() : now + timeout;
+        const TimerId timer = clock.schedule(at, [pending] { pending->complete(false); });
         work_.when_idle([pending, timer, &clock] {
           if (pending->complete(true)) clock.cancel(timer);
         });
@@ -88,6 +89,9 @@ template <class K, class V, class Hash, class KeyEq>
 auto Coordinator<K, V, Hash, KeyEq>::give_up(const Run& run, const std::exception_ptr& error)
     -> void {
   remember_error(run.key, run.policy, error);
+  // A cancellation or a failure on this side says nothing of the key: its refreshes stay due
+  // (an open breaker does say the upstream is failing: the refresh is put off like a failure).
+  if (nobodys_fault(error) && !holds_error(error, Errc::circuit_open)) return;
   if (run.background) refresh_failures_.add();
   if (!run.previous) return;
   static const RetryPolicy kDefault{};

@@ -62,9 +62,11 @@ auto SingleFlight<K, V, Hash, KeyEq>::enrol(const K& key, const std::shared_ptr<
   } else {
     const TimePoint deadline = clock_.now() + options.max_wait;
     e.flight->latest_deadline = std::max(e.flight->latest_deadline, deadline);
-    waiter->timer = clock_.schedule(deadline, [this, w = std::weak_ptr<Waiter>(waiter)] {
-      give_up(w, timeout_error(), timeouts_);
-    });
+    waiter->timer =
+        clock_.schedule(deadline, [this, life = life_, w = std::weak_ptr<Waiter>(waiter)] {
+          std::shared_lock lock(life->mu);
+          if (life->alive) give_up(w, timeout_error(), timeouts_);
+        });
   }
   return e;
 }
