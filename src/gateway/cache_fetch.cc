@@ -86,6 +86,8 @@ UpstreamRequest CacheFetch::upstream_request(const CachedResponse* previous) con
   if (previous && !previous->last_modified.empty()) {
     up.headers.emplace_back("If-Modified-Since", previous->last_modified);
   }
+  set_route_headers(up.headers, p_.route->config.headers);
+  up.host = p_.route->config.host;
   return up;
 }
 

@@ -19,8 +19,13 @@
 
 namespace unherd::gateway {
 
+std::string UpstreamUrl::authority() const {
+  const bool v6 = host.find(':') != std::string::npos;
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 std::string UpstreamUrl::to_string() const {
-  return scheme + "://" + host + ":" + std::to_string(port) + base_path;
+  return scheme + "://" + authority() + base_path;
 }
 
 namespace {
@@ -250,8 +255,17 @@ UpstreamUrl parse_upstream(TableReader& r, const toml::table& t, std::string_vie
   r.string(key, text);
   auto* n = t.get(key);
   auto url = boost::urls::parse_uri(text);
+  if (url && url->scheme() == "https") {
+    r.fail(*n, key, "https upstreams are not supported yet: use an http URL");
+  }
   if (!url || (url->scheme() != "http") || url->host().empty()) {
     r.fail(*n, key, "expected an http URL such as \"http://127.0.0.1:9000\"");
+  }
+  // Credentials in the URL would be sent nowhere (HTTP has no place for them): say where they go.
+  if (url->has_userinfo()) {
+    r.fail(*n, key,
+           "credentials in an upstream URL are never sent: remove them and give the route "
+           "headers = { Authorization = \"...\" } (${NAME} reads the environment)");
   }
   if (url->has_query() || url->has_fragment()) {
     r.fail(*n, key, "an upstream URL takes no query or fragment");
@@ -268,16 +282,117 @@ UpstreamUrl parse_upstream(TableReader& r, const toml::table& t, std::string_vie
   }
   UpstreamUrl u;
   u.scheme = url->scheme();
-  u.host = url->host();
+  // An IPv6 literal without its brackets (what a resolver and a connect take); a name or an
+  // IPv4 address as written.
+  u.host = url->host_type() == boost::urls::host_type::ipv6 ? url->host_address() : url->host();
+  if (url->host_type() == boost::urls::host_type::ipvfuture) {
+    r.fail(*n, key, "expected a host name, an IPv4 address or an IPv6 address in brackets");
+  }
   u.port = 80;
   if (url->has_port()) {
-    if (url->port_number() == 0) r.fail(*n, key, "port must be 1 to 65535");
-    u.port = url->port_number();
+    // Boost.URL's port_number() wraps past 65535 (99999 reads as 34463): judge the digits.
+    unsigned long number = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || number == 0 ||
+        number > 65535) {
+      r.fail(*n, key, "port must be 1 to 65535");
+    }
+    u.port = static_cast<std::uint16_t>(number);
   }
   u.base_path = std::string(url->encoded_path());
   while (!u.base_path.empty() && u.base_path.back() == '/')
     u.base_path.pop_back();
   return u;
+}
+
+// `text` with each ${NAME} replaced by the environment variable NAME. Throws ConfigError (through
+// `fail`) naming a variable that is not set, or a ${ left open.
+template <class Fail>
+std::string expand_environment(std::string_view text, Fail&& fail) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size();) {
+    if (!text.substr(i).starts_with("${")) {
+      out += text[i++];
+      continue;
+    }
+    const std::size_t close = text.find('}', i + 2);
+    if (close == std::string_view::npos) fail("\"${\" without its \"}\"");
+    const std::string name(text.substr(i + 2, close - i - 2));
+    const bool valid = !name.empty() &&
+                       std::isdigit(static_cast<unsigned char>(name.front())) == 0 &&
+                       std::all_of(name.begin(), name.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+                       });
+    if (!valid) fail("\"${" + name + "}\" is not an environment variable name");
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) fail("the environment variable " + name + " is not set");
+    out += value;
+    i = close + 1;
+  }
+  return out;
+}
+
+// A route's `headers`: names the gateway may set on upstream requests, values with ${NAME} read
+// from the environment.
+void parse_added_headers(TableReader& r, std::vector<std::pair<std::string, std::string>>& out) {
+  const toml::table* t = r.table("headers");
+  if (t == nullptr) return;
+  for (auto&& [k, v] : *t) {
+    const std::string name(k.str());
+    const std::string key = "headers." + name;
+    std::string lower = name;
+    for (auto& c : lower)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (!is_token(name) || name.find('_') != std::string::npos) {
+      r.fail(v, key, "a header name is a token without '_'");
+    }
+    // Framing, connection and proxy-chain fields are the gateway's own (and `host` is a key of
+    // its own); the gateway's answer fields are never sent upstream.
+    static const std::set<std::string> kRefused = {"host",
+                                                   "content-length",
+                                                   "transfer-encoding",
+                                                   "connection",
+                                                   "keep-alive",
+                                                   "te",
+                                                   "trailer",
+                                                   "upgrade",
+                                                   "expect",
+                                                   "proxy-connection",
+                                                   "via",
+                                                   "x-cache",
+                                                   "x-cache-tier",
+                                                   "age",
+                                                   "if-none-match",
+                                                   "if-modified-since",
+                                                   "if-match",
+                                                   "if-unmodified-since",
+                                                   "if-range",
+                                                   "range"};
+    if (kRefused.contains(lower)) {
+      r.fail(v, key,
+             lower == "host" ? "set the Host sent upstream with the route's `host`"
+                             : "the gateway sets (or forwards) this field itself");
+    }
+    for (const auto& [seen, _] : out) {
+      if (iequals(seen, name)) r.fail(v, key, "given twice");
+    }
+    auto text = v.value<std::string>();
+    if (!text) r.fail(v, key, "expected a string");
+    std::string value =
+        expand_environment(*text, [&](const std::string& what) { r.fail(v, key, what); });
+    // A value is one line of visible characters, spaces and tabs (RFC 9110 §5.5): a line break
+    // from the environment would be a header of its own.
+    const bool clean = std::all_of(value.begin(), value.end(), [](char c) {
+      const auto u = static_cast<unsigned char>(c);
+      return u == '\t' || (u >= 0x20 && u != 0x7f);
+    });
+    if (!clean) r.fail(v, key, "the value holds a line break or a control character");
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
+      value.pop_back();
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.erase(0, 1);
+    out.emplace_back(name, std::move(value));
+  }
 }
 
 std::vector<KeyPart> parse_key(TableReader& r) {
@@ -322,6 +437,18 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   if (t.get("upstream") == nullptr) r.fail_here("upstream", "every route needs an upstream");
   route.upstream = parse_upstream(r, t, "upstream");
   route.key = parse_key(r);
+  parse_added_headers(r, route.headers);
+  r.string("host", route.host);
+  if (t.get("host") != nullptr) {
+    const bool valid =
+        !route.host.empty() && std::all_of(route.host.begin(), route.host.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+                 std::string_view("-._~:[]").find(c) != std::string_view::npos;
+        });
+    if (!valid)
+      r.fail(*t.get("host"), "host",
+             "expected a host such as \"api.example.com\" or \"api.example.com:8443\"");
+  }
   r.duration("fresh_ttl", route.fresh_ttl);
   r.duration("stale_ttl", route.stale_ttl);
   r.duration("stale_if_error", route.stale_if_error);

@@ -37,10 +37,12 @@ bool same_socket(const Endpoint& a, const Endpoint& b);
 
 struct UpstreamUrl {
   std::string scheme = "http";
-  std::string host;
+  std::string host;  // a name, an IPv4 address, or an IPv6 address without its brackets
   std::uint16_t port = 80;
   std::string base_path;  // prefix prepended to the request path; "" for none
   std::string to_string() const;
+  // "host:port" as a Host header or an error names it ("[::1]:9000" for IPv6).
+  std::string authority() const;
 };
 
 // One part of a cache key: the request path, one query parameter, or one request header.
@@ -96,6 +98,14 @@ struct RouteConfig {
   // gets only what the key covers, the content-negotiation fields and correlation ids
   // otherwise): the operator's word that the origin's answer does not depend on them.
   std::vector<std::string> forward_headers;
+  // Header fields the gateway adds to every request it sends upstream for this route (an API
+  // key: `headers = { Authorization = "Bearer ${TOKEN}" }`, ${NAME} read from the environment at
+  // start): a client's lines of the same names are dropped, never forwarded beside them. Clients
+  // do not send them, so answers are keyed, stored and shared without them. Secrets: never
+  // printed (`check` shows ***), logged or reported.
+  std::vector<std::pair<std::string, std::string>> headers;
+  // The Host sent upstream; empty: the upstream URL's authority.
+  std::string host;
   Millis max_wait{5'000};
   Millis timeout{2'000};
   RetryConfig retry;

@@ -109,8 +109,16 @@ std::string to_toml(const Config& c) {
     for (std::size_t i = 0; i < r.forward_headers.size(); ++i) {
       out << (i ? ", " : "") << quoted(r.forward_headers[i]);
     }
-    out << "]\n"
-        << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
+    out << "]\n";
+    if (!r.headers.empty()) {  // values are secrets (API keys): never printed
+      out << "headers = { ";
+      for (std::size_t i = 0; i < r.headers.size(); ++i) {
+        out << (i ? ", " : "") << quoted(r.headers[i].first) << " = \"***\"";
+      }
+      out << " }\n";
+    }
+    if (!r.host.empty()) out << "host = " << quoted(r.host) << "\n";
+    out << "max_wait = \"" << format_millis(r.max_wait) << "\"\n"
         << "timeout = \"" << format_millis(r.timeout) << "\"\n"
         << "retry = { attempts = " << r.retry.attempts << ", base = \""
         << format_millis(r.retry.base) << "\", cap = \"" << format_millis(r.retry.cap)

@@ -1,6 +1,8 @@
 // Hop-by-hop fields and repeated header lines (forwarding.h).
 #include "gateway/forwarding.h"
 
+#include <algorithm>
+
 namespace unherd::gateway {
 
 std::string connection_options(const HeaderLines& headers) {
@@ -43,6 +45,15 @@ bool gateway_own(std::string_view name) {
     if (iequals(name, h)) return true;
   }
   return false;
+}
+
+void set_route_headers(HeaderLines& lines, const HeaderLines& route_headers) {
+  if (route_headers.empty()) return;
+  std::erase_if(lines, [&](const auto& line) {
+    return std::any_of(route_headers.begin(), route_headers.end(),
+                       [&](const auto& added) { return iequals(added.first, line.first); });
+  });
+  lines.insert(lines.end(), route_headers.begin(), route_headers.end());
 }
 
 }  // namespace unherd::gateway

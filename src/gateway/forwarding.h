@@ -51,6 +51,11 @@ bool sent_upstream(std::string_view name, std::string_view options);
 // key covers, or a route's forward_headers.
 bool forwarded_unkeyed(std::string_view name);
 
+// Puts a route's own fields (RouteConfig::headers) on a request going upstream: the lines of
+// the same names are dropped first, so a client can neither replace nor add to what the gateway
+// sends (a second Authorization beside the gateway's key).
+void set_route_headers(HeaderLines& lines, const HeaderLines& route_headers);
+
 // Headers only the gateway may set on its answers (X-Cache, X-Cache-Tier, X-Request-Id): an
 // upstream's copies are dropped, never stored or replayed to other clients as theirs.
 bool gateway_own(std::string_view name);

@@ -160,8 +160,9 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
         max_head(o.max_head_bytes),
         idle_timeout(o.idle_timeout),
         budget(std::move(o.budget)),
-        host_header(upstream.port == 80 ? upstream.host
-                                        : upstream.host + ":" + std::to_string(upstream.port)) {}
+        host_header(upstream.port != 80                            ? upstream.authority()
+                    : upstream.host.find(':') != std::string::npos ? "[" + upstream.host + "]"
+                                                                   : upstream.host) {}
 
   asio::any_io_executor executor;
   UpstreamUrl upstream;
@@ -246,7 +247,7 @@ struct UpstreamClient::Impl : std::enable_shared_from_this<Impl> {
       auto results = co_await std::move(resolving);
       if (ec) {
         throw UpstreamError(UpstreamError::Kind::kConnect,
-                            "resolve " + upstream.host + ": " + ec.message());
+                            "resolve " + upstream.authority() + ": " + ec.message());
       }
       endpoints = std::move(results);
     }
@@ -374,7 +375,7 @@ asio::awaitable<UpstreamResponse> UpstreamClient::send(const UpstreamRequest& re
     for (const auto& [name, value] : request.headers) {
       if (!beast::iequals(name, "expect")) req.insert(name, value);  // 100-continue is ours
     }
-    req.set(http::field::host, impl->host_header);
+    req.set(http::field::host, request.host.empty() ? impl->host_header : request.host);
     req.keep_alive(true);
     req.body() = request.body;
     req.prepare_payload();  // refuses, say, a TRACE with a body

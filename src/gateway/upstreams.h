@@ -43,6 +43,8 @@ struct UpstreamRequest {
   std::string target;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // The Host sent; empty: the upstream's own authority.
+  std::string host;
   // Receives the 103 Early Hints the upstream sends before its answer (their end-to-end
   // fields); expired or empty: they are read and dropped.
   std::weak_ptr<InterimSink> interim;

@@ -288,5 +288,64 @@ TEST(Config, AdminTokenFromEnvironment) {
   unsetenv("UNHERD_ADMIN_TOKEN");
 }
 
+// An upstream URL: IPv6 literals kept without brackets (what a resolver takes) and printed with
+// them; ports judged by their digits; credentials and https refused with what to do instead.
+TEST(Config, UpstreamUrlsTakeIpv6AndRefuseWhatCouldNotBeSent) {
+  auto upstream = [](std::string_view url) {
+    return "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"" + std::string(url) + "\"\n";
+  };
+  Config c = parse_config(upstream("http://[::1]:9000/v1"), "t");
+  EXPECT_EQ(c.routes[0].upstream.host, "::1");
+  EXPECT_EQ(c.routes[0].upstream.port, 9000);
+  EXPECT_EQ(c.routes[0].upstream.to_string(), "http://[::1]:9000/v1");
+  EXPECT_EQ(c.routes[0].upstream.authority(), "[::1]:9000");
+  EXPECT_EQ(to_toml(parse_config(to_toml(c), "again")), to_toml(c));
+  EXPECT_EQ(parse_config(upstream("http://h:65535"), "t").routes[0].upstream.port, 65535);
+  expect_error(upstream("http://h:99999"), {"test.toml:4:", "routes[0].upstream", "1 to 65535"});
+  expect_error(upstream("http://h:65536"), {"routes[0].upstream", "1 to 65535"});
+  expect_error(upstream("http://h:0"), {"routes[0].upstream", "1 to 65535"});
+  expect_error(upstream("http://user:pass@h:9000"),
+               {"test.toml:4:", "routes[0].upstream", "credentials", "headers"});
+  expect_error(upstream("http://user@h:9000"), {"routes[0].upstream", "credentials"});
+  expect_error(upstream("https://api.example.com"), {"routes[0].upstream", "https"});
+}
+
+// A route's own header fields: ${NAME} read from the environment at start, a missing variable
+// an error naming it (and the key and line), values never printed back.
+TEST(Config, RouteHeadersReadTheEnvironmentAndAreNeverPrinted) {
+  const std::string route = "[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"http://h\"\n";
+  setenv("UNHERD_TEST_TOKEN", "s3cr3t-value", 1);
+  Config c = parse_config(route +
+                              "headers = { Authorization = \"Bearer ${UNHERD_TEST_TOKEN}\", "
+                              "\"X-Api-Key\" = \"k-${UNHERD_TEST_TOKEN}-$x\" }\n"
+                              "host = \"api.example.com\"\n",
+                          "t");
+  using Lines = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(c.routes[0].headers,
+            (Lines{{"Authorization", "Bearer s3cr3t-value"}, {"X-Api-Key", "k-s3cr3t-value-$x"}}));
+  EXPECT_EQ(c.routes[0].host, "api.example.com");
+  const std::string printed = to_toml(c);
+  EXPECT_THAT(printed, HasSubstr("\"Authorization\" = \"***\""));
+  EXPECT_THAT(printed, HasSubstr("host = \"api.example.com\""));
+  EXPECT_EQ(printed.find("s3cr3t"), std::string::npos) << printed;
+  EXPECT_EQ(to_toml(parse_config(printed, "again")), printed);
+
+  unsetenv("UNHERD_TEST_MISSING");
+  expect_error(
+      route + "headers = { Authorization = \"Bearer ${UNHERD_TEST_MISSING}\" }\n",
+      {"test.toml:5:", "routes[0].headers.Authorization", "UNHERD_TEST_MISSING", "not set"});
+  expect_error(route + "headers = { A = \"${UNHERD_TEST_TOKEN\" }\n", {"headers.A", "${"});
+  setenv("UNHERD_TEST_TOKEN", "x\r\nX-Injected: 1", 1);
+  expect_error(route + "headers = { A = \"${UNHERD_TEST_TOKEN}\" }\n",
+               {"routes[0].headers.A", "line break"});
+  unsetenv("UNHERD_TEST_TOKEN");
+  expect_error(route + "headers = { Host = \"x\" }\n", {"routes[0].headers.Host", "`host`"});
+  expect_error(route + "headers = { \"Content-Length\" = \"1\" }\n",
+               {"routes[0].headers.Content-Length", "itself"});
+  expect_error(route + "headers = { X_Key = \"1\" }\n", {"routes[0].headers.X_Key", "'_'"});
+  expect_error(route + "headers = { A = 1 }\n", {"routes[0].headers.A", "string"});
+  expect_error(route + "host = \"a b\"\n", {"routes[0].host", "expected a host"});
+}
+
 }  // namespace
 }  // namespace unherd::gateway

@@ -54,6 +54,7 @@ class State:
         self.fail_status = 503
         self.down = False
         self.headers_seen = []
+        self.lines_seen = []  # every request's header lines, as sent: (name, value), repeats kept
         self.bodies_seen = []  # request bodies, in the order of headers_seen
         self.holds = set()  # path patterns held
         self.held = []  # (path, gate) of the requests waiting now, oldest first
@@ -173,6 +174,7 @@ class Handler(BaseHTTPRequestHandler):
             st.counts[self.path] = st.counts.get(self.path, 0) + 1
             st.total += 1
             st.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
+            st.lines_seen.append(list(self.headers.items()))
             st.bodies_seen.append(request_body)
             fail = st.down or st.fail_next > 0
             if st.fail_next > 0:
@@ -251,13 +253,18 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-class Upstream:
-    """Runs the upstream on 127.0.0.1 and a free port, in this process."""
+class Server6(Server):
+    address_family = socket.AF_INET6
 
-    def __init__(self):
+
+class Upstream:
+    """Runs the upstream on 127.0.0.1 (or `host`, "::1" for IPv6) and a free port, in this
+    process."""
+
+    def __init__(self, host="127.0.0.1"):
         self.state = State()
         handler = type("BoundHandler", (Handler,), {"state": self.state})
-        self.server = Server(("127.0.0.1", 0), handler)
+        self.server = (Server6 if ":" in host else Server)((host, 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
