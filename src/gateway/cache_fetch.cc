@@ -118,6 +118,12 @@ std::vector<std::string> union_of(const std::vector<std::string>& a,
 }  // namespace
 
 Fetched<ResponsePtr> CacheFetch::settle(BuiltResponse built, const HeaderLines& sent) const {
+  // The route's own fields are the same on every request it sends: an answer that varies on them
+  // varies on nothing a request changes (and no key may hold their values: they are secrets).
+  if (const auto& own = p_.route->config.headers; !own.empty()) {
+    std::erase_if(built.response->vary,
+                  [&](const std::string& name) { return sets_header(own, name); });
+  }
   // Stored from here on: the cache's budget counts it, the in-flight budget no longer.
   if (built.policy.store) built.response->inflight.reset();
   if (!built.response->shareable || subset(built.response->vary, p_.vary)) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <boost/asio/ip/address.hpp>
+#include <boost/url/authority_view.hpp>
 #include <boost/url/parse.hpp>
 #include <cctype>
 #include <charconv>
@@ -387,6 +388,9 @@ void parse_added_headers(TableReader& r, std::vector<std::pair<std::string, std:
       return u == '\t' || (u >= 0x20 && u != 0x7f);
     });
     if (!clean) r.fail(v, key, "the value holds a line break or a control character");
+    if (std::all_of(value.begin(), value.end(), [](char c) { return c == ' ' || c == '\t'; })) {
+      r.fail(v, key, "the value is empty (an environment variable set to nothing?)");
+    }
     while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
       value.pop_back();
     while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
@@ -440,11 +444,21 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   parse_added_headers(r, route.headers);
   r.string("host", route.host);
   if (t.get("host") != nullptr) {
-    const bool valid =
+    // An authority without userinfo or percent-encoding, its port (if any) 1 to 65535.
+    bool valid =
         !route.host.empty() && std::all_of(route.host.begin(), route.host.end(), [](char c) {
           return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
                  std::string_view("-._~:[]").find(c) != std::string_view::npos;
         });
+    auto authority = boost::urls::parse_authority(route.host);
+    valid = valid && authority && !authority->has_userinfo() && !authority->host().empty();
+    if (valid && authority->has_port()) {
+      const std::string_view port = authority->port();
+      unsigned long number = 0;
+      auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+      valid = !port.empty() && ec == std::errc() && end == port.data() + port.size() &&
+              number >= 1 && number <= 65535;
+    }
     if (!valid)
       r.fail(*t.get("host"), "host",
              "expected a host such as \"api.example.com\" or \"api.example.com:8443\"");
@@ -463,6 +477,20 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
     if (name.find('_') != std::string::npos) {
       r.fail(*t.get("forward_headers"), "forward_headers",
              "\"" + name + "\": names with '_' are never forwarded");
+    }
+  }
+  // A field the route sets is the same on every request: keying on (or forwarding) the client's
+  // value of it would split the cache on what the upstream never sees.
+  for (const auto& [name, _] : route.headers) {
+    const bool keyed = std::any_of(route.key.begin(), route.key.end(), [&](const KeyPart& k) {
+      return k.kind == KeyPart::Kind::kHeader && iequals(k.name, name);
+    });
+    const bool forwarded = std::any_of(route.forward_headers.begin(), route.forward_headers.end(),
+                                       [&](const std::string& f) { return iequals(f, name); });
+    if (keyed || forwarded) {
+      r.fail(*t.get("headers"), "headers." + name,
+             std::string("the route sets this field itself: it cannot also be ") +
+                 (keyed ? "keyed on (key)" : "forwarded (forward_headers)"));
     }
   }
   r.duration("max_wait", route.max_wait);

@@ -47,6 +47,11 @@ bool gateway_own(std::string_view name) {
   return false;
 }
 
+bool sets_header(const HeaderLines& route_headers, std::string_view name) {
+  return std::any_of(route_headers.begin(), route_headers.end(),
+                     [&](const auto& added) { return iequals(added.first, name); });
+}
+
 void set_route_headers(HeaderLines& lines, const HeaderLines& route_headers) {
   if (route_headers.empty()) return;
   std::erase_if(lines, [&](const auto& line) {

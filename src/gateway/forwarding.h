@@ -56,6 +56,9 @@ bool forwarded_unkeyed(std::string_view name);
 // sends (a second Authorization beside the gateway's key).
 void set_route_headers(HeaderLines& lines, const HeaderLines& route_headers);
 
+// Whether a route's own fields include `name` (case-insensitively).
+bool sets_header(const HeaderLines& route_headers, std::string_view name);
+
 // Headers only the gateway may set on its answers (X-Cache, X-Cache-Tier, X-Request-Id): an
 // upstream's copies are dropped, never stored or replayed to other clients as theirs.
 bool gateway_own(std::string_view name);

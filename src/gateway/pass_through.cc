@@ -32,7 +32,8 @@ asio::awaitable<Reply> Proxy::pass(const Route& route, const Request& request, U
     if (sent_upstream(name, options)) up.headers.emplace_back(name, value);
   }
   up.headers.emplace_back("Via", via_);
-  set_route_headers(up.headers, route.config.headers);
+  // Not on a TRACE: its answer echoes the request it got, and the route's fields are secrets.
+  if (request.method != "TRACE") set_route_headers(up.headers, route.config.headers);
   up.host = route.config.host;
   if (route.config.forward_early_hints) up.interim = request.interim;
   up.hold_limit = kPassHold;

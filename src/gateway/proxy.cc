@@ -38,13 +38,16 @@ std::string_view path_of(std::string_view target) {
 }
 
 // Whether a request may be answered from the cache: GET or HEAD, without credentials the route's
-// key does not name (requests carrying them pass).
+// key does not name (requests carrying them pass). A credential the route sets itself (its
+// `headers`) is not the client's: its line is dropped, never sent, and decides nothing.
 template <class Headers>
-bool may_use_cache(std::string_view method, const std::vector<KeyPart>& key_parts,
-                   const Headers& request) {
+bool may_use_cache(std::string_view method, const RouteConfig& route, const Headers& request) {
   if (method != "GET" && method != "HEAD") return false;
   for (std::string_view credential : {"authorization", "cookie"}) {
-    if (request.header(credential) && !keys_on_header(key_parts, credential)) return false;
+    if (request.header(credential) && !keys_on_header(route.key, credential) &&
+        !sets_header(route.headers, credential)) {
+      return false;
+    }
   }
   return true;
 }
@@ -181,7 +184,7 @@ bool Proxy::try_hit(const RequestHead& head, Reply& reply) {
   // The thread's snapshot stays alive until this thread sees a reload: no reference counting.
   const RouteTable& rt = routes_.current();
   const Route* route = rt.match(path_of(head.target));
-  if (route == nullptr || !may_use_cache(head.method, route->config.key, head) ||
+  if (route == nullptr || !may_use_cache(head.method, route->config, head) ||
       has_dot_segment(path_of(head.target))) {
     return false;
   }
@@ -230,7 +233,7 @@ asio::awaitable<Reply> Proxy::handle(Request request, Upstreams& upstreams) {
     route->counters->errors.add();
     co_return Reply::text(508, "loop detected: this request has passed this gateway before");
   }
-  if (!may_use_cache(request.method, route->config.key, request)) {
+  if (!may_use_cache(request.method, route->config, request)) {
     auto passing = pass(*route, request, upstreams, "method or credentials");
     Reply reply = co_await std::move(passing);
     if (reply.cached) {

@@ -288,8 +288,9 @@ TEST(CoordinatorShutdown, DestroyedWhileAnIoContextStillRunsItsFetchItWaitsForIt
     co_return std::string("v");
   };
   std::thread runner([&] { io.run(); });
+  Coord* const c = coord.get();  // the coroutine reads no unique_ptr the test thread resets
   asio::co_spawn(
-      io, [&]() -> asio::awaitable<void> { co_await coord->async_get("k", fetch, {}); },
+      io, [c, fetch]() -> asio::awaitable<void> { co_await c->async_get("k", fetch, {}); },
       asio::detached);
   ASSERT_TRUE(eventually([&] { return coord->running() > 0; }));
   ::testing::internal::CaptureStderr();

@@ -345,6 +345,17 @@ TEST(Config, RouteHeadersReadTheEnvironmentAndAreNeverPrinted) {
   expect_error(route + "headers = { X_Key = \"1\" }\n", {"routes[0].headers.X_Key", "'_'"});
   expect_error(route + "headers = { A = 1 }\n", {"routes[0].headers.A", "string"});
   expect_error(route + "host = \"a b\"\n", {"routes[0].host", "expected a host"});
+  for (const char* bad : {"h:99999", "a:b:c", "[", "h:"}) {
+    expect_error(route + "host = \"" + bad + "\"\n", {"routes[0].host", "expected a host"});
+  }
+  EXPECT_EQ(parse_config(route + "host = \"[::1]:8443\"\n", "t").routes[0].host, "[::1]:8443");
+  setenv("UNHERD_TEST_EMPTY", "", 1);
+  expect_error(route + "headers = { A = \"${UNHERD_TEST_EMPTY}\" }\n", {"headers.A", "empty"});
+  unsetenv("UNHERD_TEST_EMPTY");
+  expect_error(route + "headers = { \"X-Key\" = \"1\" }\nforward_headers = [\"x-key\"]\n",
+               {"routes[0].headers.X-Key", "forward_headers"});
+  expect_error(route + "headers = { \"X-Key\" = \"1\" }\nkey = [\"path\", \"header:X-Key\"]\n",
+               {"routes[0].headers.X-Key", "keyed"});
 }
 
 }  // namespace

@@ -245,7 +245,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the gateway gave up on this answer
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _handle_quietly
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_TRACE = _handle_quietly
 
 
 class Server(ThreadingHTTPServer):
