@@ -338,8 +338,9 @@ std::string expand_environment(std::string_view text, Fail&& fail) {
 void parse_added_headers(TableReader& r, std::vector<std::pair<std::string, std::string>>& out) {
   const toml::table* t = r.table("headers");
   if (t == nullptr) return;
-  for (auto&& [k, v] : *t) {
-    const std::string name(k.str());
+  for (auto&& entry : *t) {
+    const toml::node& v = entry.second;  // not a structured binding: lambdas capture it
+    const std::string name(entry.first.str());
     const std::string key = "headers." + name;
     std::string lower = name;
     for (auto& c : lower)
@@ -481,7 +482,8 @@ RouteConfig parse_route(const toml::table& t, std::size_t index, const std::stri
   }
   // A field the route sets is the same on every request: keying on (or forwarding) the client's
   // value of it would split the cache on what the upstream never sees.
-  for (const auto& [name, _] : route.headers) {
+  for (const auto& header : route.headers) {
+    const std::string& name = header.first;  // not a structured binding: lambdas capture it
     const bool keyed = std::any_of(route.key.begin(), route.key.end(), [&](const KeyPart& k) {
       return k.kind == KeyPart::Kind::kHeader && iequals(k.name, name);
     });
