@@ -382,37 +382,6 @@ TEST(CoordinatorOnce, ACoroutineThatSawTheValueStaleJustBeforeARefreshDoesNotRef
   EXPECT_EQ(coord.stats().refreshes, 1u);
 }
 
-// A Tier over a map that counts its reads.
-class CountingTier final : public Tier {
- public:
-  std::string_view name() const noexcept override { return "below"; }
-  std::optional<TierRecord> lookup(std::string_view key, WallTime) override {
-    reads.fetch_add(1);
-    std::lock_guard lock(mu);
-    auto it = records.find(std::string(key));
-    if (it == records.end()) return std::nullopt;
-    return it->second;
-  }
-  void insert(std::string_view key, TierRecord record) override {
-    std::lock_guard lock(mu);
-    records[std::string(key)] = std::move(record);
-  }
-  bool erase(std::string_view key) override {
-    std::lock_guard lock(mu);
-    return records.erase(std::string(key)) > 0;
-  }
-  std::size_t purge_prefix(std::string_view prefix) override {
-    std::lock_guard lock(mu);
-    return std::erase_if(records, [&](auto& kv) { return kv.first.starts_with(prefix); });
-  }
-  TierStats stats() const override { return {}; }
-  void reset_stats() override {}
-
-  std::mutex mu;
-  std::map<std::string, TierRecord> records;
-  std::atomic<int> reads{0};
-};
-
 Codec<std::string> plain_codec() {
   return {[](const std::string& v) { return v; },
           [](std::string_view b) -> std::optional<std::string> { return std::string(b); }};
@@ -423,7 +392,7 @@ Codec<std::string> plain_codec() {
 TEST(CoordinatorOnce, ACallerThatMissedJustBeforeATierReadPromotedTheValueDoesNotReadAgain) {
   ManualClock clock;
   PausingCoord coord({}, clock);
-  auto tier = std::make_shared<CountingTier>();
+  auto tier = std::make_shared<testing::CountingTier>("below");
   coord.use_tiers({tier}, plain_codec());
   const WallTime wall = clock.wall_now();
   tier->insert("k", TierRecord{"stored", wall, wall + 1h, wall + 1h, wall + 1h, wall + 1h});
@@ -606,7 +575,7 @@ TEST(CoordinatorAnswers, AValueThePolicyRefusesIsNoFallbackUnlessOlderIfError) {
 TEST(CoordinatorAnswers, ATierValueThePolicyRefusesIsNoFallbackEither) {
   ManualClock clock;
   Coord coord({}, clock);
-  auto tier = std::make_shared<CountingTier>();
+  auto tier = std::make_shared<testing::CountingTier>("below");
   coord.use_tiers({tier}, plain_codec());
   const WallTime wall = clock.wall_now();
   tier->insert("k", TierRecord{"stored", wall - 20s, wall - 10s, wall - 10s, wall + 1h, wall + 1h});

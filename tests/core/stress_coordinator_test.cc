@@ -13,13 +13,13 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "test_support.h"
 #include "unherd/coordinator.h"
 
 namespace unherd {
@@ -32,36 +32,6 @@ constexpr int kKeys = 8;
 constexpr int kRounds = 12;
 constexpr int kThreads = 3;
 constexpr int kOpsPerThread = 300;
-
-// A thread-safe Tier over a map.
-class LockedMapTier final : public Tier {
- public:
-  std::string_view name() const noexcept override { return "map"; }
-  std::optional<TierRecord> lookup(std::string_view key, WallTime now) override {
-    std::lock_guard lock(mu_);
-    auto it = records_.find(std::string(key));
-    if (it == records_.end() || now >= it->second.keep_until) return std::nullopt;
-    return it->second;
-  }
-  void insert(std::string_view key, TierRecord record) override {
-    std::lock_guard lock(mu_);
-    records_[std::string(key)] = std::move(record);
-  }
-  bool erase(std::string_view key) override {
-    std::lock_guard lock(mu_);
-    return records_.erase(std::string(key)) > 0;
-  }
-  std::size_t purge_prefix(std::string_view prefix) override {
-    std::lock_guard lock(mu_);
-    return std::erase_if(records_, [&](auto& kv) { return kv.first.starts_with(prefix); });
-  }
-  TierStats stats() const override { return {}; }
-  void reset_stats() override {}
-
- private:
-  std::mutex mu_;
-  std::map<std::string, TierRecord> records_;
-};
 
 // Each key's purge epoch: a value carries the epoch its fetch (or put) began in, "epoch:serial".
 // A purge raises the epoch first, then purges; `settled` is the epoch every purge has finished
@@ -102,7 +72,7 @@ enum class Shutdown { kDrainThenDestroy, kIoContextFirst, kCoordinatorFirstAfter
 void round(std::uint32_t seed, Shutdown order) {
   ManualClock clock;
   auto coord = std::make_unique<Coord>(CoordinatorOptions{}, clock);
-  coord->use_tiers({std::make_shared<LockedMapTier>()},
+  coord->use_tiers({std::make_shared<testing::CountingTier>()},
                    Codec<std::string>{[](const std::string& v) { return v; },
                                       [](std::string_view b) -> std::optional<std::string> {
                                         return std::string(b);

@@ -8,9 +8,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include "unherd/tier.h"
 
 namespace unherd::testing {
 
@@ -62,4 +65,40 @@ struct PausingHash {
     return std::hash<std::string>{}(key);
   }
 };
+
+// A thread-safe Tier over a map, counting its reads; records past dead_after() are not returned.
+class CountingTier final : public Tier {
+ public:
+  explicit CountingTier(std::string name = "map") : name_(std::move(name)) {}
+  std::string_view name() const noexcept override { return name_; }
+  std::optional<TierRecord> lookup(std::string_view key, WallTime now) override {
+    reads.fetch_add(1);
+    std::lock_guard lock(mu);
+    auto it = records.find(std::string(key));
+    if (it == records.end() || now >= it->second.dead_after()) return std::nullopt;
+    return it->second;
+  }
+  void insert(std::string_view key, TierRecord record) override {
+    std::lock_guard lock(mu);
+    records[std::string(key)] = std::move(record);
+  }
+  bool erase(std::string_view key) override {
+    std::lock_guard lock(mu);
+    return records.erase(std::string(key)) > 0;
+  }
+  std::size_t purge_prefix(std::string_view prefix) override {
+    std::lock_guard lock(mu);
+    return std::erase_if(records, [&](auto& kv) { return kv.first.starts_with(prefix); });
+  }
+  TierStats stats() const override { return {}; }
+  void reset_stats() override {}
+
+  std::mutex mu;
+  std::map<std::string, TierRecord> records;
+  std::atomic<int> reads{0};
+
+ private:
+  std::string name_;
+};
+
 }  // namespace unherd::testing
